@@ -7,7 +7,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ConvBlock, ConvNormAct, DepthwiseSeparable, FusedMBConv, LayerOpts, MBConv, init_weights_tf
+from .layers import (
+    ConvBlock,
+    ConvNormAct,
+    DepthwiseSeparable,
+    FusedMBConv,
+    LayerOpts,
+    MBConv,
+    init_weights_tf,
+)
 from .spec import BlockPlan, NetSpec, plan_blocks
 
 

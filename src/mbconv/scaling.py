@@ -99,7 +99,10 @@ def scale_spec(spec: NetSpec, width: float = 1.0, depth: float = 1.0, resolution
 
 def compound_multipliers(phi: float, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
                          gamma: float = DEFAULT_GAMMA) -> tuple[float, float, float]:
-    """(width, depth, resolution) multipliers beta^phi, alpha^phi, gamma^phi; FLOPs grow ~ (alpha beta^2 gamma^2)^phi."""
+    """(width, depth, resolution) multipliers beta^phi, alpha^phi, gamma^phi.
+
+    FLOPs grow as (alpha * beta^2 * gamma^2)^phi; the paper picks alpha beta^2 gamma^2 ~ 2.
+    """
     for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not v > 0:
             raise ValueError(f"invalid {name}={v!r}: must be > 0")

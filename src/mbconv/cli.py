@@ -1,0 +1,258 @@
+"""The `mbconv` command: one sub-command per capability, plus `tour`.
+
+Bad input (unknown model, bad number, bad block string, missing file) prints one line naming it and exits 2,
+never a traceback. Set MBCONV_DEBUG=1 to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .cost import compare_layer, spec_cost
+from .spec import NetSpec
+
+
+class CliError(Exception):
+    """An error caused by the user's input: shown as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise CliError(f"{self.prog}: {message}")
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,d}"
+
+
+def _fmt_g(n: float) -> str:
+    return f"{n / 1e9:.3f} G"
+
+
+def _spec_from_args(args: argparse.Namespace) -> NetSpec:
+    from .zoo import get_spec
+
+    over = {}
+    for key in ("num_classes", "in_chans", "dims", "se_position"):
+        v = getattr(args, key, None)
+        if v is not None:
+            over[key] = v
+    return get_spec(args.model, **over)
+
+
+# -- list / info ---------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from .zoo import get_spec, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise CliError(f"no model matches {args.pattern!r}")
+    print(f"{'model':28s} {'dims':>4s} {'res':>5s} {'params':>14s} {'MACs':>10s}")
+    for n in names:
+        s = get_spec(n)
+        c = spec_cost(s)
+        print(f"{n:28s} {s.dims:>4d} {s.resolution:>5d} {_fmt_int(c.params):>14s} {_fmt_g(c.macs):>10s}")
+    return 0
+
+
+def stage_table(spec: NetSpec) -> list[dict]:
+    """Rows of the stage table: one per block definition."""
+    from .spec import plan_blocks
+
+    plans = plan_blocks(spec)
+    rows = []
+    for si, stage in enumerate(spec.stages):
+        for di, b in enumerate(stage.blocks):
+            first = next(p for p in plans if p.stage == si and p.block_def == di)
+            rows.append(dict(stage=si, block={"ir": "MBConv", "ds": "DSConv", "er": "FusedMBConv",
+                                              "cn": "ConvBNAct"}[b.block], t=b.expand, k=b.kernel,
+                             stride=b.stride, in_chs=first.in_chs, mid_chs=first.mid_chs, out_chs=b.out_chs,
+                             repeats=b.repeats, se=first.se_chs, act=first.act, string=b.to_string()))
+    return rows
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    if args.json:
+        print(spec.to_json())
+        return 0
+    c = spec_cost(spec)
+    print(f"{spec.name}: dims={spec.dims} resolution={spec.resolution} act={spec.act} padding={spec.padding} "
+          f"se_position={spec.se_position} se_base={spec.se_base}")
+    print(f"stem: {spec.in_chans}->{spec.stem_chs} k{spec.stem_kernel} s{spec.stem_stride}   head: "
+          f"{spec.head_type} {spec.head_chs}   classes: {spec.num_classes}   blocks: {spec.num_blocks}")
+    hdr = f"{'stage':>5s} {'block':12s} {'t':>5s} {'k':>2s} {'s':>2s} {'in':>5s} {'mid':>5s} {'out':>5s} " \
+          f"{'rep':>4s} {'SE':>4s} {'act':10s} string"
+    print(hdr)
+    for r in stage_table(spec):
+        print(f"{r['stage']:>5d} {r['block']:12s} {r['t']:>5g} {r['k']:>2d} {r['stride']:>2d} {r['in_chs']:>5d} "
+              f"{r['mid_chs']:>5d} {r['out_chs']:>5d} {r['repeats']:>4d} {r['se']:>4d} {r['act']:10s} "
+              f"{r['string']}")
+    print(f"params {_fmt_int(c.params)}   MACs {_fmt_g(c.macs)} at {spec.resolution}px")
+    return 0
+
+
+# -- cost ----------------------------------------------------------------------------------------------------
+def cmd_cost(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    c = spec_cost(spec, args.resolution)
+    if args.json:
+        print(c.to_json(per_layer=args.per_layer))
+        return 0
+    print(f"{spec.name} at {'x'.join(map(str, c.resolution))}: params {_fmt_int(c.params)}  "
+          f"MACs {_fmt_int(c.macs)} ({c.macs / 1e9:.3f} G)  activations {_fmt_int(c.act_elems)} elems "
+          f"(largest map {c.peak_act_bytes() / 2**20:.2f} MiB fp32)")
+    print(f"{'component':12s} {'params':>14s} {'%':>6s} {'MACs':>16s} {'%':>6s}")
+    for k, v in c.by_component().items():
+        print(f"{k:12s} {_fmt_int(v['params']):>14s} {100 * v['params'] / c.params:6.1f} "
+              f"{_fmt_int(v['macs']):>16s} {100 * v['macs'] / max(c.macs, 1):6.1f}")
+    if args.per_layer:
+        print(f"\n{'layer':28s} {'comp':10s} {'in':>5s} {'out':>5s} {'k':>2s} {'s':>2s} {'g':>5s} "
+              f"{'size':>12s} {'params':>11s} {'MACs':>14s}")
+        for l in c.layers:
+            size = "x".join(map(str, l.out_size)) or "-"
+            print(f"{l.name:28s} {l.component:10s} {l.in_chs:>5d} {l.out_chs:>5d} {l.kernel:>2d} {l.stride:>2d} "
+                  f"{l.groups:>5d} {size:>12s} {_fmt_int(l.params):>11s} {_fmt_int(l.macs):>14s}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    rows = compare_layer(args.cin, args.cout, args.kernel, args.dims, args.resolution, args.t)
+    print(f"one layer, {args.dims}-D, k={args.kernel}, {args.cin}->{args.cout} ch, {args.resolution}^{args.dims} "
+          f"px, t={args.t:g}")
+    for k in ("standard", "separable", "mbconv"):
+        r = rows[k]
+        print(f"  {k:10s} params {_fmt_int(r['params']):>12s}  MACs {_fmt_int(r['macs']):>16s}  "
+              f"x{r['ratio_vs_standard']:.2f} fewer than standard")
+    print(f"  closed form k^D*Cout/(k^D+Cout) = {rows['formula']['ratio_std_sep']:.3f}")
+    return 0
+
+
+# -- scale ---------------------------------------------------------------------------------------------------
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .scaling import compound_scale, scale_spec
+    from .zoo import get_spec
+
+    base = get_spec(args.base)
+    explicit = any(v is not None for v in (args.width, args.depth, args.resolution))
+    if args.phi is not None and explicit:
+        raise CliError("give either --phi (with optional --alpha/--beta/--gamma) or --width/--depth/--resolution")
+    if args.phi is not None:
+        spec = compound_scale(base, args.phi, args.alpha, args.beta, args.gamma)
+    elif explicit:
+        spec = scale_spec(base, args.width or 1.0, args.depth or 1.0, args.resolution)
+    else:
+        raise CliError("nothing to scale: give --phi or --width/--depth/--resolution")
+    b, c = spec_cost(base), spec_cost(spec)
+    if args.json:
+        print(json.dumps({"spec": spec.to_dict(), "params": c.params, "macs": c.macs}, indent=1))
+        return 0
+    print(f"{base.name} -> width x{spec.width_mult:.4g}, depth x{spec.depth_mult:.4g}, resolution "
+          f"{spec.resolution}")
+    print(f"  stem {spec.stem_chs}, head {spec.head_chs}, blocks {spec.num_blocks}")
+    for i, st in enumerate(spec.stages):
+        print(f"  stage {i}: " + ", ".join(bl.to_string() for bl in st.blocks))
+    print(f"  params {_fmt_int(c.params)} (x{c.params / b.params:.2f})   MACs {_fmt_g(c.macs)} "
+          f"(x{c.macs / b.macs:.2f} of the base)")
+    return 0
+
+
+def cmd_tour(args: argparse.Namespace) -> int:
+    from .tour import run_tour
+
+    run_tour(args.out, quick=args.quick, chapters=args.chapters)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {s!r}")
+    return v
+
+
+def _number(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mbconv", description="Efficient inverted-residual networks: build, cost, train, "
+                                            "prune, quantize, deploy.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="zoo name (see `mbconv list`) or block strings 'ir_r1_k3_s1_e6_c16;...'")
+        sp.add_argument("--num-classes", type=_positive_int)
+        sp.add_argument("--in-chans", type=_positive_int)
+        sp.add_argument("--dims", type=int, choices=(1, 2, 3))
+        sp.add_argument("--se-position", choices=("after_dw", "before_dw"))
+
+    sp = add("list", cmd_list, "list the model zoo with params and MACs")
+    sp.add_argument("pattern", nargs="?", default="*")
+    sp = add("info", cmd_info, "stage table of a model")
+    model_args(sp)
+    sp.add_argument("--json", action="store_true", help="print the spec as JSON")
+    sp = add("cost", cmd_cost, "exact params / MACs / activations, by component and per layer")
+    model_args(sp)
+    sp.add_argument("--resolution", type=_positive_int)
+    sp.add_argument("--per-layer", action="store_true")
+    sp.add_argument("--json", action="store_true")
+    sp = add("compare", cmd_compare, "standard vs depthwise-separable vs MBConv for one layer")
+    sp.add_argument("--cin", type=_positive_int, default=64)
+    sp.add_argument("--cout", type=_positive_int, default=64)
+    sp.add_argument("--kernel", type=_positive_int, default=3)
+    sp.add_argument("--dims", type=int, choices=(1, 2, 3), default=2)
+    sp.add_argument("--resolution", type=_positive_int, default=56)
+    sp.add_argument("--t", type=_number, default=6.0)
+    sp = add("scale", cmd_scale, "compound-scale a base model (phi, alpha/beta/gamma) or by an explicit triple")
+    sp.add_argument("--base", default="efficientnet_b0")
+    sp.add_argument("--phi", type=_number)
+    sp.add_argument("--alpha", type=_number, default=1.2)
+    sp.add_argument("--beta", type=_number, default=1.1)
+    sp.add_argument("--gamma", type=_number, default=1.15)
+    sp.add_argument("--width", type=_number)
+    sp.add_argument("--depth", type=_number)
+    sp.add_argument("--resolution", type=_positive_int)
+    sp.add_argument("--json", action="store_true")
+    sp = add("tour", cmd_tour, "the whole story on bundled data, with a report (results/tour/report.html)")
+    sp.add_argument("--out", default="results/tour")
+    sp.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
+    sp.add_argument("--chapters", default=None, help="comma-separated subset of chapters")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mbconv` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.fn(args) or 0)
+    except (CliError, ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("MBCONV_DEBUG"):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"mbconv: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mbconv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
