@@ -76,10 +76,10 @@ def chapter_cost(ctx: TourContext) -> None:
 
     b0 = spec_cost(get_spec("efficientnet_b0"))
     comp = b0.by_component()
-    pw = comp["expand"]["macs"] + comp["project"]["macs"]
-    conv_macs = b0.macs - comp["classifier"]["macs"]
+    pw = comp["expand"]["macs"] + comp["project"]["macs"] + comp["head"]["macs"]
+    conv_macs = b0.macs
     ch.text(f"EfficientNet-B0: {b0.params:,} params, {b0.macs / 1e6:.1f} M MACs at 224 px. Pointwise (1x1 "
-            f"expand + project) convs are {100 * pw / conv_macs:.1f} % of conv MACs, depthwise "
+            f"expand, project, head) convs are {100 * pw / conv_macs:.1f} % of all MACs, depthwise "
             f"{100 * comp['depthwise']['macs'] / conv_macs:.1f} %, SE {100 * comp['se']['macs'] / b0.macs:.2f} % "
             f"of MACs but {100 * comp['se']['params'] / b0.params:.1f} % of params.")
     blocks = _block_breakdown(b0)
