@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 BLOCK_TYPES = ("ds", "ir", "er", "cn")
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu", "identity", "sigmoid", "hard_sigmoid")
-ACT_CODES = {"re": "relu", "r6": "relu6", "sw": "swish", "hs": "hard_swish", "ge": "gelu", "id": "identity"}
+ACT_CODES = {"re": "relu", "r6": "relu6", "sw": "swish", "hs": "hard_swish", "ge": "gelu", "id": "identity",
+             "sg": "sigmoid", "hsg": "hard_sigmoid"}
 _ACT_TO_CODE = {v: k for k, v in ACT_CODES.items()}
 SE_POSITIONS = ("after_dw", "before_dw")
 SE_BASES = ("in", "mid")
@@ -47,9 +49,13 @@ HEAD_SCALINGS = ("scale", "fixed", "max")
 DEPTH_ROUNDINGS = ("ceil", "round")
 
 
-def _bad(field_name: str, value: Any, why: str) -> ValueError:
+class SpecError(ValueError):
+    """A spec field has a bad value; the message names the field and the value."""
+
+
+def _bad(field_name: str, value: Any, why: str) -> SpecError:
     """One error format for every validation failure: the field, the value, and what was expected."""
-    return ValueError(f"invalid {field_name}={value!r}: {why}")
+    return SpecError(f"invalid {field_name}={value!r}: {why}")
 
 
 def _fmt_num(x: float) -> str:
@@ -87,7 +93,8 @@ class BlockSpec:
         if self.kernel % 2 == 0:
             raise _bad("kernel", self.kernel, "must be odd (even kernels have no centred 'same' padding)")
         _check_int("stride", self.stride, 1)
-        if not isinstance(self.expand, (int, float)) or isinstance(self.expand, bool) or self.expand < 1:
+        if (not isinstance(self.expand, (int, float)) or isinstance(self.expand, bool)
+                or not math.isfinite(self.expand) or not self.expand >= 1):
             raise _bad("expand", self.expand, "expansion ratio must be a number >= 1")
         if self.block in ("ds", "cn") and self.expand != 1:
             raise _bad("expand", self.expand, f"block type {self.block!r} has no expansion; use 1")
@@ -96,7 +103,8 @@ class BlockSpec:
             _check_int("in_chs", self.in_chs, 1)
         if self.mid_chs is not None:
             _check_int("mid_chs", self.mid_chs, 1)
-        if not isinstance(self.se_ratio, (int, float)) or not (0 <= self.se_ratio <= 1):
+        if (not isinstance(self.se_ratio, (int, float)) or isinstance(self.se_ratio, bool)
+                or not (0 <= self.se_ratio <= 1)):
             raise _bad("se_ratio", self.se_ratio, "must be in (0, 1], or 0 for no squeeze-excite")
         if self.se_ratio and self.block == "cn":
             raise _bad("se_ratio", self.se_ratio, "block type 'cn' has no squeeze-excite")
@@ -154,9 +162,9 @@ class BlockSpec:
                     kw["act"] = ACT_CODES[val]
                 else:
                     raise _bad("block_string", text, f"unknown token {tok!r}")
-            except ValueError as e:
-                if str(e).startswith("invalid "):
-                    raise
+            except SpecError:
+                raise
+            except ValueError:
                 raise _bad("block_string", text, f"token {tok!r} has a bad number") from None
         for req, name in (("repeats", "r"), ("kernel", "k"), ("stride", "s"), ("out_chs", "o/c")):
             if req not in kw:
@@ -166,8 +174,8 @@ class BlockSpec:
     def to_string(self, style: str = "mbconv") -> str:
         """Emit the compact string. style='mbconv' (typed, timm-like) or 'tf' (TF EfficientNet form)."""
         if style == "tf":
-            if self.in_chs is None or self.block not in ("ir", "ds"):
-                raise _bad("style", style, "the TF form needs an 'ir'/'ds' block with in_chs set")
+            if self.in_chs is None or self.block != "ir":
+                raise _bad("style", style, "the TF form needs an 'ir' block with in_chs set")
             s = f"r{self.repeats}_k{self.kernel}_s{self.stride}{self.stride}_e{_fmt_num(self.expand)}"
             s += f"_i{self.in_chs}_o{self.out_chs}"
             if self.mid_chs is not None:
@@ -291,7 +299,7 @@ class NetSpec:
         object.__setattr__(self, "stages", stages)
         if not stages:
             raise _bad("stages", self.stages, "a network needs at least one stage")
-        if self.dims not in (1, 2, 3):
+        if not isinstance(self.dims, int) or isinstance(self.dims, bool) or self.dims not in (1, 2, 3):
             raise _bad("dims", self.dims, "expected 1, 2 or 3")
         for name in ("in_chans", "num_classes", "stem_chs", "stem_kernel", "stem_stride", "resolution",
                      "channel_divisor", "se_divisor"):

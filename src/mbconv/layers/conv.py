@@ -40,7 +40,7 @@ class LayerOpts:
     norm_momentum: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.dims not in CONV:
+        if not isinstance(self.dims, int) or isinstance(self.dims, bool) or self.dims not in CONV:
             raise ValueError(f"invalid dims={self.dims!r}: expected 1, 2 or 3")
         if self.padding not in ("symmetric", "same"):
             raise ValueError(f"invalid padding={self.padding!r}: expected 'symmetric' or 'same'")
@@ -91,9 +91,10 @@ class ConvNormAct(nn.Module):
                 raise ValueError(f"invalid {name}={v!r}: must be a positive integer")
         if in_chs % groups or out_chs % groups:
             raise ValueError(f"invalid groups={groups}: must divide in_chs={in_chs} and out_chs={out_chs}")
-        same_strided = opts.padding == "same" and stride > 1
-        self.pad = SamePad(kernel, stride, opts.dims) if same_strided else nn.Identity()
-        padding = 0 if same_strided else (kernel - 1) // 2
+        # TF SAME is the symmetric (k-1)//2 pad for stride 1 and odd k; otherwise it depends on the input size.
+        dynamic = opts.padding == "same" and (stride > 1 or kernel % 2 == 0)
+        self.pad = SamePad(kernel, stride, opts.dims) if dynamic else nn.Identity()
+        padding = 0 if dynamic else (kernel - 1) // 2
         self.conv = CONV[opts.dims](in_chs, out_chs, kernel, stride, padding, groups=groups, bias=bias)
         self.bn = NORM[opts.dims](out_chs, eps=opts.norm_eps, momentum=opts.norm_momentum) if norm else nn.Identity()
         self.act = create_act(act)
