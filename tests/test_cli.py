@@ -77,3 +77,70 @@ def test_tour_cost_chapter(tmp_path, capsys):
     assert "EfficientNet B0-B7" in html and "data:image/png;base64" in html
     fam = json.loads((tmp_path / "cost_family.json").read_text())
     assert [r["params"] for r in fam][:2] == [5_288_548, 7_794_184]
+
+
+TINY = "ds_r1_k3_s1_c8_se0.25;ir_r1_k3_s2_e2_c16_se0.25"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits"
+    rc = main(["train", "--model", TINY, "--data", "digits8", "--epochs", "2", "--batch-size", "64",
+               "--out", str(out), "--resolution", "8", "--lr", "0.01"])
+    assert rc == 0
+    return out
+
+
+def test_train_eval_predict(trained_run, capsys, tmp_path):
+    import numpy as np
+
+    assert (trained_run / "last" / "model.safetensors").exists()
+    rows = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[-1]["test_acc"] > 0.3  # 10 classes: chance is 0.1
+    rc, out, _ = run(capsys, "eval", "--checkpoint", str(trained_run), "--json")
+    r = json.loads(out)
+    assert rc == 0 and r["count"] == 359 and r["acc"] > 0.3
+    x = np.random.default_rng(0).uniform(0, 16, (8, 8)).astype("float32")  # raw digits8 units
+    np.save(tmp_path / "a.npy", x)
+    rc, out, _ = run(capsys, "predict", "--checkpoint", str(trained_run), str(tmp_path / "a.npy"), "--top-k", "2")
+    assert rc == 0 and out.count("%") == 2
+
+
+def test_resume_continues(trained_run, capsys):
+    rc = main(["train", "--model", TINY, "--data", "digits8", "--epochs", "3", "--batch-size", "64",
+               "--out", str(trained_run), "--resolution", "8", "--lr", "0.01", "--resume"])
+    assert rc == 0
+    rows = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["eval", "--checkpoint", "/nonexistent/run"], "no such run or checkpoint"),
+    (["train", "--data", "nosuchdata", "--epochs", "1"], "nosuchdata"),
+    (["train", "--epochs", "0"], "must be >= 1"),
+    (["predict", "--checkpoint", "/nonexistent", "x.png"], "no such run"),
+])
+def test_train_eval_bad_input(capsys, argv, needle):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and needle in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_one_line(trained_run, capsys, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_run / "last", bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    rc, out, err = run(capsys, "eval", "--checkpoint", str(bad))
+    assert rc == 2 and "model.safetensors" in err and "Traceback" not in err
+
+
+def test_tour_quick_has_training_chapter(tmp_path, capsys):
+    rc, out, _ = run(capsys, "tour", "--out", str(tmp_path), "--quick", "--chapters", "train")
+    assert rc == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "Training a small SE-MBConv net" in html
+    res = json.loads((tmp_path / "train_result.json").read_text())
+    assert res["params"] > 100_000 and 0.0 <= res["eval"]["acc"] <= 1.0

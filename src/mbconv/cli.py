@@ -161,6 +161,52 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train / eval / predict -----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .workflow import RunConfig, train_run
+
+    over = {}
+    if args.se_position:
+        over["se_position"] = args.se_position
+    if args.drop_path is not None:
+        over["drop_path_rate"] = args.drop_path
+    cfg = RunConfig(model=args.model, data=args.data, out=args.out, resolution=args.resolution,
+                    width_mult=args.width_mult, depth_mult=args.depth_mult, overrides=over, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                    label_smoothing=args.label_smoothing, ema_decay=args.ema, augment=not args.no_augment,
+                    seed=args.seed, resume=args.resume, deterministic=args.deterministic)
+    row = train_run(cfg)
+    acc = row.get("test_acc")
+    print(f"done: epoch {row.get('epoch')} test_acc {acc if acc is None else f'{100 * acc:.2f} %'} -> {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .workflow import evaluate_run
+
+    r = evaluate_run(args.checkpoint, args.data)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['checkpoint']} on {r['data']} test: accuracy {100 * r['acc']:.2f} % "
+              f"loss {r['loss']:.4f} ({r['count']} samples)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .workflow import load_run, predict, preprocess, read_input
+
+    model, run, _ = load_run(args.checkpoint)
+    data = run["data"]
+    x = torch.cat([read_input(p, data) for p in args.inputs])
+    for path, top in zip(args.inputs, predict(model, preprocess(x, data), data["classes"], args.top_k)):
+        print(f"{path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
+    return 0
+
+
 def cmd_tour(args: argparse.Namespace) -> int:
     from .tour import run_tour
 
@@ -230,11 +276,57 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--depth", type=_number)
     sp.add_argument("--resolution", type=_positive_int)
     sp.add_argument("--json", action="store_true")
+    sp = add("train", cmd_train, "train a model on a bundled dataset (or an image folder) with checkpoints")
+    sp.add_argument("--model", default="efficientnet_b0", help="zoo name or block strings")
+    sp.add_argument("--data", default="mnist5k", help="mnist5k | digits8 | mnist1d | textures | PATH")
+    sp.add_argument("--out", default="results/run")
+    sp.add_argument("--epochs", type=_positive_int, default=10)
+    sp.add_argument("--batch-size", type=_positive_int, default=64)
+    sp.add_argument("--lr", type=_number, default=3e-3)
+    sp.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop"), default="adamw")
+    sp.add_argument("--weight-decay", type=_number, default=0.05)
+    sp.add_argument("--warmup-epochs", type=_number, default=1.0)
+    sp.add_argument("--label-smoothing", type=_number, default=0.1)
+    sp.add_argument("--ema", type=_number, default=0.0, help="EMA decay of the weights (0 = off)")
+    sp.add_argument("--resolution", type=_positive_int)
+    sp.add_argument("--width-mult", type=_number, default=1.0)
+    sp.add_argument("--depth-mult", type=_number, default=1.0)
+    sp.add_argument("--se-position", choices=("after_dw", "before_dw"))
+    sp.add_argument("--drop-path", type=_number)
+    sp.add_argument("--no-augment", action="store_true")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
+    sp.add_argument("--deterministic", action="store_true")
+    sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
+    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--data", help="another dataset with the same classes")
+    sp.add_argument("--json", action="store_true")
+    sp = add("predict", cmd_predict, "top-k classes for image files or .npy arrays")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--top-k", type=_positive_int, default=3)
+    sp.add_argument("inputs", nargs="+")
     sp = add("tour", cmd_tour, "the whole story on bundled data, with a report (results/tour/report.html)")
     sp.add_argument("--out", default="results/tour")
     sp.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
     sp.add_argument("--chapters", default=None, help="comma-separated subset of chapters")
+    _load_command_modules(add)
     return p
+
+
+def _load_command_modules(add: Callable) -> None:
+    """Capabilities add their sub-commands from `mbconv.commands.<name>.register(add)`."""
+    import importlib
+
+    from .commands import MODULES
+
+    for name in MODULES:
+        try:
+            mod = importlib.import_module(f"mbconv.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"mbconv.commands.{name}":
+                continue  # capability not built yet
+            raise
+        mod.register(add)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,13 +125,15 @@ def run_tour(out: str | Path = "results/tour", quick: bool = False, chapters: st
 
 
 def _load_optional_chapters() -> None:
-    """Chapters of capabilities that need extras register themselves on import."""
+    """Chapter modules register themselves on import, in story order; absent ones are skipped."""
     import importlib
 
-    for mod in ("mbconv.tour_train",):
+    from .chapters import STORY
+
+    for name in STORY:
         try:
-            importlib.import_module(mod)
-        except ImportError as e:
-            if e.name and e.name.startswith("mbconv"):
-                continue
+            importlib.import_module(f"mbconv.chapters.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"mbconv.chapters.{name}":
+                continue  # capability not built yet
             raise

@@ -1,0 +1,186 @@
+"""Runs: train a named model on a named dataset, and load a trained run back for evaluation or prediction.
+
+A run directory holds the trainer's checkpoints (`last/`, `best/`, see `mbconv.checkpoint`) and
+`metrics.jsonl`. Each checkpoint's meta stores `{"net": NetSpec dict, "data": {...}}`, so a run can be rebuilt
+and its inputs preprocessed exactly as in training without any pickled object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .net import MBConvNet
+from .spec import NetSpec
+from .zoo import get_spec
+
+
+@dataclass
+class RunConfig:
+    """What `train_run` needs: model name or block strings, dataset, scaling and the training recipe."""
+
+    model: str = "efficientnet_b0"
+    data: str = "mnist5k"
+    out: str = "results/run"
+    resolution: int | None = None  # default: the dataset's native size
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    overrides: dict[str, Any] = field(default_factory=dict)  # NetSpec fields (se_position, drop_path_rate...)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    resume: bool = False
+    deterministic: bool = False
+    progress: str = "auto"
+    init: str = "tf"
+    extra_train: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+
+
+def build_for_data(model: str | NetSpec, data_info: Any, resolution: int, width_mult: float = 1.0,
+                   depth_mult: float = 1.0, init: str = "tf", **overrides: Any) -> MBConvNet:
+    """A model whose input/output match a dataset: in_chans, num_classes and dims from the data."""
+    spec = get_spec(model, num_classes=data_info.num_classes, in_chans=data_info.in_chans, dims=data_info.dims,
+                    width_mult=width_mult, depth_mult=depth_mult, resolution=resolution, **overrides)
+    net = MBConvNet(spec, init=init)
+    # TF's dense init (uniform +-1/sqrt(out)) targets 1000 classes; with few classes it starts with huge
+    # logits and trains slowly (docs/architecture.md), so the recipe zero-inits the classifier weight.
+    nn.init.zeros_(net.classifier.weight)
+    return net
+
+
+def train_run(cfg: RunConfig) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`; returns the final metrics row (also in `out/metrics.jsonl`)."""
+    from .data import load_dataset
+    from .train import TrainConfig, Trainer
+
+    train_ds = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=cfg.seed)
+    test_ds = load_dataset(cfg.data, "test", resolution=cfg.resolution)
+    info = train_ds.info
+    res = cfg.resolution or info.native_size[0]
+    model = build_for_data(cfg.model, info, res, cfg.width_mult, cfg.depth_mult, cfg.init, **cfg.overrides)
+    if info.dims == 2:
+        model = model.to(memory_format=torch.channels_last)  # ~2x faster conv training on CPU
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+                       weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
+                       label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, seed=cfg.seed,
+                       out_dir=cfg.out, resume=cfg.resume, deterministic=cfg.deterministic, progress=cfg.progress,
+                       **cfg.extra_train)
+    meta = {"net": model.spec.to_dict(), "data": data_meta(train_ds, cfg.data, res)}
+    return Trainer(model, train_ds, test_ds, tcfg, spec=meta).fit()
+
+
+def data_meta(ds: Any, name: str, resolution: int) -> dict[str, Any]:
+    """What prediction needs to preprocess inputs like training did."""
+    mean = getattr(ds, "mean", None)
+    std = getattr(ds, "std", None)
+    return {"name": str(name), "resolution": int(resolution),
+            "mean": None if mean is None else [float(v) for v in torch.as_tensor(mean).flatten()],
+            "std": None if std is None else [float(v) for v in torch.as_tensor(std).flatten()],
+            "classes": [str(c) for c in (getattr(ds, "classes", None) or range(ds.info.num_classes))],
+            "dims": ds.info.dims, "in_chans": ds.info.in_chans}
+
+
+def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint directory from a run directory (its `best/`, else newest valid) or a checkpoint itself."""
+    from .checkpoint import latest_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such run or checkpoint: {p}")
+    if (p / "meta.json").exists():
+        return p
+    if (p / prefer / "meta.json").exists():
+        return p / prefer
+    ck = latest_checkpoint(p)
+    if ck is None:
+        raise FileNotFoundError(f"no valid checkpoint under {p}")
+    return ck
+
+
+def load_run(path: str | Path) -> tuple[MBConvNet, dict[str, Any], Path]:
+    """Rebuild the model of a run (or checkpoint) and load its weights; returns (model, meta, checkpoint)."""
+    from .checkpoint import load_weights, read_meta
+
+    ck = find_checkpoint(path)
+    meta = read_meta(ck)
+    run = meta.get("spec") or {}
+    if "net" not in run:
+        raise ValueError(f"{ck} has no network spec in meta.json: not an mbconv run checkpoint")
+    model = MBConvNet(NetSpec.from_dict(run["net"]))
+    load_weights(ck, model)
+    return model.eval(), run, ck
+
+
+def evaluate_run(path: str | Path, data: str | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Test-split loss and accuracy of a trained run (on its own dataset unless `data` names another)."""
+    from .data import load_dataset
+    from .train import evaluate
+
+    model, run, ck = load_run(path)
+    d = run.get("data", {})
+    ds = load_dataset(data or d["name"], "test", resolution=d.get("resolution"))
+    out = evaluate(model, ds, batch_size=batch_size)
+    return {"checkpoint": str(ck), "data": data or d["name"], **out}
+
+
+def preprocess(x: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:
+    """Resize and normalise raw inputs (N, C, *spatial) in [0, 1]-or-raw units as the training data was."""
+    dims = data["dims"]
+    size = [data["resolution"]] * dims
+    if list(x.shape[2:]) != size:
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+        x = torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False)
+    if data.get("mean") is not None:
+        shape = (1, -1) + (1,) * dims
+        x = (x - torch.tensor(data["mean"]).view(shape)) / torch.tensor(data["std"]).view(shape)
+    return x
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, classes: list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
+    """Top-k (class, probability) per input."""
+    probs = torch.softmax(model(x), dim=1)
+    p, i = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    return [[(classes[j], float(q)) for q, j in zip(pr, ix)] for pr, ix in zip(p.tolist(), i.tolist())]
+
+
+def read_input(path: str | Path, data: dict[str, Any]) -> torch.Tensor:
+    """One input for a run as a (1, C, *spatial) tensor: an image file (png/jpg/...) for 2-D runs, or a .npy
+    array of shape (C, *spatial) or (*spatial) in the training data's raw units for any run."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such input file: {p}")
+    if p.suffix == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)  # no pickled code from input files
+        except Exception as e:
+            raise ValueError(f"cannot read array file {p}: {e}") from None
+        if a.ndim == data["dims"]:
+            a = a[None]
+    else:
+        from .data import _read_image
+
+        a, colour = _read_image(p)
+        a = a.transpose(2, 0, 1) if colour else a[None]
+        if colour and data["in_chans"] == 1:
+            a = a.mean(0, keepdims=True)
+        elif not colour and data["in_chans"] == 3:
+            a = np.repeat(a, 3, 0)
+    x = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+    if x.ndim != data["dims"] + 1 or x.shape[0] != data["in_chans"]:
+        raise ValueError(f"input {p} has shape {tuple(x.shape)}; this run expects {data['in_chans']} channel(s) "
+                         f"and {data['dims']} spatial dim(s)")
+    return x[None]
