@@ -138,6 +138,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from .zoo import get_spec
 
     base = get_spec(args.base)
+    if args.search:
+        from .scaling_search import search_coefficients
+
+        result = search_coefficients(base, data=args.data, quick=args.quick)
+        print(json.dumps(result, indent=1, default=str) if args.json else result.get("table", result))
+        return 0
     explicit = any(v is not None for v in (args.width, args.depth, args.resolution))
     if args.phi is not None and explicit:
         raise CliError("give either --phi (with optional --alpha/--beta/--gamma) or --width/--depth/--resolution")
@@ -178,7 +184,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     seed=args.seed, resume=args.resume, deterministic=args.deterministic)
     row = train_run(cfg)
     acc = row.get("test_acc")
-    print(f"done: epoch {row.get('epoch')} test_acc {acc if acc is None else f'{100 * acc:.2f} %'} -> {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(f"done: epoch {row.get('epoch')} test_acc {acc if acc is None else f'{100 * acc:.2f} %'} -> "
+              f"{args.out}")
     return 0
 
 
@@ -272,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=_number, default=1.2)
     sp.add_argument("--beta", type=_number, default=1.1)
     sp.add_argument("--gamma", type=_number, default=1.15)
+    sp.add_argument("--search", action="store_true",
+                    help="grid-search alpha/beta/gamma with alpha*beta^2*gamma^2 ~ 2 on a proxy task")
+    sp.add_argument("--data", default="mnist5k", help="proxy dataset for --search")
+    sp.add_argument("--quick", action="store_true", help="smallest --search grid")
     sp.add_argument("--width", type=_number)
     sp.add_argument("--depth", type=_number)
     sp.add_argument("--resolution", type=_positive_int)

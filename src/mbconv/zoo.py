@@ -191,3 +191,17 @@ def get_spec(name: str | NetSpec, **overrides: Any) -> NetSpec:
 def create_model(name: str | NetSpec, init: str = "tf", **overrides: Any) -> MBConvNet:
     """Build a model: `create_model('efficientnet_b0', num_classes=10)`; see `get_spec` for the overrides."""
     return MBConvNet(get_spec(name, **overrides), init=init)
+
+
+def _register_nd_families() -> None:
+    """1-D and 3-D families live in `zoo_nd` (they register themselves); absent while being built."""
+    import importlib
+
+    try:
+        importlib.import_module("mbconv.zoo_nd")
+    except ModuleNotFoundError as e:
+        if e.name != "mbconv.zoo_nd":
+            raise
+
+
+_register_nd_families()
