@@ -126,3 +126,17 @@ def test_bad_resolution():
         spec_cost(zoo.get_spec("efficientnet_b0"), (32, 32, 32))
     with pytest.raises(ValueError, match="cin"):
         compare_layer(0, 8)
+
+
+def _block_params(t: float, se_base: str, se_divisor: int) -> int:
+    s = NetSpec(stages=parse_arch(f"ir_r1_k3_s1_e{t}_c40_se0.25"), stem_chs=40, head_chs=64, se_base=se_base,
+                se_divisor=se_divisor, num_classes=10)
+    return sum(l.params for l in spec_cost(s, 8).layers if l.block == 0)
+
+
+def test_claim_b_params_linear_in_t_with_effnet_se_not_with_v3_se():
+    ts = (2, 3, 4, 5, 6, 7, 8)
+    eff = [_block_params(t, "in", 1) for t in ts]
+    assert len({b - a for a, b in zip(eff, eff[1:])}) == 1  # exactly linear (science.md §2)
+    v3 = [_block_params(t, "mid", 8) for t in ts]
+    assert len({b - a for a, b in zip(v3, v3[1:])}) > 1  # SE on expanded channels grows ~ t^2
