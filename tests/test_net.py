@@ -19,14 +19,6 @@ ALL_TYPES = [["ds_r1_k3_s1_c8_se0.25"], ["ir_r2_k3_s2_e4_c12_se0.25", "ir_r1_k5_
 SIZES = {1: (32,), 2: (16, 18), 3: (8, 8, 9)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _spec(dims: int, **kw) -> NetSpec:
     base = dict(stages=parse_arch(ALL_TYPES), dims=dims, stem_chs=8, head_chs=32, num_classes=5, in_chans=3)
     return NetSpec(**(base | kw))

@@ -16,14 +16,6 @@ from mbconv.zoo import EFFICIENTNET_PARAMS, create_model, get_spec, list_models
 TIMM_MODELS = set(timm.list_models())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

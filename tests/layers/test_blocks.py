@@ -22,14 +22,6 @@ from mbconv.layers import (
 SIZES = {1: (12,), 2: (7, 8), 3: (4, 5, 6)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

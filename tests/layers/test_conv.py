@@ -16,14 +16,6 @@ CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 SIZES = {1: (11,), 2: (9, 8), 3: (5, 6, 7)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- activations and options ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, cls", [

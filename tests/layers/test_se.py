@@ -11,14 +11,6 @@ from mbconv.layers import SqueezeExcite
 SIZES = {1: (10,), 2: (5, 6), 3: (3, 4, 5)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _manual(se: SqueezeExcite, x: torch.Tensor, act, gate) -> torch.Tensor:
     """x * gate(W2 act(W1 mean(x) + b1) + b2), written out with matrices."""
     dims = x.ndim - 2
