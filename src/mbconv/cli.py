@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .cost import compare_layer, spec_cost
-from .spec import NetSpec
+from .spec import NetSpec, feature_levels
 
 
 class CliError(Exception):
@@ -93,7 +93,10 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{r['mid_chs']:>5d} {r['out_chs']:>5d} {r['repeats']:>4d} {r['se']:>4d} {r['act']:10s} "
               f"{r['string']}")
     print(f"params {_fmt_int(c.params)}   MACs {_fmt_g(c.macs)} at {spec.resolution}px")
+    print("multi-scale features (forward_multiscale): " + ", ".join(
+        f"stage {f['stage']}: {f['channels']} ch at 1/{f['reduction']}" for f in feature_levels(spec)))
     return 0
+
 
 
 # -- cost ----------------------------------------------------------------------------------------------------

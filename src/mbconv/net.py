@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -16,7 +14,7 @@ from .layers import (
     MBConv,
     init_weights_tf,
 )
-from .spec import BlockPlan, NetSpec, plan_blocks
+from .spec import BlockPlan, NetSpec, feature_levels, plan_blocks
 
 
 def build_block(p: BlockPlan, spec: NetSpec, opts: LayerOpts) -> nn.Module:
@@ -60,25 +58,13 @@ class MBConvNet(nn.Module):
         self.num_features = spec.features_chs
         self.dropout = nn.Dropout(spec.drop_rate)
         self.classifier = nn.Linear(self.num_features, spec.num_classes)
-        self.feature_info = self._feature_info()
+        self.feature_info = [dict(f, module=f"stages.{f['stage']}") for f in feature_levels(spec)]
         if init == "tf":
             init_weights_tf(self)
         elif init != "torch":
             raise ValueError(f"invalid init={init!r}: expected 'tf' or 'torch'")
 
     # -- shapes ----------------------------------------------------------------------------------------
-    def _feature_info(self) -> list[dict[str, Any]]:
-        """The last stage at each reduction level: its index, channels and total stride."""
-        info: list[dict[str, Any]] = []
-        red = self.spec.stem_stride
-        for i, stage in enumerate(self.spec.stages):
-            red *= stage.stride
-            entry = dict(stage=i, channels=stage.out_chs, reduction=red, module=f"stages.{i}")
-            if info and info[-1]["reduction"] == red:
-                info[-1] = entry
-            else:
-                info.append(entry)
-        return info
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError that names the problem when `x` cannot be this network's input."""

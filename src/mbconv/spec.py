@@ -482,3 +482,18 @@ def plan_blocks(spec: NetSpec) -> list[BlockPlan]:
                 chs = b.out_chs
                 idx += 1
     return plans
+
+
+def feature_levels(spec: NetSpec) -> list[dict[str, int]]:
+    """The last stage at each reduction level (the multi-scale feature maps): stage index, channels, total
+    stride. Stages that do not downsample share their level with the stage before them."""
+    info: list[dict[str, int]] = []
+    red = spec.stem_stride
+    for i, stage in enumerate(spec.stages):
+        red *= stage.stride
+        entry = dict(stage=i, channels=stage.out_chs, reduction=red)
+        if info and info[-1]["reduction"] == red:
+            info[-1] = entry
+        else:
+            info.append(entry)
+    return info
