@@ -13,6 +13,7 @@ from mbconv.net import MBConvNet
 from mbconv.prune import (
     PrunePlan,
     apply_plan,
+    channel_means,
     channel_scores,
     make_plan,
     min_keep_for,
@@ -88,6 +89,35 @@ def test_pruning_dead_channels_is_exact(dims, se_position):
     assert c.params == sum(p.numel() for p in pruned.parameters())
 
 
+@pytest.mark.parametrize("dims,se_position", [(1, "after_dw"), (2, "before_dw")])
+def test_mean_compensation_is_exact_for_constant_channels(dims, se_position):
+    """A channel that is constant over inputs and positions (BN gamma 0, constant gate) still feeds the project
+    conv and the SE squeeze; pruning it with mean compensation folds that constant in exactly."""
+    torch.manual_seed(0)
+    model = MBConvNet(tiny_spec(dims, se_position)).double().eval()
+    randomize_bn(model)
+    keep = {}
+    for b in prunable_blocks(model):
+        dead = torch.arange(1, b.mid, 4)
+        with torch.no_grad():
+            b.module.expand.bn.weight[dead] = 0
+            if b.kind == "mbconv":
+                b.module.depthwise.bn.weight[dead] = 0
+            if b.se_on_mid:
+                b.module.se.conv_expand.weight[dead] = 0
+        keep[b.name] = torch.tensor([c for c in range(b.mid) if c % 4 != 1])
+    plan = PrunePlan(keep, {b.name: b.mid for b in prunable_blocks(model)})
+    x = torch.randn(4, 1, *([12] * dims), dtype=torch.float64)
+    means = channel_means(model, x)
+    for b in prunable_blocks(model):
+        assert means[b.name]["project"].shape == (b.mid,) and ("se" in means[b.name]) == b.se_on_mid
+    exact = apply_plan(model, plan, means=means)
+    torch.testing.assert_close(exact(x), model(x), rtol=0, atol=1e-10)
+    assert (apply_plan(model, plan)(x) - model(x)).abs().max() > 1e-3  # without compensation it is not exact
+    with pytest.raises(ValueError, match="no entry"):
+        apply_plan(model, plan, means={})
+
+
 def test_non_mbconvnet_module_is_pruned_in_place():
     """A module that is not an MBConvNet but has MBConv-named blocks is pruned by names (no spec)."""
     torch.manual_seed(1)
@@ -138,14 +168,16 @@ def test_gate_criterion_without_se_is_a_clear_error():
 
 def test_plans_per_block_global_rounding():
     g = torch.Generator().manual_seed(0)
-    scores = {"a": torch.rand(32, generator=g), "b": torch.rand(48, generator=g) * 10, "c": torch.rand(12, generator=g)}
+    scores = {"a": torch.rand(32, generator=g), "b": torch.rand(48, generator=g) + 1, "c": torch.rand(12, generator=g)}
     p = make_plan(scores, 0.5, round_to=8)
     assert {n: len(k) for n, k in p.keep.items()} == {"a": 16, "b": 24, "c": 8}
     for n, k in p.keep.items():  # the kept channels are the top scores, sorted
         assert k.tolist() == sorted(k.tolist())
         assert scores[n][k].min() >= scores[n][[i for i in range(len(scores[n])) if i not in k.tolist()]].max()
-    p = make_plan(scores, 0.5, scope="global", normalize="none")
-    assert p.removed == 46 and len(p.keep["b"]) == 48  # raw scores: 'b' is 10x larger, so untouched
+    p = make_plan(scores, 0.4, scope="global", normalize="none")
+    assert p.removed == 37 and len(p.keep["b"]) == 48  # raw scores: all of 'b' rank above 'a' and 'c'
+    p = make_plan(scores, 0.4, scope="global")  # divided by the block mean: 'b' loses channels too
+    assert p.removed == 37 and len(p.keep["b"]) < 48
     p = make_plan(scores, 0.9, scope="global", round_to=8)
     assert all(len(k) >= 8 for k in p.keep.values()) and all(len(k) % 8 == 0 for k in p.keep.values())
     assert make_plan(scores, 0.0).removed == 0
@@ -190,7 +222,10 @@ def test_saved_pruned_run_loads_and_evaluates(tmp_path):
     loaded, run, ck = load_run(tmp_path / "run")
     x = torch.randn(2, 1, 12)
     torch.testing.assert_close(loaded(x), r.model.eval()(x))
-    assert ck.name == "best" and run["net"] == meta["net"]
+    assert ck.name == "best" and run["net"] == meta["net"] and loaded.spec.name == "tiny_pruned"
+    from mbconv.deploy import fuse_bn  # deployment sees an ordinary (smaller) MBConvNet
+
+    torch.testing.assert_close(fuse_bn(loaded)(x), loaded(x), rtol=1e-4, atol=1e-5)
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------
@@ -215,14 +250,16 @@ def test_cli_prune_writes_a_smaller_run(tiny_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "fewer" in text and "fine-tuned" in text
     summary = json.loads((out / "prune.json").read_text())
-    assert summary["macs_after"] < summary["macs_before"]
+    assert summary["macs_after"] < summary["macs_before"] and summary["scope"] == "per_block"  # the default
     model, run, _ = load_run(out)
     assert spec_cost(model.spec).macs == summary["macs_after"]
-    assert [b.mid for b in prunable_blocks(model)] == [32, 48]
+    assert [b.mid for b in prunable_blocks(model)] == [32, 32]  # 64 -> 32 in both blocks
     assert 0 <= evaluate_run(out)["acc"] <= 1
     assert main(["eval", "--checkpoint", str(out)]) == 0
     assert main(["prune", "--checkpoint", str(tiny_run), "--criterion", "bn", "--ratio", "0.3", "--global",
-                 "--out", str(tmp_path / "p2")]) == 0
+                 "--compensate", "--calib-inputs", "200", "--out", str(tmp_path / "p2")]) == 0
+    p2 = json.loads((tmp_path / "p2" / "prune.json").read_text())
+    assert p2["compensated"] is True and p2["scope"] == "global"
     load_run(tmp_path / "p2")
 
 
