@@ -1,26 +1,170 @@
-"""BN folding keeps outputs."""
+"""BN folding, the inference module, ONNX export (checked in ONNX Runtime) and the export/bench CLI."""
 
 import pytest
 import torch
+from torch import nn
 
 from mbconv import create_model
-from mbconv.deploy import fuse_bn
+from mbconv.deploy import (
+    InferenceNet,
+    align_se,
+    channels_last_input,
+    check_onnx,
+    export_onnx,
+    fuse_bn,
+    op_counts,
+    prepare_inference,
+    record_pads,
+    strip_training,
+)
+from mbconv.layers import DropPath, SamePad
+
+SIZE = {1: (40,), 2: (48, 48), 3: (16, 16, 16)}
 
 
-@pytest.mark.parametrize("name,dims", [("efficientnet_b0", 2), ("mobilenetv3_small_100", 2), ("tf_efficientnetv2_s", 2),
-                                       ("efficientnet_b0", 1), ("efficientnet_b0", 3)])
-def test_fuse_bn_equal_outputs(name, dims):
+def randomized(name, dims=2, **kw):
+    """A model with non-trivial BN statistics and affine parameters, so a wrong fold would show."""
     torch.manual_seed(0)
-    m = create_model(name, num_classes=7, dims=dims).eval()
-    for mod in m.modules():  # non-trivial running statistics, so a wrong fold would show
+    m = create_model(name, num_classes=7, dims=dims, **kw).eval()
+    for mod in m.modules():
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 1.5)
             mod.weight.data.uniform_(0.5, 1.0)
             mod.bias.data.uniform_(-0.2, 0.2)
-    size = {1: (40,), 2: (48, 48), 3: (16, 16, 16)}[dims]
-    x = torch.randn(2, 3, *size)
+    return m
+
+
+@pytest.mark.parametrize("name,dims", [("efficientnet_b0", 2), ("mobilenetv3_small_100", 2), ("tf_efficientnetv2_s", 2),
+                                       ("efficientnet_b0", 1), ("efficientnet_b0", 3)])
+def test_fuse_bn_equal_outputs(name, dims):
+    m = randomized(name, dims)
+    x = torch.randn(2, 3, *SIZE[dims])
     f = fuse_bn(m)
     assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in f.modules())
     assert any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())  # copy, not in place
     torch.testing.assert_close(f(x), m(x), atol=1e-4, rtol=1e-4)
+
+
+# -- the inference module ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,dims,size", [
+    ("efficientnet_b0", 2, 48), ("tf_efficientnet_b0", 2, 48), ("tf_efficientnet_b0", 2, 47),
+    ("tf_mobilenetv3_small_100", 2, 50), ("tf_efficientnetv2_s", 2, 40), ("tf_efficientnet_b0", 1, 41),
+    ("tf_efficientnet_b0", 3, 18)])
+def test_inference_module_equal_and_free_of_training_branches(name, dims, size):
+    m = randomized(name, dims, drop_path_rate=0.2)
+    m.train()  # prepare_inference must switch to eval itself
+    x = torch.randn(3, 3, *([size] * dims))
+    ref = m.eval()(x)
+    m.train()
+    for cl in (False, True):
+        net = prepare_inference(m, size, channels_last=cl)
+        assert isinstance(net, InferenceNet) and not net.training
+        kinds = {type(mod) for mod in net.modules()}
+        assert not kinds & {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, DropPath, nn.Dropout, SamePad}
+        out = net(channels_last_input(x) if cl else x)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert m.training and any(isinstance(mod, DropPath) for mod in m.modules())  # input model untouched
+    # without a resolution the TF pads stay dynamic: other input sizes still work
+    dyn = prepare_inference(m)
+    x2 = torch.randn(2, 3, *([size + 3] * dims))
+    torch.testing.assert_close(dyn(x2), m.eval()(x2), atol=1e-4, rtol=1e-4)
+
+
+def test_inference_module_keeps_names_for_hooks_and_does_not_touch_input():
+    m = randomized("efficientnet_b0")
+    net = prepare_inference(m, 32)
+    names = dict(net.named_modules())
+    assert {"stem.conv", "stages.1.0.expand.conv", "stages.1.0.depthwise.act", "stages.1.0.se.gate",
+            "stages.1.0.project.conv", "head.conv", "classifier"} <= set(names)
+    gates = []
+    h = names["stages.1.0.se.gate"].register_forward_hook(lambda mod, i, o: gates.append(o.clone()))
+    x = torch.randn(2, 3, 32, 32)
+    x0 = x.clone()
+    net(x)
+    h.remove()
+    assert len(gates) == 1 and gates[0].shape[:2] == (2, m.stages[1][0].se.conv_expand.out_channels)
+    assert torch.equal(x, x0)  # in-place ops never write into the caller's tensor
+
+
+def test_static_pads_recorded_and_folded():
+    m = fuse_bn(randomized("tf_efficientnet_b0"))
+    pads = record_pads(m, torch.zeros(1, 3, 64, 64))
+    assert pads["stem.pad"] == [0, 1, 0, 1]  # k3 s2 on an even size: TF pads after only
+    assert pads["stages.2.0.depthwise.pad"] == [1, 2, 1, 2]  # k5 s2
+    odd = record_pads(m, torch.zeros(1, 3, 65, 65))
+    assert odd["stem.pad"] == [1, 1, 1, 1]
+    net = prepare_inference(m, 65)
+    assert net.stem.conv.padding == (1, 1) and net.stem.pads is None  # symmetric: moved into the conv
+
+
+def test_strip_training_and_errors():
+    m = create_model("efficientnet_b0", num_classes=3, drop_path_rate=0.3).train()
+    s = strip_training(m)
+    assert not s.training and not any(isinstance(mod, (DropPath, nn.Dropout)) for mod in s.modules())
+    with pytest.raises(ValueError, match="MBConvNet-like"):
+        prepare_inference(nn.Conv2d(3, 3, 3))
+    with pytest.raises(ValueError, match="resolution"):
+        prepare_inference(m, (32, 0))
+    with pytest.raises(ValueError, match="resolution"):
+        prepare_inference(m, (32, 32, 32))
+    with pytest.raises(ValueError, match="spec"):
+        export_onnx(nn.Conv2d(3, 3, 3), "/tmp/never.onnx", 32)
+
+
+def test_align_se_is_exact():
+    m = randomized("efficientnet_b0")
+    net = prepare_inference(m, 32, inplace=False)
+    x = torch.randn(2, 3, 32, 32)
+    ref = net(x)
+    align_se(net, 16)
+    widths = {mod.conv_reduce.out_channels for mod in net.modules() if hasattr(mod, "conv_reduce")}
+    assert widths and all(w % 16 == 0 for w in widths)
+    torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-5)
+
+
+# -- ONNX export in ONNX Runtime ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name,dims,size", [
+    ("efficientnet_b0", 2, 48), ("tf_efficientnet_b0", 2, 48), ("tf_efficientnetv2_s", 2, 32),
+    ("mobilenetv3_small_100", 2, 48), ("tf_efficientnet_b0", 1, 40), ("efficientnet_b0", 3, 16)])
+def test_export_onnx_matches_pytorch(tmp_path, name, dims, size):
+    m = randomized(name, dims)
+    info = export_onnx(m, tmp_path / "m.onnx", size)
+    ops = op_counts(tmp_path / "m.onnx")
+    assert ops == info["ops"]
+    # clean graph: BN folded, pads merged into Conv, no identity/shape/reshape noise, SE squeeze as GAP
+    assert not set(ops) & {"BatchNormalization", "Pad", "Identity", "Shape", "Gather", "Reshape", "ReduceMean",
+                           "Constant", "ConstantOfShape"}
+    assert ops["GlobalAveragePool"] >= 2
+    for batch in (1, 3):  # dynamic batch axis
+        x = torch.randn(batch, 3, *([size] * dims))
+        assert check_onnx(m, tmp_path / "m.onnx", x) <= 1e-4
+
+
+def test_export_onnx_static_batch(tmp_path):
+    import onnx
+
+    m = randomized("mobilenetv3_small_100")
+    export_onnx(m, tmp_path / "s.onnx", 32, dynamic_batch=False, se_multiple=0)
+    dim0 = onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_value == 1
+    assert check_onnx(m, tmp_path / "s.onnx", torch.randn(1, 3, 32, 32)) <= 1e-4
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+def test_cli_export_and_bench(tmp_path, capsys):
+    from mbconv.cli import main
+
+    out = tmp_path / "b0.onnx"
+    assert main(["export", "tf_efficientnet_b0", "--resolution", "32", "--num-classes", "5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.exists() and "max abs diff" in text and "(ok" in text
+    assert main(["bench", "mobilenetv3_small_100", "--resolution", "32", "--rounds", "2", "--batch", "2"]) == 0
+    assert "img/s" in capsys.readouterr().out
+    assert main(["bench", "efficientnet_b0", "--resolution", "32", "--rounds", "2", "--backend", "onnx"]) == 0
+    assert "onnx" in capsys.readouterr().out
+    assert main(["export", "efficientnet_b0", "--out", str(tmp_path / "x.txt")]) == 2
+    assert main(["export", "--out", str(out)]) == 2
+    assert main(["export", "efficientnet_b0", "--checkpoint", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("mbconv: error:") == 3 and "Traceback" not in err
