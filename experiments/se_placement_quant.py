@@ -1,0 +1,358 @@
+"""Experiment F (claim f): does SE *before* the depthwise conv give a better signal-to-quantization-noise ratio
+than the standard SE *after* it in deep, heavily quantized MBConv stacks?
+
+    python experiments/se_placement_quant.py --quick      # L in {4, 8}, 2 seeds, 6 epochs, reduced PTQ grid
+    python experiments/se_placement_quant.py              # L in {4, 8, 16, 32}, 5 seeds, 20 epochs, full grid,
+                                                          # plus 2-D stacks on MNIST 5k (L in {4, 8, 16})
+
+Nets: stem (24 ch, stride 1) -> L stride-1 MBConv blocks (t=4, k=5, ReLU6, SE 0.25, residual) -> 1x1 head (96) ->
+pool -> classifier; three variants trained identically (same seeds, recipe, steps): SE after DW (standard),
+SE before DW (the design's hypothesis) and no SE (control). Checkpoints are cached (a rerun skips training).
+
+PTQ (mbconv.quant): weights per-channel symmetric, activations asymmetric per-tensor (and per-channel, the P1
+control), calibration by MSE-optimal ranges (and min/max in the full run) on 512 training samples, at two
+quantizer placements: 'runtime' (where an int8 runtime stores tensors: conv/linear inputs and outputs) and
+'full' (the analytic model's placement, also the gate values). Plus a short QAT at W4A4. Metrics: accuracy drop,
+output (logit) SQNR, pre-pool feature SQNR, Lin et al.'s sum rule, and the per-block placement inequality of
+science.md §6.8 evaluated from measured float statistics. Results: experiments/results/se_placement_quant/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mbconv.data import load_dataset
+from mbconv.deploy import fuse_bn
+from mbconv.quant.insert import QuantConfig, quantizers
+from mbconv.quant.noise import measure_sqnr
+from mbconv.quant.ptq import copy_ranges, prepare, ptq
+from mbconv.quant.qat import qat
+from mbconv.report import plt, savefig, write_json
+from mbconv.spec import NetSpec, parse_arch
+from mbconv.train import evaluate
+from mbconv.workflow import RunConfig, load_run, train_run
+
+VARIANTS = {"se_post": ("after_dw", True), "se_pre": ("before_dw", True), "no_se": ("after_dw", False)}
+OUT = Path(__file__).parent / "results" / "se_placement_quant"
+
+
+def stack_spec(depth: int, variant: str, data: str) -> NetSpec:
+    pos, se = VARIANTS[variant]
+    block = f"ir_r{depth}_k5_s1_e4_c24" + ("_se0.25" if se else "")
+    dims, chans, res = (1, 1, 40) if data == "mnist1d" else (2, 1, 14)
+    stem_stride = 1 if dims == 1 else 2  # 2-D: 28 px -> 14 px at the stem, then stride-1 blocks
+    return NetSpec(stages=parse_arch(block), name=f"stack{depth}_{variant}", dims=dims, in_chans=chans,
+                   num_classes=10, stem_chs=24, stem_stride=stem_stride, head_chs=96, resolution=res * stem_stride,
+                   act="relu6", se_position=pos, drop_rate=0.1)
+
+
+def train(depth: int, variant: str, seed: int, data: str, epochs: int, batch: int, cache: Path) -> Path:
+    out = cache / data / f"L{depth}_{variant}_s{seed}_e{epochs}"
+    done = out / "metrics.jsonl"
+    if done.exists() and len(done.read_text().splitlines()) >= epochs and (out / "best" / "meta.json").exists():
+        return out
+    cfg = RunConfig(model=stack_spec(depth, variant, data), data=data, out=str(out), epochs=epochs, batch_size=batch,
+                    lr=3e-3, weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1, seed=seed, resume=True,
+                    progress="none")
+    train_run(cfg)
+    return out
+
+
+# -- the placement inequality (science.md §6.8) from measured float statistics --------------------------------
+@torch.no_grad()
+def placement_inequality(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
+    """Per SE block: predicted SE-pre advantage 10 log10(R2^2 sum w g^2 / (R3'^2 sum w a^2)) in dB (> 0: SE-pre
+    adds less per-tensor requantization noise in front of the projection), from one float forward pass."""
+    m = fuse_bn(model)
+    rec: dict[str, dict[str, torch.Tensor]] = {}
+    hooks = []
+    for name, b in m.named_modules():
+        if getattr(b, "se", None) is None or not hasattr(b, "depthwise"):
+            continue
+        r = rec.setdefault(name, {})
+        hooks.append(b.depthwise.register_forward_pre_hook(lambda mod, a, r=r: r.__setitem__("dw_in", a[0])))
+        hooks.append(b.depthwise.register_forward_hook(lambda mod, a, o, r=r: r.__setitem__("dw_out", o)))
+        hooks.append(b.se.register_forward_pre_hook(lambda mod, a, r=r: r.__setitem__("se_in", a[0])))
+        hooks.append(b.se.gate.register_forward_hook(lambda mod, a, o, r=r: r.__setitem__("g", o)))
+        r["pre"] = torch.tensor(float(b.se_position == "before_dw"))
+        r["w"] = b.project.conv.weight.detach().pow(2).flatten(1).sum(0)  # w_c = ||W_proj[:, c]||^2
+    m(x)
+    for h in hooks:
+        h.remove()
+    rows = []
+    for name, r in rec.items():
+        g = r["g"]  # (N, C, 1)
+        g_rms = g.pow(2).mean((0, 2)).sqrt()
+        rms = lambda t: t.pow(2).transpose(0, 1).flatten(1).mean(1).sqrt()  # noqa: E731
+        a = rms(r["dw_out"]) / rms(r["dw_in"]).clamp_min(1e-12)  # DW gain per channel (incl. folded BN, act)
+        if bool(r["pre"]):
+            r3p = r["dw_in"].abs().max()  # gated expand output, measured
+            r2 = (r["dw_out"].abs().amax((0, 2)) / g_rms.clamp_min(1e-6)).max()  # ungated DW output (estimate)
+        else:
+            r2 = r["dw_out"].abs().max()  # DW output, measured
+            r3p = (r["dw_in"] * g).abs().max()  # gate applied before DW (estimate)
+        w = r["w"]
+        lhs = float(r3p.pow(2) * (w * a.pow(2)).sum())
+        rhs = float(r2.pow(2) * (w * g_rms.pow(2)).sum())
+        rows.append({"block": name, "pre_advantage_db": 10 * math.log10(rhs / max(lhs, 1e-30)),
+                     "R2": float(r2), "R3p": float(r3p), "gate_rms_mean": float(g_rms.mean()),
+                     "dw_gain_cv": float(a.std() / a.mean().clamp_min(1e-12))})
+    return rows
+
+
+# -- statistics -----------------------------------------------------------------------------------------------
+def t_ci(vals: list[float]) -> tuple[float, float]:
+    """Mean and 95 % t half-width (nan for one value)."""
+    from scipy import stats
+
+    n = len(vals)
+    m = statistics.mean(vals)
+    if n < 2:
+        return m, float("nan")
+    return m, float(stats.t.ppf(0.975, n - 1) * statistics.stdev(vals) / math.sqrt(n))
+
+
+def paired(a: list[float], b: list[float]) -> dict[str, float]:
+    """Paired a - b over seeds: mean, 95 % CI half-width, t-test p and Wilcoxon p (when n allows)."""
+    from scipy import stats
+
+    d = [x - y for x, y in zip(a, b)]
+    m, h = t_ci(d)
+    out = {"mean": m, "ci95": h, "n": len(d)}
+    if len(d) >= 2 and statistics.pstdev(d) > 0:
+        out["p_ttest"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    if len(d) >= 5:
+        out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+def grid(quick: bool) -> list[dict[str, Any]]:
+    """Quick: W8 x A{4,3} per-tensor x {runtime, full}, W8A4 per-channel and W4A4 per-tensor (runtime): 6 configs,
+    MSE ranges. Full: W{8,4,3} x A{8,6,4,3} x granularity x placement x {MSE, min/max}
+    (96 configs)."""
+    out = []
+    if quick:
+        for ab in (4, 3):
+            for placement in ("runtime", "full"):
+                out.append(dict(wbits=8, abits=ab, a_per_channel=False, placement=placement, a_calib="mse"))
+        out.append(dict(wbits=8, abits=4, a_per_channel=True, placement="runtime", a_calib="mse"))
+        out.append(dict(wbits=4, abits=4, a_per_channel=False, placement="runtime", a_calib="mse"))
+        return out
+    for calib in ("mse", "minmax"):
+        for placement in ("runtime", "full"):
+            for per_ch in (False, True):
+                for ab in (8, 6, 4, 3):
+                    for wb in (8, 4, 3):
+                        out.append(dict(wbits=wb, abits=ab, a_per_channel=per_ch, placement=placement, a_calib=calib))
+    return out
+
+
+def cfg_key(c: dict[str, Any]) -> str:
+    return (f"W{c['wbits']}A{c['abits']}_{'ch' if c['a_per_channel'] else 'tensor'}_{c['placement']}_"
+            f"{c['a_calib']}")
+
+
+@torch.no_grad()
+def calibrate_weights(q: torch.nn.Module) -> None:
+    """Weight ranges only (activation ranges were copied)."""
+    for fq in quantizers(q, ["weight"]).values():
+        fq.calibrate_from(q.get_submodule(fq.host).parametrizations["weight"].original)
+        fq.mode = "quant"
+
+
+def evaluate_model(run: Path, data: str, quick: bool, qat_steps: int, log) -> dict[str, Any]:
+    model, meta, _ = load_run(run)
+    train_ds = load_dataset(data, "train", resolution=meta["data"]["resolution"])
+    test_ds = load_dataset(data, "test", resolution=meta["data"]["resolution"])
+    fp = evaluate(model, test_ds)["acc"]
+    calib = torch.stack([train_ds[i][0] for i in range(256 if quick else 512)])
+    xs = torch.stack([test_ds[i][0] for i in range(512)])
+    res: dict[str, Any] = {"fp32_acc": fp, "ptq": {}}
+    shared: dict[tuple, torch.nn.Module] = {}  # activation ranges do not depend on the weight bits: calibrate once
+    for c in grid(quick):
+        cfg = QuantConfig(wbits=c["wbits"], abits=c["abits"], a_per_channel=c["a_per_channel"],
+                          placement=c["placement"], a_calib=c["a_calib"], w_calib="minmax",
+                          calib_max_samples=2**14 if quick else 2**16)
+        key = (c["abits"], c["a_per_channel"], c["placement"], c["a_calib"])
+        if key in shared:
+            q = prepare(model, cfg)
+            copy_ranges(shared[key], q)
+            calibrate_weights(q)
+        else:
+            q = shared[key] = ptq(model, cfg, calib)
+        rep = measure_sqnr(q, xs, num_samples=256, batch_size=256)
+        blocks = {b["block"]: b["sqnr_db"] for b in rep["blocks"]}
+        lin = sum(10 ** (-v["local_db"] / 10) for v in rep["sites"].values() if math.isfinite(v["local_db"]))
+        res["ptq"][cfg_key(c)] = {**c, "acc": evaluate(q, test_ds)["acc"], "output_db": rep["output_db"],
+                                  "features_db": blocks.get("head"), "lin_sum_rule_db": -10 * math.log10(lin),
+                                  "blocks_db": blocks}
+    if qat_steps:
+        q = ptq(model, QuantConfig(4, 4, a_calib="mse", calib_max_samples=2**14), calib)
+        before = evaluate(q, test_ds)["acc"]
+        r = qat(q, train_ds, epochs=1, lr=5e-4, test_ds=test_ds, max_steps=qat_steps)
+        res["qat_W4A4"] = {"ptq_acc": before, "qat_acc": r["test_acc"], "steps": r["steps"],
+                           "output_db": measure_sqnr(q, xs, num_samples=256, batch_size=256)["output_db"]}
+    res["inequality"] = placement_inequality(model, xs)
+    return res
+
+
+def summarize(rows: list[dict[str, Any]], quick: bool, depths: list[int], seeds: list[int],
+              data: str) -> dict[str, Any]:
+    by = {(r["depth"], r["variant"], r["seed"]): r for r in rows if r["data"] == data}
+    keys = sorted({k for r in rows for k in r["ptq"]})
+    summary: dict[str, Any] = {"float": {}, "configs": {}, "pre_minus_post": {}, "inequality": {}, "qat": {}}
+    for L in depths:
+        for v in VARIANTS:
+            accs = [by[(L, v, s)]["fp32_acc"] for s in seeds if (L, v, s) in by]
+            summary["float"][f"L{L}_{v}"] = t_ci([100 * a for a in accs])
+            ineq = [b["pre_advantage_db"] for s in seeds if (L, v, s) in by for b in by[(L, v, s)]["inequality"]]
+            if ineq:
+                summary["inequality"][f"L{L}_{v}"] = {"mean_db": statistics.mean(ineq),
+                                                      "frac_pre_better": sum(i > 0 for i in ineq) / len(ineq)}
+            q = [by[(L, v, s)].get("qat_W4A4") for s in seeds if (L, v, s) in by]
+            if all(q):
+                summary["qat"][f"L{L}_{v}"] = {"ptq_acc": t_ci([100 * x["ptq_acc"] for x in q]),
+                                               "qat_acc": t_ci([100 * x["qat_acc"] for x in q])}
+        for k in keys:
+            for v in VARIANTS:
+                rs = [by[(L, v, s)] for s in seeds if (L, v, s) in by]
+                summary["configs"][f"L{L}_{v}_{k}"] = {
+                    "output_db": t_ci([r["ptq"][k]["output_db"] for r in rs]),
+                    "drop_pt": t_ci([100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in rs]),
+                    "lin_db": t_ci([r["ptq"][k]["lin_sum_rule_db"] for r in rs])}
+            post = [by[(L, "se_post", s)] for s in seeds if (L, "se_post", s) in by]
+            pre = [by[(L, "se_pre", s)] for s in seeds if (L, "se_pre", s) in by]
+            n = min(len(post), len(pre))
+            summary["pre_minus_post"][f"L{L}_{k}"] = {
+                "output_db": paired([r["ptq"][k]["output_db"] for r in pre[:n]],
+                                    [r["ptq"][k]["output_db"] for r in post[:n]]),
+                "drop_pt": paired([100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in pre[:n]],
+                                  [100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in post[:n]])}
+    return summary
+
+
+def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref: str) -> list[Path]:
+    p = plt()
+    paths = []
+    fig, axes = p.subplots(1, 2, figsize=(11, 3.8))
+    for ax, placement in zip(axes, ("runtime", "full")):
+        key = ref.replace("runtime", placement)
+        for v in VARIANTS:
+            ys = [summary["configs"][f"L{L}_{v}_{key}"]["output_db"] for L in depths]
+            ax.errorbar(depths, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
+                        capsize=3, label=v)
+        base = summary["configs"][f"L{depths[0]}_se_post_{key}"]["output_db"][0]
+        ax.plot(depths, [base - 10 * math.log10(L / depths[0]) for L in depths], "k:", lw=1, label="-10 log10 L")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.set_xlabel("blocks L")
+        ax.set_ylabel("logit SQNR (dB)")
+        ax.set_title(f"{key} ({tag})", fontsize=9)
+        ax.legend(fontsize=7)
+    paths.append(savefig(fig, out / f"fig_sqnr_vs_depth_{tag}.png"))
+    fig, ax = p.subplots(figsize=(9, 3.8))
+    keys = sorted({k.split("_", 1)[1] for k in summary["pre_minus_post"]})
+    L = depths[-1]
+    ks = [k for k in keys if f"L{L}_{k}" in summary["pre_minus_post"]]
+    d = [summary["pre_minus_post"][f"L{L}_{k}"]["output_db"] for k in ks]
+    ax.bar(range(len(ks)), [x["mean"] for x in d], yerr=[0 if math.isnan(x["ci95"]) else x["ci95"] for x in d],
+           capsize=2)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(range(len(ks)), ks, rotation=75, fontsize=6)
+    ax.set_ylabel("SQNR(SE-pre) - SQNR(SE-post) dB")
+    ax.set_title(f"L={L}: paired SE-pre minus SE-post logit SQNR (mean, 95% CI over seeds; {tag})", fontsize=9)
+    paths.append(savefig(fig, out / f"fig_pre_minus_post_L{L}_{tag}.png"))
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--cache", default="results/se_placement_quant_runs", help="trained checkpoints (reused)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    depths = [4, 8] if quick else [4, 8, 16, 32]
+    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    datasets = ["mnist1d"] if quick else ["mnist1d", "mnist5k"]
+    epochs, batch = (4, 128) if quick else (20, 64)
+    qat_steps = 20 if quick else 120  # short QAT at W4A4 (batch 64)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "quick" if quick else "full"
+    rows: list[dict[str, Any]] = []
+    t0 = time.time()
+    timing = {"train_s": 0.0, "eval_s": 0.0}
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    for data in datasets:
+        ds_depths = depths if data == "mnist1d" else [d for d in depths if d <= 16]
+        for L in ds_depths:
+            for seed in seeds:
+                for v in VARIANTS:
+                    t = time.time()
+                    run = train(L, v, seed, data, epochs, batch, Path(args.cache))
+                    timing["train_s"] += time.time() - t
+                    t = time.time()
+                    r = evaluate_model(run, data, quick, qat_steps, log)
+                    timing["eval_s"] += time.time() - t
+                    rows.append({"data": data, "depth": L, "variant": v, "seed": seed, **r})
+                    ref = r["ptq"][cfg_key(dict(wbits=8, abits=4, a_per_channel=False, placement="runtime",
+                                                a_calib="mse"))]
+                    log(f"{data} L={L} {v} seed {seed}: fp32 {100 * r['fp32_acc']:.1f} %, W8A4 "
+                        f"{100 * ref['acc']:.1f} % SQNR {ref['output_db']:.1f} dB")
+                    write_json(out / f"rows_{tag}.json", rows)
+    ref_key = "W8A4_tensor_runtime_mse"
+    cmd = "python experiments/se_placement_quant.py" + (" --quick" if quick else "")
+    result = {"mode": tag, "depths": depths, "seeds": seeds, "epochs": epochs, "batch": batch, "timing": timing,
+              "wall_s": time.time() - t0, "command": cmd}
+    for data in datasets:
+        ds_depths = depths if data == "mnist1d" else [d for d in depths if d <= 16]
+        s = summarize(rows, quick, ds_depths, seeds, data)
+        result[data] = s
+        figures(s, ds_depths, out, f"{data}_{tag}", ref_key)
+    write_json(out / f"summary_{tag}.json", result)
+    s = result["mnist1d"]
+    table_rows = []
+    for L in depths:
+        for k in ("W8A4_tensor_runtime_mse", "W8A4_tensor_full_mse", "W8A4_ch_runtime_mse", "W4A4_tensor_runtime_mse",
+                  "W8A3_tensor_runtime_mse", "W8A3_tensor_full_mse", "W8A3_ch_runtime_mse", "W8A8_tensor_runtime_mse"):
+            if f"L{L}_{k}" not in s["pre_minus_post"]:
+                continue
+            d = s["pre_minus_post"][f"L{L}_{k}"]
+            post = s["configs"][f"L{L}_se_post_{k}"]
+            pre = s["configs"][f"L{L}_se_pre_{k}"]
+            nose = s["configs"][f"L{L}_no_se_{k}"]
+            do, dd = d["output_db"], d["drop_pt"]
+            table_rows.append([L, k, round(post["output_db"][0], 2), round(pre["output_db"][0], 2),
+                               round(nose["output_db"][0], 2), f"{do['mean']:+.2f} ± {do['ci95']:.2f}",
+                               f"{dd['mean']:+.2f} ± {dd['ci95']:.2f}"])
+    headline = (f"{tag} run, MNIST-1D, {len(seeds)} seeds: " + "; ".join(
+        f"L={L} W8A4 per-tensor: SE-pre minus SE-post logit SQNR "
+        f"{s['pre_minus_post'][f'L{L}_{ref_key}']['output_db']['mean']:+.2f} ± "
+        f"{s['pre_minus_post'][f'L{L}_{ref_key}']['output_db']['ci95']:.2f} dB" for L in depths))
+    result["headline"] = headline
+    result["table"] = {"header": ["L", "config", "SE-post dB", "SE-pre dB", "no-SE dB", "pre - post dB (95% CI)",
+                                  "pre - post acc drop pt"], "rows": table_rows}
+    result["table_caption"] = f"SE placement: logit SQNR (mean over seeds) and paired differences ({tag})"
+    write_json(out / f"summary_{tag}.json", result)
+    write_json(out / "summary.json", result)
+    log(f"done: {headline}")
+    print(json.dumps(result["mnist1d"]["float"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

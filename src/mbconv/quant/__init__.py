@@ -1,0 +1,31 @@
+"""Quantization: fake quantizers, insertion into any MBConv-family module, PTQ/QAT, measured and predicted noise,
+and real int8 inference through ONNX Runtime (`mbconv.quant.onnx_int8`, needs the `deploy` extra).
+
+    from mbconv.quant import QuantConfig, ptq, measure_sqnr, compare
+    q = ptq(model, QuantConfig(wbits=4, abits=8, first_last_bits=8), calib_ds)   # BN folded, calibrated copy
+    measure_sqnr(q, test_ds)["blocks"]                                            # SQNR per block output
+    compare(q, test_ds, gains=True)["rows"]                                       # predicted vs measured
+"""
+
+from .fake import FakeQuantize, QuantSpec, calibrate_range, fake_quant, qparams_from_range, qrange, quantize_tensor
+from .insert import (
+    KINDS,
+    PLACEMENTS,
+    QuantConfig,
+    float_mode,
+    insert_quantizers,
+    quantizers,
+    remove_quantizers,
+    set_mode,
+)
+from .model import NoiseModel, compare
+from .noise import measure_sqnr, noise_gains, predict_from_gains, sqnr_db
+from .ptq import bit_summary, calibrate, copy_ranges, prepare, ptq
+from .qat import qat
+
+__all__ = [
+    "FakeQuantize", "KINDS", "NoiseModel", "PLACEMENTS", "QuantConfig", "QuantSpec", "bit_summary", "calibrate",
+    "calibrate_range", "compare", "copy_ranges", "fake_quant", "float_mode", "insert_quantizers", "measure_sqnr",
+    "noise_gains", "predict_from_gains", "prepare", "ptq", "qat", "qparams_from_range", "qrange", "quantize_tensor",
+    "quantizers", "remove_quantizers", "set_mode", "sqnr_db",
+]
