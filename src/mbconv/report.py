@@ -25,14 +25,18 @@ class Chapter:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)
     figures: list[tuple[str, Path]] = field(default_factory=list)
+    order: list[tuple[str, int]] = field(default_factory=list)  # rendering order: (kind, index)
 
     def text(self, s: str) -> None:
+        self.order.append(("p", len(self.paragraphs)))
         self.paragraphs.append(s)
 
     def table(self, caption: str, header: list[str], rows: list[list[Any]]) -> None:
+        self.order.append(("t", len(self.tables)))
         self.tables.append((caption, header, rows))
 
     def figure(self, caption: str, path: Path) -> None:
+        self.order.append(("f", len(self.figures)))
         self.figures.append((caption, Path(path)))
 
 
@@ -59,18 +63,22 @@ class Report:
         parts.append("</ol>")
         for i, c in enumerate(self.chapters):
             parts.append(f"<h2 id='ch{i}'>{i + 1}. {html.escape(c.title)}</h2>")
-            parts += [f"<p>{html.escape(p)}</p>" for p in c.paragraphs]
-            for caption, header, rows in c.tables:
-                parts.append(f"<table><caption>{html.escape(caption)}</caption><tr>")
-                parts += [f"<th>{html.escape(str(h))}</th>" for h in header]
-                parts.append("</tr>")
-                for r in rows:
-                    parts.append("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>")
-                parts.append("</table>")
-            for caption, path in c.figures:
-                data = base64.b64encode(Path(path).read_bytes()).decode()
-                parts.append(f"<figure><img src='data:image/png;base64,{data}'>"
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            for kind, j in c.order:  # in the order the chapter added them: text stays next to its table
+                if kind == "p":
+                    parts.append(f"<p>{html.escape(c.paragraphs[j])}</p>")
+                elif kind == "t":
+                    caption, header, rows = c.tables[j]
+                    parts.append(f"<table><caption>{html.escape(caption)}</caption><tr>")
+                    parts += [f"<th>{html.escape(str(h))}</th>" for h in header]
+                    parts.append("</tr>")
+                    for r in rows:
+                        parts.append("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>")
+                    parts.append("</table>")
+                else:
+                    caption, path = c.figures[j]
+                    data = base64.b64encode(Path(path).read_bytes()).decode()
+                    parts.append(f"<figure><img src='data:image/png;base64,{data}'>"
+                                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append("</body></html>")
         return "\n".join(parts)
 
