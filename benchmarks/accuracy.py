@@ -44,8 +44,9 @@ def main() -> None:
     ap.add_argument("--only", choices=("mnist5k", "mnist1d"))
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", default="results/bench_acc")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a shared machine)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     results: dict[str, list[dict]] = {}
     for seed in range(args.seeds):
