@@ -206,7 +206,7 @@ def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: 
                                              macs_ratio=table["cnn1d_plain_w0.5"]["macs"] / mb["macs"])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"results_{mode}.json", res)
-    _figures(table, ptable, out, mode)
+    _figures(table, ptable if mode in ("quick", "full") else {}, out, mode)  # one Pareto figure per mode
     md = _markdown(table, f"{mode} mode, main comparison", epochs) + "\n" + \
         _markdown(ptable, f"{mode} mode, Pareto front", pepochs)
     (out / f"table_{mode}.md").write_text(md)
@@ -233,6 +233,12 @@ def _plain_log_ticks(ax) -> None:
 
 
 def _figures(table: dict, ptable: dict, out: Path, mode: str) -> None:
+    if ptable:
+        _pareto_figure(ptable, out, mode)
+    _main_figure(table, out, mode)
+
+
+def _pareto_figure(ptable: dict, out: Path, mode: str) -> None:
     p = plt()
     fig, ax = p.subplots(figsize=(7, 4))
     groups = {"efficientnet1d (phi -2..2)": [k for k in ptable if k.startswith("efficientnet1d")],
@@ -258,6 +264,9 @@ def _figures(table: dict, ptable: dict, out: Path, mode: str) -> None:
     ax.legend(fontsize=8)
     savefig(fig, out / f"fig_pareto_{mode}.png")
 
+
+def _main_figure(table: dict, out: Path, mode: str) -> None:
+    p = plt()
     main = [k for k in ("mbconv1d_se4", "cnn1d_plain", "cnn1d_plain_w0.5", "mbconv1d_se4_shuffled") if k in table]
     if main:
         # left: every model; right: the unshuffled ones zoomed in (their differences are tenths of a point)

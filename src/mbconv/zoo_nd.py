@@ -34,7 +34,7 @@ Design notes (why, briefly):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .scaling import compound_scale, scale_spec
 from .spec import NetSpec, parse_arch
@@ -156,8 +156,8 @@ def compound_family(base: NetSpec, phis: Sequence[float] = (-2, -1, 0, 1, 2)) ->
     return [compound_scale(base, float(p)) for p in phis]
 
 
-def _models() -> dict[str, object]:
-    reg: dict[str, object] = {}
+def _models() -> dict[str, Callable[[], NetSpec]]:
+    reg: dict[str, Callable[[], NetSpec]] = {}
     for v in B_VARIANTS:
         reg[f"efficientnet1d_{v}"] = lambda v=v: efficientnet1d_spec(v)
         reg[f"efficientnet3d_{v}"] = lambda v=v: efficientnet3d_spec(v)
@@ -170,4 +170,4 @@ def _models() -> dict[str, object]:
 
 ND_MODELS = _models()
 for _name, _fn in ND_MODELS.items():
-    register_model(_name, _fn)  # type: ignore[arg-type]
+    register_model(_name, _fn)

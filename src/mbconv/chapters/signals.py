@@ -164,7 +164,7 @@ def chapter_signals(ctx: TourContext) -> None:
 
     # 3-D synthetic volumes.
     vtr, vte = load_volumes("digits8", augment=True)
-    ep3 = 1 if quick else 3
+    ep3 = 1 if quick else 5
     r3m = fit_spec(zoo_nd.mbconv3d_small_spec(), vtr, vte, out / "vol_mbconv3d", ep3, max_steps=steps,
                    batch_size=32)
     r3c = fit_spec(zoo_nd.cnn3d_plain_spec(), vtr, vte, out / "vol_cnn3d", ep3, max_steps=steps,
