@@ -91,8 +91,9 @@ def data_meta(ds: Any, name: str, resolution: int) -> dict[str, Any]:
             "dims": ds.info.dims, "in_chans": ds.info.in_chans}
 
 
-def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint directory from a run directory (its `best/`, else newest valid) or a checkpoint itself."""
+def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:
+    """A checkpoint directory from a run directory (its `last/` by default, else the newest valid one) or a
+    checkpoint itself. `best/` is chosen on the test split, so reporting it would be biased upward."""
     from .checkpoint import latest_checkpoint
 
     p = Path(path)
