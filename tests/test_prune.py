@@ -222,7 +222,7 @@ def test_saved_pruned_run_loads_and_evaluates(tmp_path):
     loaded, run, ck = load_run(tmp_path / "run")
     x = torch.randn(2, 1, 12)
     torch.testing.assert_close(loaded(x), r.model.eval()(x))
-    assert ck.name == "best" and run["net"] == meta["net"] and loaded.spec.name == "tiny_pruned"
+    assert ck.name == "last" and run["net"] == meta["net"] and loaded.spec.name == "tiny_pruned"
     from mbconv.deploy import fuse_bn  # deployment sees an ordinary (smaller) MBConvNet
 
     torch.testing.assert_close(fuse_bn(loaded)(x), loaded(x), rtol=1e-4, atol=1e-5)
