@@ -335,12 +335,7 @@ def read_meta(path: str | os.PathLike) -> dict:
         CheckpointError: missing file, invalid JSON, or not a (supported) mbconv checkpoint.
     """
     mp = _meta_path(path)
-    try:
-        text = mp.read_text()
-    except FileNotFoundError:
-        raise CheckpointError(f"{mp}: missing (is {mp.parent} a checkpoint directory?)") from None
-    except OSError as e:
-        raise CheckpointError(f"{mp}: cannot read: {e}") from None
+    text = _read_bytes(mp, f" (is {mp.parent} a checkpoint directory?)").decode("utf-8", errors="replace")
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
@@ -360,14 +355,19 @@ def read_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
-def _read_verified(ckpt: Path, name: str, meta: dict) -> bytes:
-    fp = ckpt / name
+def _read_bytes(fp: Path, hint: str = "") -> bytes:
+    """A file's bytes, or a CheckpointError naming it (missing / unreadable)."""
     try:
-        data = fp.read_bytes()
+        return fp.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{fp}: missing") from None
+        raise CheckpointError(f"{fp}: missing{hint}") from None
     except OSError as e:
         raise CheckpointError(f"{fp}: cannot read: {e}") from None
+
+
+def _read_verified(ckpt: Path, name: str, meta: dict) -> bytes:
+    fp = ckpt / name
+    data = _read_bytes(fp)
     want = meta["files"][name]
     if len(data) != want.get("bytes", len(data)):
         raise CheckpointError(f"{fp}: size {len(data)} bytes, meta.json says {want['bytes']} "
