@@ -468,12 +468,22 @@ def main() -> int:
     cache, out = CACHE / mode, OUT / mode
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+
+    def merged() -> dict:
+        # --only runs one dataset (two can run side by side on two cores): keep the other dataset's results,
+        # re-read at write time because the other process may have finished meanwhile
+        if args.only and (out / "results.json").exists():
+            old = json.loads((out / "results.json").read_text()).get("results", {})
+            return {**{k: v for k, v in old.items() if k not in results}, **results}
+        return results
+
     for data in ("mnist1d", "mnist5k"):
         if args.only and data != args.only:
             continue
         results[data] = run_dataset(data, cfg, cache, out)
         write_json(out / "results.json", {"mode": mode, "config": {k: v for k, v in cfg.items()},
-                                          "results": results, "seconds": time.time() - t0})
+                                          "results": merged(), "seconds": time.time() - t0})
+    results = merged()
     fig_se_vs_nose(results, out / "fig_se_vs_nose.png")
     write_json(out / "results.json", {"mode": mode, "config": dict(cfg), "results": results,
                                       "seconds": time.time() - t0, "command": " ".join(sys.argv)})
