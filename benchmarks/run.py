@@ -47,29 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- machine limits ----------------------------------------------------------------------------------------
-def matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
-    """fp32 matmul GFLOP/s (n x n by n x n) with the current thread count: best and median of `reps`."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    rates = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        rates.append(2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-    return {"best": max(rates), "median": statistics.median(rates)}
+def machine_roofs() -> tuple[dict[str, float], dict[str, float]]:
+    """(fp32 matmul GFLOP/s of 2048^2 products, copy GB/s of a 256 MiB tensor), each as best and median, with the
+    current thread count; measured by the library's `roofline.measure_machine`."""
+    from mbconv.roofline import measure_machine
 
-
-def copy_bandwidth(mib: int = 256, reps: int = 5) -> dict[str, float]:
-    """Memory copy GB/s (bytes read + written) of a `mib` MiB float tensor."""
-    src = torch.randn(mib * 2 ** 20 // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    rates = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        rates.append(2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9)
-    return {"best": max(rates), "median": statistics.median(rates)}
+    m = measure_machine(n=2048, copy_mib=256, seconds=3.0)
+    return ({"best": m["peak_gflops"], "median": m["peak_gflops_median"]},
+            {"best": m["bandwidth_gbs"], "median": m["bandwidth_gbs_median"]})
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -412,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"mbconv bench{' (QUICK: few rounds, numbers are noise)' if args.quick else ''}: {cpu}, "
         f"{os.cpu_count()} cpus, {args.threads} thread(s); torch {torch.__version__}, timm {timm.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; load average {os.getloadavg()[0]:.1f}")
-    peak, bw = matmul_peak(), copy_bandwidth()
+    peak, bw = machine_roofs()
     log(f"machine: fp32 matmul 2048^2 {peak['best']:.1f} GFLOP/s (median {peak['median']:.1f}); "
         f"copy {bw['best']:.1f} GB/s (median {bw['median']:.1f})")
     result: dict[str, Any] = {"threads": args.threads, "quick": args.quick, "cpu": cpu, "matmul_gflops": peak,
@@ -424,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["models"][key]["inference"] = run_inference(key, args, sections, Path(tmp), peak, log)
             if "train" in sections:
                 result["models"][key]["train"] = run_training(key, args, log)
-    peak2 = matmul_peak()
+    peak2 = machine_roofs()[0]
     result["matmul_gflops_end"] = peak2
     result["wall_s"] = time.perf_counter() - t_start
     result["load_average_end"] = os.getloadavg()[0]

@@ -141,6 +141,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from .zoo import get_spec
 
     base = get_spec(args.base)
+    if args.latency_ms is not None:  # MnasNet-style: phi chosen by measured latency (mbconv.roofline)
+        if args.search or args.phi is not None or any(v is not None for v in (args.width, args.depth, args.resolution)):
+            raise CliError("--latency-ms chooses phi itself: drop --phi/--search/--width/--depth/--resolution")
+        from .commands.hardware import latency_scale
+
+        return latency_scale(base, args)
     if args.search:
         from .scaling_search import search_coefficients
 
@@ -290,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=_number)
     sp.add_argument("--depth", type=_number)
     sp.add_argument("--resolution", type=_positive_int)
+    sp.add_argument("--latency-ms", type=_number, help="largest compound-scaled model meeting this latency here")
+    sp.add_argument("--batch", type=_positive_int, default=1, help="batch for --latency-ms")
+    sp.add_argument("--threads", type=_positive_int, default=1, help="threads for --latency-ms")
     sp.add_argument("--json", action="store_true")
     sp = add("train", cmd_train, "train a model on a bundled dataset (or an image folder) with checkpoints")
     sp.add_argument("--model", default="efficientnet_b0", help="zoo name or block strings")

@@ -4,4 +4,4 @@ Each module calls `mbconv.tour.register_chapter(name, fn)` on import; a module w
 are missing is skipped by the tour.
 """
 
-STORY = ["train", "gates", "quant", "stability", "signals"]
+STORY = ["train", "gates", "quant", "stability", "signals", "hardware"]

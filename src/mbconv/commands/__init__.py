@@ -4,4 +4,4 @@ Each module defines `register(add)`, where `add(name, fn, help) -> argparse.Argu
 whose handler `fn(args) -> int` raises `ValueError` / `FileNotFoundError` for bad input (shown as one line).
 """
 
-MODULES = ["gates", "quant", "stability", "deploy", "signals"]
+MODULES = ["gates", "quant", "stability", "deploy", "signals", "hardware"]
