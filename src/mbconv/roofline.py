@@ -501,14 +501,19 @@ def measure_latency(spec: Any, batch: int = 1, backend: str = "eager", rounds: i
             return sess.run(None, feed)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected 'eager' or 'onnx'")
+    return 1e3 * statistics.median(time_calls(run, rounds, warmup))
+
+
+def time_calls(fn: Callable[[], Any], rounds: int, warmup: int = 2) -> list[float]:
+    """Wall-clock seconds of `rounds` calls of `fn` after `warmup` untimed ones."""
     for _ in range(warmup):
-        run()
+        fn()
     ts = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        run()
+        fn()
         ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+    return ts
 
 
 DEFAULT_PHIS = tuple(x / 4 for x in range(-16, 25))  # -4 .. 6 in steps of 0.25

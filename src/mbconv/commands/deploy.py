@@ -97,21 +97,13 @@ def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what:
     return 0
 
 
-def _timed(fn: Any, rounds: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return ts
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from ..deploy import channels_last_input, compile_model, export_onnx, ort_session, prepare_inference
+    from ..roofline import time_calls
 
     torch.set_num_threads(args.threads)
     model, default_res, what = _model(args)
@@ -147,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             def run() -> Any:
                 return sess.run(None, feed)
-        ts = _timed(run, args.rounds)
+        ts = time_calls(run, args.rounds)
     med = statistics.median(ts)
     print(f"{what} at {res}px, batch {args.batch}, {args.backend}, {args.threads} thread(s): median "
           f"{1e3 * med:.2f} ms (min {1e3 * min(ts):.2f}, max {1e3 * max(ts):.2f}) over {args.rounds} runs; "
