@@ -48,11 +48,23 @@ class RunConfig:
 
 
 def build_for_data(model: str | NetSpec, data_info: Any, resolution: int, width_mult: float = 1.0,
-                   depth_mult: float = 1.0, init: str = "tf", **overrides: Any) -> MBConvNet:
-    """A model whose input/output match a dataset: in_chans, num_classes and dims from the data."""
+                   depth_mult: float = 1.0, init: str = "tf", seed: int | None = None, **overrides: Any) -> MBConvNet:
+    """A model whose input/output match a dataset: in_chans, num_classes and dims from the data.
+
+    `seed` makes the initial weights a function of the run's seed (drawn from a seed derived from it, so the
+    weights do not share a random stream with anything else seeded by the same number); the global RNG is left
+    as it was. Without it the weights come from the global RNG's current state.
+    """
     spec = get_spec(model, num_classes=data_info.num_classes, in_chans=data_info.in_chans, dims=data_info.dims,
                     width_mult=width_mult, depth_mult=depth_mult, resolution=resolution, **overrides)
-    net = MBConvNet(spec, init=init)
+    if seed is None:
+        net = MBConvNet(spec, init=init)
+    else:
+        from .train import _derive_seed
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derive_seed(seed, "init"))
+            net = MBConvNet(spec, init=init)
     # TF's dense init (uniform +-1/sqrt(out)) targets 1000 classes; with few classes it starts with huge
     # logits and trains slowly (docs/architecture.md), so the recipe zero-inits the classifier weight.
     nn.init.zeros_(net.classifier.weight)
@@ -68,7 +80,8 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     test_ds = load_dataset(cfg.data, "test", resolution=cfg.resolution)
     info = train_ds.info
     res = cfg.resolution or info.native_size[0]
-    model = build_for_data(cfg.model, info, res, cfg.width_mult, cfg.depth_mult, cfg.init, **cfg.overrides)
+    model = build_for_data(cfg.model, info, res, cfg.width_mult, cfg.depth_mult, cfg.init, seed=cfg.seed,
+                           **cfg.overrides)
     if info.dims == 2:
         model = model.to(memory_format=torch.channels_last)  # ~2x faster conv training on CPU
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,

@@ -41,11 +41,10 @@ def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs
     out = Path(out)
     info = train_ds.info
     size = tuple(train_ds.x.shape[2:])
-    torch.manual_seed(seed)  # the initialisation differs per seed too, not only the data order
-    model = build_for_data(spec, info, size[0])
+    model = build_for_data(spec, info, size[0], seed=seed)  # the initialisation differs per seed too
     if info.dims == 3:
         model = model.to(memory_format=torch.channels_last_3d)  # ~2x faster depthwise 3-D convs on CPU
-    key = {"spec": model.spec.to_dict(), "epochs": epochs, "seed": seed, "max_steps": max_steps,
+    key = {"spec": model.spec.to_dict(), "epochs": epochs, "seed": seed, "init": "derived", "max_steps": max_steps,
            "batch_size": batch_size, "lr": lr, "n_train": len(train_ds), "data": info.name}
     res_path = out / "result.json"
     if res_path.exists():
