@@ -10,6 +10,7 @@ net; accuracies are then meaningless and not asserted).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs
         cached = json.loads(res_path.read_text())
         if cached.get("key") == key:
             return cached
+        # the folder holds a run of another configuration: its checkpoints must not be resumed as this one
+        for name in ("last", "last.prev", "best", "best.prev"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "result.json"):
+            (out / name).unlink(missing_ok=True)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=RECIPE["optimizer"],
                       weight_decay=RECIPE["weight_decay"], warmup_epochs=min(warmup_epochs, epochs / 4),
                       label_smoothing=RECIPE["label_smoothing"], seed=seed, out_dir=str(out), resume=True,
