@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _sizing import mode_config  # experiments/ is on sys.path when a script runs
 
 from mbconv import stability as S
 from mbconv.cost import spec_cost
@@ -225,10 +226,7 @@ def main() -> None:
     ap.add_argument("--summarise-only", action="store_true", help="recompute summary and figures from results.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.quick and args.extended:
-        ap.error("--quick and --extended exclude each other")
-    mode = "quick" if args.quick else "extended" if args.extended else "full"
-    cfg = dict({"quick": QUICK, "full": FULL, "extended": EXTENDED}[mode])
+    mode, cfg = mode_config(ap, args, QUICK, FULL, EXTENDED)
     for k in ("seeds", "epochs"):
         if getattr(args, k):
             cfg[k] = getattr(args, k)
