@@ -296,11 +296,14 @@ def main() -> None:
     depths = [4, 8] if quick else [4, 8, 16, 32]
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
     datasets = ["mnist1d"] if quick else ["mnist1d", "mnist5k"]
-    if args.depths:
-        depths = [int(d) for d in args.depths.split(",")]
-    if args.seeds:
-        lo, _, hi = args.seeds.partition("-")
-        seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(x) for x in args.seeds.split(",")]
+    try:
+        if args.depths:
+            depths = [int(d) for d in args.depths.split(",")]
+        if args.seeds:
+            lo, _, hi = args.seeds.partition("-")
+            seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--depths {args.depths!r} / --seeds {args.seeds!r}: expected e.g. --depths 4,8 --seeds 0-4")
     if args.datasets:
         datasets = [d.strip() for d in args.datasets.split(",")]
         bad = [d for d in datasets if d not in ("mnist1d", "mnist5k")]

@@ -172,7 +172,7 @@ class _Recorder(TorchDispatchMode):
 def _storage_key(t: torch.Tensor) -> int:
     try:
         return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. functionalized): never a weight
         return -1
 
 

@@ -62,11 +62,8 @@ def chapter_hardware(ctx: TourContext) -> None:
                                         "predicted ms", "measured ms"],
              [[r.name, r.kind, r.macs, r.intensity_fp32, r.intensity_int8, r.bound, r.predicted_ms, r.measured_ms]
               for r in top])
-    try:
-        ch.figure(f"EfficientNet-B0 at {res} px on this machine's roofline (left) and measured vs predicted time per "
-                  f"layer (right)", fig_roofline(rf, out / "fig_roofline_b0.png"))
-    except ImportError:
-        pass
+    ch.figure(f"EfficientNet-B0 at {res} px on this machine's roofline (left) and measured vs predicted time per "
+              f"layer (right)", fig_roofline(rf, out / "fig_roofline_b0.png"))
     if search is None:
         ch.text(f"Latency-constrained compound scaling: no compound-scaled B0 met the {budget:.2f} ms budget in this "
                 f"run (the machine was too loaded); `mbconv scale --base efficientnet_b0 --latency-ms X` runs it.")
@@ -80,11 +77,8 @@ def chapter_hardware(ctx: TourContext) -> None:
             f"here is phi = {b['phi']:g}: {b['resolution']} px, width x{b['width']:.3g}, depth x{b['depth']:.3g}, "
             f"{b['macs'] / 1e6:.0f} M MACs, {b['latency_ms']:.2f} ms"
             + (f"; phi = {nxt['phi']:g} takes {nxt['latency_ms']:.2f} ms." if nxt else f". {search.note}"))
-    try:
-        ch.figure("Median latency of every timed phi against its MACs, with the budget",
-                  fig_latency_search(search, out / "fig_latency_search.png"))
-    except ImportError:
-        pass
+    ch.figure("Median latency of every timed phi against its MACs, with the budget",
+              fig_latency_search(search, out / "fig_latency_search.png"))
     ctx.state["hardware"] = {"machine": machine, "memory_share": rf.share("memory"), "best_phi": b["phi"]}
 
 
