@@ -7,8 +7,11 @@ than the standard SE *after* it in deep, heavily quantized MBConv stacks?
 
 The full mode is far beyond the project's one-hour rule (about 1-2 CPU-days on this machine: 105 trained nets,
 96 PTQ configurations each). It is built to run in chunks: `--depths 4,8 --seeds 0-4 --datasets mnist1d` in one
-process or session, `--depths 16` in another; nets and their evaluations are cached, and a final run without the
-chunk options only aggregates. The quick mode (~15 min) is the only one run so far.
+process or session, `--depths 16` in another; nets and their evaluations are cached (an evaluated net is never
+retrained), and a final run without the chunk options only aggregates. `--workers N` trains and evaluates N nets
+side by side (one process each), `--device cuda` trains and evaluates on a GPU (TF32 off, so that rounding does not
+add noise of its own), `--deadline-s` stops starting new nets after a time and `--no-summary` only fills the cache.
+Which chunks ran, where and how long: docs/claims/f_quant_se_placement.md.
 
 Nets: stem (24 ch, stride 1) -> L stride-1 MBConv blocks (t=4, k=5, ReLU6, SE 0.25, residual) -> 1x1 head (96) ->
 pool -> classifier; three variants trained identically (same seeds, recipe, steps): SE after DW (standard),
@@ -28,6 +31,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,14 +63,19 @@ def stack_spec(depth: int, variant: str, data: str) -> NetSpec:
                    act="relu6", se_position=pos, drop_rate=0.1)
 
 
-def train(depth: int, variant: str, seed: int, data: str, epochs: int, batch: int, cache: Path) -> Path:
-    out = cache / data / f"L{depth}_{variant}_s{seed}_e{epochs}"
+def run_dir(cache: Path, data: str, depth: int, variant: str, seed: int, epochs: int) -> Path:
+    return cache / data / f"L{depth}_{variant}_s{seed}_e{epochs}"
+
+
+def train(depth: int, variant: str, seed: int, data: str, epochs: int, batch: int, cache: Path,
+          device: str = "cpu") -> Path:
+    out = run_dir(cache, data, depth, variant, seed, epochs)
     done = out / "metrics.jsonl"
     if done.exists() and len(done.read_text().splitlines()) >= epochs and (out / "best" / "meta.json").exists():
         return out
     cfg = RunConfig(model=stack_spec(depth, variant, data), data=data, out=str(out), epochs=epochs, batch_size=batch,
                     lr=3e-3, weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1, seed=seed, resume=True,
-                    progress="none")
+                    progress="none", extra_train={"device": device})
     train_run(cfg)
     return out
 
@@ -174,14 +183,15 @@ def calibrate_weights(q: torch.nn.Module) -> None:
         fq.mode = "quant"
 
 
-def evaluate_model(run: Path, data: str, quick: bool, qat_steps: int, log) -> dict[str, Any]:
+def evaluate_model(run: Path, data: str, quick: bool, qat_steps: int, log, device: str = "cpu") -> dict[str, Any]:
     model, meta, _ = load_run(run)
+    model = model.to(device)
     train_ds = load_dataset(data, "train", resolution=meta["data"]["resolution"])
     test_ds = load_dataset(data, "test", resolution=meta["data"]["resolution"])
     fp = evaluate(model, test_ds)["acc"]
-    calib = torch.stack([train_ds[i][0] for i in range(256 if quick else 512)])
-    xs = torch.stack([test_ds[i][0] for i in range(512)])
-    res: dict[str, Any] = {"fp32_acc": fp, "ptq": {}}
+    calib = torch.stack([train_ds[i][0] for i in range(256 if quick else 512)]).to(device)
+    xs = torch.stack([test_ds[i][0] for i in range(512)]).to(device)
+    res: dict[str, Any] = {"fp32_acc": fp, "ptq": {}, "device": str(device), "torch": torch.__version__}
     shared: dict[tuple, torch.nn.Module] = {}  # activation ranges do not depend on the weight bits: calibrate once
     for c in grid(quick):
         cfg = QuantConfig(wbits=c["wbits"], abits=c["abits"], a_per_channel=c["a_per_channel"],
@@ -218,30 +228,35 @@ def summarize(rows: list[dict[str, Any]], quick: bool, depths: list[int], seeds:
     for L in depths:
         for v in VARIANTS:
             accs = [by[(L, v, s)]["fp32_acc"] for s in seeds if (L, v, s) in by]
+            if not accs:
+                continue
             summary["float"][f"L{L}_{v}"] = t_ci([100 * a for a in accs])
             ineq = [b["pre_advantage_db"] for s in seeds if (L, v, s) in by for b in by[(L, v, s)]["inequality"]]
             if ineq:
                 summary["inequality"][f"L{L}_{v}"] = {"mean_db": statistics.mean(ineq),
                                                       "frac_pre_better": sum(i > 0 for i in ineq) / len(ineq)}
             q = [by[(L, v, s)].get("qat_W4A4") for s in seeds if (L, v, s) in by]
-            if all(q):
+            if q and all(q):
                 summary["qat"][f"L{L}_{v}"] = {"ptq_acc": t_ci([100 * x["ptq_acc"] for x in q]),
                                                "qat_acc": t_ci([100 * x["qat_acc"] for x in q])}
         for k in keys:
             for v in VARIANTS:
-                rs = [by[(L, v, s)] for s in seeds if (L, v, s) in by]
+                rs = [by[(L, v, s)] for s in seeds if (L, v, s) in by and k in by[(L, v, s)]["ptq"]]
+                if not rs:
+                    continue
                 summary["configs"][f"L{L}_{v}_{k}"] = {
                     "output_db": t_ci([r["ptq"][k]["output_db"] for r in rs]),
                     "drop_pt": t_ci([100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in rs]),
                     "lin_db": t_ci([r["ptq"][k]["lin_sum_rule_db"] for r in rs])}
-            post = [by[(L, "se_post", s)] for s in seeds if (L, "se_post", s) in by]
-            pre = [by[(L, "se_pre", s)] for s in seeds if (L, "se_pre", s) in by]
-            n = min(len(post), len(pre))
+            both = [s for s in seeds if (L, "se_post", s) in by and (L, "se_pre", s) in by]  # paired by seed
+            pre, post = [by[(L, "se_pre", s)] for s in both], [by[(L, "se_post", s)] for s in both]
+            if not both:
+                continue
             summary["pre_minus_post"][f"L{L}_{k}"] = {
-                "output_db": paired([r["ptq"][k]["output_db"] for r in pre[:n]],
-                                    [r["ptq"][k]["output_db"] for r in post[:n]]),
-                "drop_pt": paired([100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in pre[:n]],
-                                  [100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in post[:n]])}
+                "output_db": paired([r["ptq"][k]["output_db"] for r in pre],
+                                    [r["ptq"][k]["output_db"] for r in post]),
+                "drop_pt": paired([100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in pre],
+                                  [100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in post])}
     return summary
 
 
@@ -279,17 +294,47 @@ def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref
     return paths
 
 
+def run_job(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Train (unless cached) and evaluate (unless cached) one net; runs in a worker process with --workers.
+    Returns the evaluation, or None when the job was not started before the deadline."""
+    torch.set_num_threads(job["threads"])
+    if "cuda" in (job["device"], job["eval_device"]):
+        # TF32 convs round at ~1e-3: that would be noise of its own next to the 20-50 dB SQNRs measured here.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    run = run_dir(Path(job["cache"]), job["data"], job["depth"], job["variant"], job["seed"], job["epochs"])
+    cached = run / f"eval_{job['tag']}.json"
+    if cached.exists():  # evaluated before: training is not needed (the weights may not even be here)
+        return json.loads(cached.read_text())
+    if job["deadline"] and time.time() > job["deadline"]:
+        return None
+    t = time.time()
+    train(job["depth"], job["variant"], job["seed"], job["data"], job["epochs"], job["batch"], Path(job["cache"]),
+          device=job["device"])
+    t_train = time.time() - t
+    t = time.time()
+    r = evaluate_model(run, job["data"], job["tag"] == "quick", job["qat_steps"], print, device=job["eval_device"])
+    r["seconds"] = {"train": t_train, "eval": time.time() - t, "train_device": job["device"]}
+    write_json(cached, r)
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--cache", default="results/se_placement_quant_runs", help="trained checkpoints (reused)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     # The full grid is ~1-2 CPU-days here: these select a chunk (e.g. one depth per process and per session);
     # trained nets and each net's evaluation are cached, so a final run over everything only aggregates.
     ap.add_argument("--depths", help="comma-separated subset of the depths, e.g. 4,8")
     ap.add_argument("--seeds", help="seed range, e.g. 0-4 or 2,3")
     ap.add_argument("--datasets", help="comma-separated subset of mnist1d,mnist5k")
+    ap.add_argument("--workers", type=int, default=1, help="nets trained and evaluated side by side (processes)")
+    ap.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
+    ap.add_argument("--eval-device", help="PTQ/QAT evaluation device (default: --device)")
+    ap.add_argument("--deadline-s", type=float, default=0.0, help="start no new net after this many seconds")
+    ap.add_argument("--no-summary", action="store_true", help="only fill the cache (a chunk of a larger run)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     quick = args.quick
@@ -309,42 +354,67 @@ def main() -> None:
         bad = [d for d in datasets if d not in ("mnist1d", "mnist5k")]
         if bad:
             ap.error(f"unknown dataset(s) {bad}: choose from mnist1d, mnist5k")
+    if args.workers < 1:
+        ap.error(f"--workers {args.workers}: must be >= 1")
     epochs, batch = (4, 128) if quick else (20, 64)
     qat_steps = 20 if quick else 120  # short QAT at W4A4 (batch 64)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "quick" if quick else "full"
-    rows: list[dict[str, Any]] = []
     t0 = time.time()
     timing = {"train_s": 0.0, "eval_s": 0.0}
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
+    jobs = []
     for data in datasets:
         ds_depths = depths if data == "mnist1d" else [d for d in depths if d <= 16]
-        for L in ds_depths:
+        # side by side, the deepest (longest) nets go first so that the last ones to finish are short
+        for L in sorted(ds_depths, reverse=args.workers > 1):
             for seed in seeds:
                 for v in VARIANTS:
-                    t = time.time()
-                    run = train(L, v, seed, data, epochs, batch, Path(args.cache))
-                    timing["train_s"] += time.time() - t
-                    t = time.time()
-                    cached = run / f"eval_{'quick' if quick else 'full'}.json"
-                    if cached.exists():
-                        r = json.loads(cached.read_text())
-                    else:
-                        r = evaluate_model(run, data, quick, qat_steps, log)
-                        write_json(cached, r)
-                    timing["eval_s"] += time.time() - t
-                    rows.append({"data": data, "depth": L, "variant": v, "seed": seed, **r})
-                    ref = r["ptq"][cfg_key(dict(wbits=8, abits=4, a_per_channel=False, placement="runtime",
-                                                a_calib="mse"))]
-                    log(f"{data} L={L} {v} seed {seed}: fp32 {100 * r['fp32_acc']:.1f} %, W8A4 "
-                        f"{100 * ref['acc']:.1f} % SQNR {ref['output_db']:.1f} dB")
-                    write_json(out / f"rows_{tag}.json", rows)
+                    jobs.append(dict(data=data, depth=L, variant=v, seed=seed, epochs=epochs, batch=batch, tag=tag,
+                                     qat_steps=qat_steps, cache=args.cache, threads=args.threads, device=args.device,
+                                     eval_device=args.eval_device or args.device,
+                                     deadline=t0 + args.deadline_s if args.deadline_s else 0.0))
+
+    def done(job: dict[str, Any], r: dict[str, Any] | None) -> dict[str, Any] | None:
+        if r is None:
+            log(f"{job['data']} L={job['depth']} {job['variant']} seed {job['seed']}: not started (deadline)")
+            return None
+        timing["train_s"] += r.get("seconds", {}).get("train", 0.0)
+        timing["eval_s"] += r.get("seconds", {}).get("eval", 0.0)
+        ref = r["ptq"][cfg_key(dict(wbits=8, abits=4, a_per_channel=False, placement="runtime", a_calib="mse"))]
+        log(f"{job['data']} L={job['depth']} {job['variant']} seed {job['seed']}: fp32 {100 * r['fp32_acc']:.1f} %, "
+            f"W8A4 {100 * ref['acc']:.1f} % SQNR {ref['output_db']:.1f} dB")
+        return {"data": job["data"], "depth": job["depth"], "variant": job["variant"], "seed": job["seed"], **r}
+
+    rows: list[dict[str, Any]] = []
+    if args.workers == 1:
+        for job in jobs:
+            row = done(job, run_job(job))
+            if row:
+                rows.append(row)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for f in as_completed(futures):
+                row = done(futures[f], f.result())
+                if row:
+                    rows.append(row)
+    order = {(j["data"], j["depth"], j["variant"], j["seed"]): i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["data"], r["depth"], r["variant"], r["seed"])])
+    write_json(out / f"rows_{tag}.json", rows)
+    if args.no_summary:
+        log(f"cache filled: {len(rows)} of {len(jobs)} nets evaluated (train {timing['train_s']:.0f} s, "
+            f"eval {timing['eval_s']:.0f} s summed over processes)")
+        return
     ref_key = "W8A4_tensor_runtime_mse"
-    cmd = "python experiments/se_placement_quant.py" + (" --quick" if quick else "")
+    cmd = " ".join(["python", "experiments/se_placement_quant.py", *sys.argv[1:]])
     result = {"mode": tag, "depths": depths, "seeds": seeds, "epochs": epochs, "batch": batch, "timing": timing,
               "wall_s": time.time() - t0, "command": cmd}
     for data in datasets:

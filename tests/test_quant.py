@@ -429,3 +429,20 @@ def test_tour_chapter_on_a_small_run(small_run, tmp_path):
     res = json.loads((tmp_path / "quant_result.json").read_text())
     assert res["quick"] and len(res["ptq"]) == 2 and "1" in res["int8"]["latency"]
     assert all(f.stat().st_size > 1000 for _, f in ch.figures)
+
+
+def test_quantizers_and_inputs_follow_the_model_device(net_and_data):
+    """Calibration and QAT on a GPU need quantizer state and input batches on the model's device; the meta
+    device stands in for CUDA here (the full CPU-vs-CUDA equivalence was checked on a GPU machine, see
+    docs/claims/f_quant_se_placement.md)."""
+    from mbconv.quant.ptq import iter_batches
+    from mbconv.train import model_device
+
+    m, x = net_and_data
+    assert model_device(m).type == "cpu" and model_device(nn.ReLU()).type == "cpu"
+    assert [b.device.type for b in iter_batches(x, 40, 16, device="meta")] == ["meta"] * 3
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(96, dtype=torch.long))
+    assert {b.device.type for b in iter_batches(ds, 20, 8, device="meta")} == {"meta"}
+    gate = FakeQuantize(QuantSpec(bits=8, symmetric=False, fixed_range=(0.0, 1.0))).to("meta")
+    gate.finalize()  # the fixed range is made on the CPU; the qparams must still land beside the module
+    assert gate.scale.device.type == "meta" and gate.zero_point.device.type == "meta"

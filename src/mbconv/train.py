@@ -351,6 +351,13 @@ class _Meter:
         self.sums = torch.tensor(values, dtype=torch.float64, device=self.device)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a stateless module): where its inputs go."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch[0], batch[1]
     nb = device.type == "cuda"
@@ -453,14 +460,15 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 256,
-             device: str | torch.device = "cpu", bf16: bool = False, num_workers: int = 0) -> dict:
-    """Mean cross-entropy and accuracy of `model` (in eval mode) over `data`.
+             device: str | torch.device | None = None, bf16: bool = False, num_workers: int = 0) -> dict:
+    """Mean cross-entropy and accuracy of `model` (in eval mode) over `data`, on `device` (default: the
+    model's own device).
 
     Given a Dataset while torch.distributed is initialised, each rank evaluates a disjoint shard and
     the sums are all-reduced, so every rank returns the full-dataset numbers. Returns
     ``{"loss", "acc", "count"}``.
     """
-    device = torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     if isinstance(data, DataLoader):
         loader = data
     else:

@@ -138,7 +138,7 @@ def _quant_error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: Quan
 def calibrate_range(x: torch.Tensor, spec: QuantSpec, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel [lo, hi] (float64) of the (C, M) samples by the spec's method."""
     if x.shape[1] == 0:
-        z = torch.zeros(x.shape[0], dtype=torch.float64)
+        z = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         return z, z.clone()
     lo, hi = x.min(1).values, x.max(1).values
     if spec.calib == "minmax":
@@ -290,6 +290,7 @@ class FakeQuantize(nn.Module):
 
     def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor, signed: bool) -> None:
         scale, zp, _, _ = qparams_from_range(lo, hi, self.spec, signed)
+        scale, zp = scale.to(self.scale.device), zp.to(self.scale.device)  # fixed ranges are made on the CPU
         with torch.no_grad():
             if self.scale.shape != scale.shape:
                 self.scale = nn.Parameter(scale.clone(), requires_grad=self.spec.learn)
@@ -326,7 +327,7 @@ class FakeQuantize(nn.Module):
 
 def quantize_tensor(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Calibrate on `x` itself and return Q(x) (convenience for tests and one-off analysis)."""
-    fq = FakeQuantize(spec)
+    fq = FakeQuantize(spec).to(x.device)
     fq.calibrate_from(x)
     with torch.no_grad():
         return fq(x)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..layers import ConvNormAct, SqueezeExcite
+from ..train import model_device
 from .fake import CALIBS, FakeQuantize, QuantSpec
 
 KINDS = ("input", "weight", "act", "se_inner", "gate", "se", "add", "pool", "logits")
@@ -188,6 +189,7 @@ def insert_quantizers(model: nn.Module, cfg: QuantConfig) -> dict[str, FakeQuant
     blocks = block_names(model)
     fl = _first_last(sites) if cfg.first_last_bits is not None else set()
     mods = dict(model.named_modules())
+    device = model_device(model)  # quantizer state lives beside the weights (GPU calibration, QAT)
     handles: list[Any] = []
     out: dict[str, FakeQuantize] = {}
     for site, kind, host, how in sites:
@@ -202,7 +204,7 @@ def insert_quantizers(model: nn.Module, cfg: QuantConfig) -> dict[str, FakeQuant
             continue
         spec = _weight_spec(cfg, bits) if kind == "weight" else _act_spec(cfg, bits, kind)
         fq = FakeQuantize(spec, site=site, kind=kind, block=_block_of(host, blocks) if host else "input",
-                          max_samples=cfg.calib_max_samples)
+                          max_samples=cfg.calib_max_samples).to(device)
         fq.mode = "observe"
         fq.host = host
         fq.order = len(out)  # forward order of the plan, for reports

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..train import model_device
 from .fake import FakeQuantize
 from .insert import block_names, float_mode, quantizers
 from .noise import sqnr_db
@@ -163,7 +164,7 @@ class _Stats:
             q.tap = q_tap
         try:
             with torch.no_grad(), float_mode(qm):
-                for x in iter_batches(data, num_samples, batch_size):
+                for x in iter_batches(data, num_samples, batch_size, device=model_device(qm)):
                     qm(x)
         finally:
             for h in handles:

@@ -28,6 +28,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
+from ..train import model_device
 from .fake import FakeQuantize
 from .insert import block_names, float_mode, quantizers
 from .ptq import iter_batches
@@ -111,7 +112,7 @@ def measure_sqnr(qmodel: nn.Module, data: Any, num_samples: int = 256, batch_siz
     for q in qs.values():
         q.tap = tap
     try:
-        for x in iter_batches(data, num_samples, batch_size):
+        for x in iter_batches(data, num_samples, batch_size, device=model_device(qmodel)):
             phase[0] = "float"
             ref.clear()
             with float_mode(qmodel):
@@ -147,7 +148,7 @@ def measure_sqnr(qmodel: nn.Module, data: Any, num_samples: int = 256, batch_siz
 
 def _noise_like(fq: FakeQuantize, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Gaussian with per-channel std Delta_c / sqrt(12) on fq's channel axis (per-tensor: one std)."""
-    z = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+    z = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)  # CPU stream: same draws on any device
     std = fq.step().to(y.dtype) / math.sqrt(12.0)
     if std.numel() > 1:
         shape = [1] * y.ndim
@@ -196,7 +197,7 @@ def noise_gains(qmodel: nn.Module, data: Any, num_samples: int = 32, batch_size:
     try:
         with float_mode(qmodel), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch scripts its forward-AD decompositions once
-            for x in iter_batches(data, num_samples, batch_size):
+            for x in iter_batches(data, num_samples, batch_size, device=model_device(qmodel)):
                 for s in chosen:
                     fq = qs[s]
                     zs: list[torch.Tensor] = []

@@ -16,15 +16,22 @@ import torch
 from torch import nn
 
 from ..deploy import fuse_bn
+from ..train import model_device
 from .fake import FakeQuantize
 from .insert import QuantConfig, insert_quantizers, quantizers, set_mode
 
 
-def iter_batches(data: Any, num_samples: int | None = None, batch_size: int = 128) -> Iterator[torch.Tensor]:
+def iter_batches(data: Any, num_samples: int | None = None, batch_size: int = 128,
+                 device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
     """Input batches from a Dataset of (x, y), a DataLoader / iterable of batches, or one tensor; stops after
-    `num_samples` samples (all if None). Datasets are read in order (calibration must be reproducible)."""
+    `num_samples` samples (all if None), moved to `device` if given. Datasets are read in order (calibration
+    must be reproducible)."""
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"invalid num_samples={num_samples!r}: must be >= 1")
+    if device is not None:
+        for x in iter_batches(data, num_samples, batch_size):
+            yield x.to(device)
+        return
     seen = 0
 
     def take(x: torch.Tensor) -> torch.Tensor | None:
@@ -88,7 +95,7 @@ def calibrate(qmodel: nn.Module, data: Any, num_samples: int = 512, batch_size: 
         for q in needs_data:
             q.mode = "observe"
         n = 0
-        for x in iter_batches(data, num_samples, batch_size):
+        for x in iter_batches(data, num_samples, batch_size, device=model_device(qmodel)):
             qmodel(x)
             n += x.shape[0]
         if n == 0:

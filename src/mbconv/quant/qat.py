@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train import evaluate, make_loader, seed_everything
+from ..train import evaluate, make_loader, model_device, seed_everything
 from .insert import quantizers, set_mode
 
 
@@ -39,6 +39,7 @@ def qat(qmodel: nn.Module, train_ds: Any, epochs: int = 1, lr: float = 2e-4, bat
     total = epochs * len(loader) if not max_steps else min(max_steps, epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    dev = model_device(qmodel)
     step, loss_sum, n = 0, 0.0, 0
     qmodel.train()
     try:
@@ -47,6 +48,7 @@ def qat(qmodel: nn.Module, train_ds: Any, epochs: int = 1, lr: float = 2e-4, bat
                 if hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)
             for x, y in loader:
+                x, y = x.to(dev), y.to(dev)
                 loss = crit(qmodel(x), y)
                 if not torch.isfinite(loss):
                     raise ValueError(f"QAT diverged at step {step} (loss {loss.item()}); try a smaller lr")
