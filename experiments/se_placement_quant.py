@@ -257,6 +257,19 @@ def summarize(rows: list[dict[str, Any]], quick: bool, depths: list[int], seeds:
                                     [r["ptq"][k]["output_db"] for r in post]),
                 "drop_pt": paired([100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in pre],
                                   [100 * (r["fp32_acc"] - r["ptq"][k]["acc"]) for r in post])}
+    # How often SE-pre wins across the 96 configurations at each depth. The configurations share the same nets,
+    # so they are not independent tests: this is a description of consistency, not a combined p-value.
+    summary["sign_count"] = {}
+    for L in depths:
+        ds = [v["output_db"] for k, v in summary["pre_minus_post"].items() if k.startswith(f"L{L}_")]
+        tensor = [v["output_db"] for k, v in summary["pre_minus_post"].items()
+                  if k.startswith(f"L{L}_") and "_tensor_" in k]
+        summary["sign_count"][f"L{L}"] = {
+            "configs": len(ds), "pre_better": sum(d["mean"] > 0 for d in ds),
+            "pre_better_p05": sum(d["mean"] > 0 and d.get("p_ttest", 1.0) < 0.05 for d in ds),
+            "post_better_p05": sum(d["mean"] < 0 and d.get("p_ttest", 1.0) < 0.05 for d in ds),
+            "per_tensor_configs": len(tensor), "per_tensor_pre_better": sum(d["mean"] > 0 for d in tensor),
+            "per_tensor_mean_db": statistics.mean(d["mean"] for d in tensor) if tensor else float("nan")}
     return summary
 
 
@@ -291,6 +304,23 @@ def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref
     ax.set_ylabel("SQNR(SE-pre) - SQNR(SE-post) dB")
     ax.set_title(f"L={L}: paired SE-pre minus SE-post logit SQNR (mean, 95% CI over seeds; {tag})", fontsize=9)
     paths.append(savefig(fig, out / f"fig_pre_minus_post_L{L}_{tag}.png"))
+    if len(depths) > 1:  # the hypothesis is about depth: the paired difference against L, for a few configs
+        fig, ax = p.subplots(figsize=(6.5, 3.8))
+        for k in ("W8A8_tensor_runtime_mse", "W8A4_tensor_runtime_mse", "W8A4_tensor_full_mse",
+                  "W8A4_ch_runtime_mse", "W4A4_tensor_runtime_mse", "W8A3_tensor_runtime_mse"):
+            d = [summary["pre_minus_post"].get(f"L{L}_{k}", {}).get("output_db") for L in depths]
+            if not all(d):
+                continue
+            ax.errorbar(depths, [x["mean"] for x in d], yerr=[0 if math.isnan(x["ci95"]) else x["ci95"] for x in d],
+                        marker="o", capsize=3, label=k.replace("_mse", ""))
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.set_xlabel("blocks L")
+        ax.set_ylabel("SQNR(SE-pre) - SQNR(SE-post) dB")
+        ax.set_title(f"paired SE-pre minus SE-post logit SQNR vs depth (95% CI over seeds; {tag})", fontsize=9)
+        ax.legend(fontsize=7)
+        paths.append(savefig(fig, out / f"fig_pre_minus_post_vs_depth_{tag}.png"))
     return paths
 
 
@@ -440,10 +470,12 @@ def main() -> None:
             table_rows.append([L, k, round(post["output_db"][0], 2), round(pre["output_db"][0], 2),
                                round(nose["output_db"][0], 2), f"{do['mean']:+.2f} ± {do['ci95']:.2f}",
                                f"{dd['mean']:+.2f} ± {dd['ci95']:.2f}"])
-    headline = (f"{tag} run, MNIST-1D, {len(seeds)} seeds: " + "; ".join(
-        f"L={L} W8A4 per-tensor: SE-pre minus SE-post logit SQNR "
-        f"{s['pre_minus_post'][f'L{L}_{ref_key}']['output_db']['mean']:+.2f} ± "
-        f"{s['pre_minus_post'][f'L{L}_{ref_key}']['output_db']['ci95']:.2f} dB" for L in depths))
+    def one(L: int) -> str:
+        d = s["pre_minus_post"][f"L{L}_{ref_key}"]["output_db"]
+        return f"L={L} ({d['n']} seeds) {d['mean']:+.2f} ± {d['ci95']:.2f} dB"
+
+    headline = (f"{tag} run, MNIST-1D: SE-pre minus SE-post logit SQNR at W8A4 per-tensor (runtime placement), "
+                "paired over seeds: " + "; ".join(one(L) for L in depths if f"L{L}_{ref_key}" in s["pre_minus_post"]))
     result["headline"] = headline
     result["table"] = {"header": ["L", "config", "SE-post dB", "SE-pre dB", "no-SE dB", "pre - post dB (95% CI)",
                                   "pre - post acc drop pt"], "rows": table_rows}
