@@ -273,6 +273,15 @@ def summarize(rows: list[dict[str, Any]], quick: bool, depths: list[int], seeds:
     return summary
 
 
+def _depth_axis(ax: Any, depths: list[int], ylabel: str, title: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.set_xlabel("blocks L")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref: str) -> list[Path]:
     p = plt()
     paths = []
@@ -285,12 +294,7 @@ def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref
                         capsize=3, label=v)
         base = summary["configs"][f"L{depths[0]}_se_post_{key}"]["output_db"][0]
         ax.plot(depths, [base - 10 * math.log10(L / depths[0]) for L in depths], "k:", lw=1, label="-10 log10 L")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(depths, [str(d) for d in depths])
-        ax.set_xlabel("blocks L")
-        ax.set_ylabel("logit SQNR (dB)")
-        ax.set_title(f"{key} ({tag})", fontsize=9)
-        ax.legend(fontsize=7)
+        _depth_axis(ax, depths, "logit SQNR (dB)", f"{key} ({tag})")
     paths.append(savefig(fig, out / f"fig_sqnr_vs_depth_{tag}.png"))
     fig, ax = p.subplots(figsize=(9, 3.8))
     keys = sorted({k.split("_", 1)[1] for k in summary["pre_minus_post"]})
@@ -314,12 +318,8 @@ def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref
             ax.errorbar(depths, [x["mean"] for x in d], yerr=[0 if math.isnan(x["ci95"]) else x["ci95"] for x in d],
                         marker="o", capsize=3, label=k.replace("_mse", ""))
         ax.axhline(0, color="k", lw=0.5)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(depths, [str(d) for d in depths])
-        ax.set_xlabel("blocks L")
-        ax.set_ylabel("SQNR(SE-pre) - SQNR(SE-post) dB")
-        ax.set_title(f"paired SE-pre minus SE-post logit SQNR vs depth (95% CI over seeds; {tag})", fontsize=9)
-        ax.legend(fontsize=7)
+        _depth_axis(ax, depths, "SQNR(SE-pre) - SQNR(SE-post) dB",
+                    f"paired SE-pre minus SE-post logit SQNR vs depth (95% CI over seeds; {tag})")
         paths.append(savefig(fig, out / f"fig_pre_minus_post_vs_depth_{tag}.png"))
     return paths
 
