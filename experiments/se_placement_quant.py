@@ -386,6 +386,11 @@ def main() -> None:
             ap.error(f"unknown dataset(s) {bad}: choose from mnist1d, mnist5k")
     if args.workers < 1:
         ap.error(f"--workers {args.workers}: must be >= 1")
+    for name, dev in (("--device", args.device), ("--eval-device", args.eval_device)):
+        if dev and dev not in ("cpu", "cuda") and not dev.startswith("cuda:"):
+            ap.error(f"{name} {dev!r}: expected cpu, cuda or cuda:N")
+        if dev and dev.startswith("cuda") and not torch.cuda.is_available():
+            ap.error(f"{name} {dev!r}: this machine has no CUDA device; use --device cpu")
     epochs, batch = (4, 128) if quick else (20, 64)
     qat_steps = 20 if quick else 120  # short QAT at W4A4 (batch 64)
     out = Path(args.out)

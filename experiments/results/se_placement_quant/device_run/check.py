@@ -1,19 +1,28 @@
 """Device pre-flight: environment, data identity, CPU vs CUDA equivalence of the PTQ evaluation; writes
 .dev/devices ("<train_device> <eval_device>")."""
-import hashlib, json, sys, time, traceback
+import hashlib
+import json
+import sys
+import time
+import traceback
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 sys.path.insert(0, "experiments")
 torch.set_num_threads(1)
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
-import se_placement_quant as F
-from mbconv.data import load_dataset
+import se_placement_quant as F  # noqa: E402
+
+from mbconv.data import load_dataset  # noqa: E402
 
 exp = json.loads(Path(".dev/expected.json").read_text())
 out = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
 for n in ("mnist1d", "mnist5k"):
-    d = load_dataset(n, "train"); x = np.stack([d[i][0].numpy() for i in range(64)])
+    d = load_dataset(n, "train")
+    x = np.stack([d[i][0].numpy() for i in range(64)])
     out[f"hash_{n}"] = hashlib.sha1(x.tobytes()).hexdigest()[:12]
     out[f"hash_{n}_ok"] = out[f"hash_{n}"] == exp[f"hash_{n}"]
 print(out, flush=True)

@@ -1,7 +1,11 @@
 """Pack finished F runs into $OUT: evals.tar.gz (evaluations, metrics, metas) and, with --weights, weights{i}.tar."""
-import os, sys, tarfile
+import os
+import sys
+import tarfile
 from pathlib import Path
-out = Path(sys.argv[1]); weights = "--weights" in sys.argv
+
+out = Path(sys.argv[1])
+weights = "--weights" in sys.argv
 root = Path("results/se_placement_quant_runs")
 runs = sorted(p.parent for p in root.glob("*/*/eval_full.json"))
 tmp = out / ".evals.tmp"
@@ -24,10 +28,13 @@ if weights:
     for f in files:
         s = f.stat().st_size
         if chunk and size + s > 15_000_000:
-            flush(i, chunk); i += 1; chunk, size = [], 0
+            flush(i, chunk)
+            i += 1
+            chunk, size = [], 0
             if i >= 4:
                 break
-        chunk.append(f); size += s
+        chunk.append(f)
+        size += s
     if chunk and i < 4:
         flush(i, chunk)
 print("packed", len(runs), "runs", flush=True)
