@@ -1,5 +1,8 @@
 #!/bin/bash
-# One device call: pre-flight, then Experiment F's remaining nets side by side, then pack.
+# One device call: pre-flight, then Experiment F's remaining nets side by side, then pack (as run on 2026-11-30).
+# It reads an ignored, carried .dev/: site/ (mnist1d and mlxtend copied from the venv; the GPU image lacks them),
+# check.py and pack.py (beside this file), check_run/ (one CPU-trained L = 4 net: last/ + metrics.jsonl),
+# expected.json (this machine's data hashes and quick evaluation of that net) and l4cache/ (the L = 4 eval JSONs).
 T0=$(date +%s)
 export PYTHONPATH=$PWD/src:$PWD/.dev/site PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 C=$OUT/check.txt
