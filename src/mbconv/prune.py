@@ -42,6 +42,7 @@ from torch import nn
 
 from .gates import GateRecording, record_gates
 from .spec import NetSpec, StageSpec, make_divisible, plan_blocks
+from .train import model_device
 
 CRITERIA = ("gate", "gate_act", "bn", "l1", "random")
 GATE_CRITERIA = ("gate", "gate_act")
@@ -327,12 +328,13 @@ def channel_means(model: nn.Module, data: Any, *, batch_size: int = 256,
     was_training = model.training
     model.eval()
     seen = 0
+    device = model_device(model)
     try:
         for x, _ in _batches(data, batch_size):
             if max_inputs is not None and seen >= max_inputs:
                 break
             x = x if max_inputs is None else x[: max_inputs - seen]
-            model(x.to(next(model.parameters()).device))
+            model(x.to(device))
             seen += x.shape[0]
     finally:
         for h in handles:

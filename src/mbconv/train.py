@@ -353,9 +353,8 @@ class _Meter:
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU for a stateless module): where its inputs go."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if t is None else t.device
 
 
 def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
