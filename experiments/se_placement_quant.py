@@ -3,22 +3,24 @@ than the standard SE *after* it in deep, heavily quantized MBConv stacks?
 
     python experiments/se_placement_quant.py --quick      # L in {4, 8}, 2 seeds, 6 epochs, reduced PTQ grid
     python experiments/se_placement_quant.py              # L in {4, 8, 16, 32}, 5 seeds, 20 epochs, full grid,
-                                                          # plus 2-D stacks on MNIST 5k (L in {4, 8, 16})
+                                                          # plus 2-D stacks on MNIST 5k (L in {4, 8, 16},
+                                                          # 14 px input, 7x7 maps, 48 MSE-calibrated configs)
 
-The full mode is far beyond the project's one-hour rule (about 1-2 CPU-days on this machine: 105 trained nets,
-96 PTQ configurations each). It is built to run in chunks: `--depths 4,8 --seeds 0-4 --datasets mnist1d` in one
-process or session, `--depths 16` in another; nets and their evaluations are cached (an evaluated net is never
-retrained), and a final run without the chunk options only aggregates. `--workers N` trains and evaluates N nets
-side by side (one process each), `--device cuda` trains and evaluates on a GPU (TF32 off, so that rounding does not
-add noise of its own), `--deadline-s` stops starting new nets after a time and `--no-summary` only fills the cache.
-Which chunks ran, where and how long: docs/claims/f_quant_se_placement.md.
+The full mode is far beyond the project's one-hour rule (about a CPU-day on this machine: 60 MNIST-1D nets with 96
+PTQ configurations each, 45 MNIST 5k nets with 48). It is built to run in chunks: `--depths 4,8 --seeds 0-4
+--datasets mnist1d` in one process or session, `--depths 16` in another; nets and their evaluations are cached (an
+evaluated net is never retrained), and a final run without the chunk options only aggregates. `--workers N` trains
+and evaluates N nets side by side (one process each), `--device cuda` trains and evaluates on a GPU (TF32 off, so
+that rounding does not add noise of its own), `--deadline-s` stops starting new nets after a time and `--no-summary`
+only fills the cache. Which chunks ran, where and how long: docs/claims/f_quant_se_placement.md.
 
-Nets: stem (24 ch, stride 1) -> L stride-1 MBConv blocks (t=4, k=5, ReLU6, SE 0.25, residual) -> 1x1 head (96) ->
-pool -> classifier; three variants trained identically (same seeds, recipe, steps): SE after DW (standard),
-SE before DW (the design's hypothesis) and no SE (control). Checkpoints are cached (a rerun skips training).
+Nets: stem (24 ch, stride 1 in 1-D, 2 in 2-D) -> L stride-1 MBConv blocks (t=4, k=5, ReLU6, SE 0.25, residual) ->
+1x1 head (96) -> pool -> classifier; three variants trained identically (same seeds, recipe, steps): SE after DW
+(standard), SE before DW (the design's hypothesis) and no SE (control). Checkpoints are cached (a rerun skips
+training).
 
 PTQ (mbconv.quant): weights per-channel symmetric, activations asymmetric per-tensor (and per-channel, the P1
-control), calibration by MSE-optimal ranges (and min/max in the full run) on 512 training samples, at two
+control), calibration by MSE-optimal ranges (and min/max in the full 1-D run) on 512 training samples, at two
 quantizer placements: 'runtime' (where an int8 runtime stores tensors: conv/linear inputs and outputs) and
 'full' (the analytic model's placement, also the gate values). Plus a short QAT at W4A4. Metrics: accuracy drop,
 output (logit) SQNR, pre-pool feature SQNR, Lin et al.'s sum rule, and the per-block placement inequality of
@@ -51,15 +53,20 @@ from mbconv.workflow import RunConfig, load_run, train_run
 
 VARIANTS = {"se_post": ("after_dw", True), "se_pre": ("before_dw", True), "no_se": ("after_dw", False)}
 OUT = Path(__file__).parent / "results" / "se_placement_quant"
+# MNIST 5k's 28 px digits are averaged to 14 px (bilinear at exactly half = 2x2 means) and the stride-2 stem
+# leaves 7x7 maps for the blocks: 4x cheaper than 28 px, so the 45 2-D nets fit in ~1.5 h on 2 cores.
+INPUT_RES = {"mnist1d": 40, "mnist5k": 14}
+# The 2-D arm calibrates activations by MSE only (48 of the 96 configurations; the 1-D arm adds min/max): the
+# evaluation, not the training, is most of its cost.
+CALIBS = {"mnist1d": ("mse", "minmax"), "mnist5k": ("mse",)}
 
 
 def stack_spec(depth: int, variant: str, data: str) -> NetSpec:
     pos, se = VARIANTS[variant]
     block = f"ir_r{depth}_k5_s1_e4_c24" + ("_se0.25" if se else "")
-    dims, chans, res = (1, 1, 40) if data == "mnist1d" else (2, 1, 14)
-    stem_stride = 1 if dims == 1 else 2  # 2-D: 28 px -> 14 px at the stem, then stride-1 blocks
-    return NetSpec(stages=parse_arch(block), name=f"stack{depth}_{variant}", dims=dims, in_chans=chans,
-                   num_classes=10, stem_chs=24, stem_stride=stem_stride, head_chs=96, resolution=res * stem_stride,
+    dims, stem_stride = (1, 1) if data == "mnist1d" else (2, 2)  # 2-D: 14 px in, 7x7 after the stem
+    return NetSpec(stages=parse_arch(block), name=f"stack{depth}_{variant}", dims=dims, in_chans=1,
+                   num_classes=10, stem_chs=24, stem_stride=stem_stride, head_chs=96, resolution=INPUT_RES[data],
                    act="relu6", se_position=pos, drop_rate=0.1)
 
 
@@ -73,7 +80,8 @@ def train(depth: int, variant: str, seed: int, data: str, epochs: int, batch: in
     done = out / "metrics.jsonl"
     if done.exists() and len(done.read_text().splitlines()) >= epochs and (out / "best" / "meta.json").exists():
         return out
-    cfg = RunConfig(model=stack_spec(depth, variant, data), data=data, out=str(out), epochs=epochs, batch_size=batch,
+    cfg = RunConfig(model=stack_spec(depth, variant, data), data=data, resolution=INPUT_RES[data], out=str(out),
+                    epochs=epochs, batch_size=batch,
                     lr=3e-3, weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1, seed=seed, resume=True,
                     progress="none", extra_train={"device": device})
     train_run(cfg)
@@ -149,10 +157,10 @@ def paired(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 # -- main -----------------------------------------------------------------------------------------------------
-def grid(quick: bool) -> list[dict[str, Any]]:
+def grid(quick: bool, calibs: tuple[str, ...] = ("mse", "minmax")) -> list[dict[str, Any]]:
     """Quick: W8 x A{4,3} per-tensor x {runtime, full}, W8A4 per-channel and W4A4 per-tensor (runtime): 6 configs,
-    MSE ranges. Full: W{8,4,3} x A{8,6,4,3} x granularity x placement x {MSE, min/max}
-    (96 configs)."""
+    MSE ranges. Full: W{8,4,3} x A{8,6,4,3} x granularity x placement x `calibs` (96 configs with MSE and
+    min/max)."""
     out = []
     if quick:
         for ab in (4, 3):
@@ -161,7 +169,7 @@ def grid(quick: bool) -> list[dict[str, Any]]:
         out.append(dict(wbits=8, abits=4, a_per_channel=True, placement="runtime", a_calib="mse"))
         out.append(dict(wbits=4, abits=4, a_per_channel=False, placement="runtime", a_calib="mse"))
         return out
-    for calib in ("mse", "minmax"):
+    for calib in calibs:
         for placement in ("runtime", "full"):
             for per_ch in (False, True):
                 for ab in (8, 6, 4, 3):
@@ -193,7 +201,7 @@ def evaluate_model(run: Path, data: str, quick: bool, qat_steps: int, log, devic
     xs = torch.stack([test_ds[i][0] for i in range(512)]).to(device)
     res: dict[str, Any] = {"fp32_acc": fp, "ptq": {}, "device": str(device), "torch": torch.__version__}
     shared: dict[tuple, torch.nn.Module] = {}  # activation ranges do not depend on the weight bits: calibrate once
-    for c in grid(quick):
+    for c in grid(quick, CALIBS[data]):
         cfg = QuantConfig(wbits=c["wbits"], abits=c["abits"], a_per_channel=c["a_per_channel"],
                           placement=c["placement"], a_calib=c["a_calib"], w_calib="minmax",
                           calib_max_samples=2**14 if quick else 2**16)
@@ -223,7 +231,7 @@ def evaluate_model(run: Path, data: str, quick: bool, qat_steps: int, log, devic
 def summarize(rows: list[dict[str, Any]], quick: bool, depths: list[int], seeds: list[int],
               data: str) -> dict[str, Any]:
     by = {(r["depth"], r["variant"], r["seed"]): r for r in rows if r["data"] == data}
-    keys = sorted({k for r in rows for k in r["ptq"]})
+    keys = sorted({k for r in by.values() for k in r["ptq"]})
     summary: dict[str, Any] = {"float": {}, "configs": {}, "pre_minus_post": {}, "inequality": {}, "qat": {}}
     for L in depths:
         for v in VARIANTS:
@@ -370,7 +378,7 @@ def main() -> None:
     quick = args.quick
     depths = [4, 8] if quick else [4, 8, 16, 32]
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
-    datasets = ["mnist1d"] if quick else ["mnist1d", "mnist5k"]
+    datasets = default_datasets = ["mnist1d"] if quick else ["mnist1d", "mnist5k"]
     try:
         if args.depths:
             depths = [int(d) for d in args.depths.split(",")]
@@ -457,38 +465,37 @@ def main() -> None:
         s = summarize(rows, quick, ds_depths, seeds, data)
         result[data] = s
         figures(s, ds_depths, out, f"{data}_{tag}", ref_key)
-    write_json(out / f"summary_{tag}.json", result)
-    if "mnist1d" not in result:  # a 2-D-only chunk: the headline table below is MNIST-1D's
-        return
-    s = result["mnist1d"]
-    table_rows = []
-    for L in depths:
-        for k in ("W8A4_tensor_runtime_mse", "W8A4_tensor_full_mse", "W8A4_ch_runtime_mse", "W4A4_tensor_runtime_mse",
-                  "W8A3_tensor_runtime_mse", "W8A3_tensor_full_mse", "W8A3_ch_runtime_mse", "W8A8_tensor_runtime_mse"):
-            if f"L{L}_{k}" not in s["pre_minus_post"]:
-                continue
-            d = s["pre_minus_post"][f"L{L}_{k}"]
-            post = s["configs"][f"L{L}_se_post_{k}"]
-            pre = s["configs"][f"L{L}_se_pre_{k}"]
-            nose = s["configs"][f"L{L}_no_se_{k}"]
-            do, dd = d["output_db"], d["drop_pt"]
-            table_rows.append([L, k, round(post["output_db"][0], 2), round(pre["output_db"][0], 2),
-                               round(nose["output_db"][0], 2), f"{do['mean']:+.2f} ± {do['ci95']:.2f}",
-                               f"{dd['mean']:+.2f} ± {dd['ci95']:.2f}"])
-    def one(L: int) -> str:
-        d = s["pre_minus_post"][f"L{L}_{ref_key}"]["output_db"]
-        return f"L={L} ({d['n']} seeds) {d['mean']:+.2f} ± {d['ci95']:.2f} dB"
-
-    headline = (f"{tag} run, MNIST-1D: SE-pre minus SE-post logit SQNR at W8A4 per-tensor (runtime placement), "
-                "paired over seeds: " + "; ".join(one(L) for L in depths if f"L{L}_{ref_key}" in s["pre_minus_post"]))
+    names = {"mnist1d": "MNIST-1D", "mnist5k": "MNIST 5k (2-D)"}
+    table_rows, parts = [], []
+    for data in datasets:
+        s = result[data]
+        ds_depths = [L for L in depths if f"L{L}_{ref_key}" in s["pre_minus_post"]]
+        for L in ds_depths:
+            for k in ("W8A4_tensor_runtime_mse", "W8A4_tensor_full_mse", "W8A4_ch_runtime_mse",
+                      "W4A4_tensor_runtime_mse", "W8A3_tensor_runtime_mse", "W8A3_tensor_full_mse",
+                      "W8A3_ch_runtime_mse", "W8A8_tensor_runtime_mse"):
+                if f"L{L}_{k}" not in s["pre_minus_post"]:
+                    continue
+                d = s["pre_minus_post"][f"L{L}_{k}"]
+                post, pre, nose = (s["configs"][f"L{L}_{v}_{k}"]["output_db"][0] for v in VARIANTS)
+                do, dd = d["output_db"], d["drop_pt"]
+                table_rows.append([names[data], L, k, round(post, 2), round(pre, 2), round(nose, 2),
+                                   f"{do['mean']:+.2f} ± {do['ci95']:.2f}", f"{dd['mean']:+.2f} ± {dd['ci95']:.2f}"])
+        one = [(L, s["pre_minus_post"][f"L{L}_{ref_key}"]["output_db"]) for L in ds_depths]
+        parts.append(f"{names[data]}: " + "; ".join(f"L={L} ({d['n']} seeds) {d['mean']:+.2f} ± {d['ci95']:.2f} dB"
+                                                     for L, d in one))
+    headline = (f"{tag} run: SE-pre minus SE-post logit SQNR at W8A4 per-tensor (runtime placement), paired over "
+                "seeds. " + ". ".join(parts))
     result["headline"] = headline
-    result["table"] = {"header": ["L", "config", "SE-post dB", "SE-pre dB", "no-SE dB", "pre - post dB (95% CI)",
-                                  "pre - post acc drop pt"], "rows": table_rows}
+    result["table"] = {"header": ["data", "L", "config", "SE-post dB", "SE-pre dB", "no-SE dB",
+                                  "pre - post dB (95% CI)", "pre - post acc drop pt"], "rows": table_rows}
     result["table_caption"] = f"SE placement: logit SQNR (mean over seeds) and paired differences ({tag})"
     write_json(out / f"summary_{tag}.json", result)
-    write_json(out / "summary.json", result)
+    if set(datasets) == set(default_datasets):  # what the tour shows: only a run over all of the mode's data
+        write_json(out / "summary.json", result)
     log(f"done: {headline}")
-    print(json.dumps(result["mnist1d"]["float"], indent=1))
+    for data in datasets:
+        print(data, json.dumps(result[data]["float"], indent=1))
 
 
 if __name__ == "__main__":
