@@ -238,6 +238,24 @@ def test_more_bits_less_noise_and_per_channel_weights_matter(net_and_data):
     assert pc > pt + 10
 
 
+def test_per_channel_activations_keep_pooled_sites_per_tensor_by_default(net_and_data):
+    """Pooled sites (SE vectors, classifier input, logits) see one value per sample and channel: per-channel
+    ranges there clip unseen inputs (docs/claims/f_quant_se_placement.md), so they stay per-tensor unless asked."""
+    from mbconv.quant.insert import POOLED_KINDS
+
+    m, x = net_and_data
+    for kw, pooled in (({}, False), ({"a_per_channel_pooled": True}, True)):  # the default first
+        q = ptq(m, QuantConfig(a_per_channel=True, **kw), x)
+        qs = {k: fq for k, fq in quantizers(q).items() if fq.kind != "weight"}
+        kinds = {fq.kind for fq in qs.values()}
+        assert {"se_inner", "pool", "logits"} <= kinds and {"act", "se", "add"} <= kinds
+        for fq in qs.values():
+            per_channel = fq.kind not in POOLED_KINDS or pooled
+            assert fq.spec.per_channel == per_channel and (fq.scale.numel() > 1) == per_channel, fq.site
+    acts = [fq for fq in quantizers(ptq(m, QuantConfig(), x)).values() if fq.kind != "weight"]
+    assert len(acts) > 5 and all(fq.scale.numel() == 1 for fq in acts)
+
+
 # -- measured noise, gains, the analytic model ------------------------------------------------------------------
 def test_measure_sqnr_local_accumulated_and_agreement(net_and_data):
     from mbconv.quant.noise import measure_sqnr

@@ -110,7 +110,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 0
     print(f"{info['checkpoint']} on {info['data']}: W{cfg.wbits}A{cfg.abits} "
           f"({'per-channel' if cfg.w_per_channel else 'per-tensor'} weights, "
-          f"{'per-channel' if cfg.a_per_channel else 'per-tensor'} activations, calib {cfg.a_calib}, "
+          f"{'per-channel (maps)' if cfg.a_per_channel else 'per-tensor'} activations, calib {cfg.a_calib}, "
           f"placement {cfg.placement})")
     print(f"  accuracy fp32 {100 * fp:.2f} %   PTQ {100 * result['ptq_acc']:.2f} %"
           + (f"   QAT ({args.qat_epochs} ep) {100 * result['qat_acc']:.2f} %" if args.qat_epochs else "")
@@ -302,7 +302,8 @@ def _quant_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data", help="dataset (default: the run's own)")
     sp.add_argument("--wbits", type=_bits, default=8, help="weight bits (2-8)")
     sp.add_argument("--abits", type=_bits, default=8, help="activation bits (2-8)")
-    sp.add_argument("--per-channel", action="store_true", help="per-channel activation ranges too")
+    sp.add_argument("--per-channel", action="store_true",
+                    help="per-channel activation ranges too (on feature maps; pooled sites stay per-tensor)")
     sp.add_argument("--per-tensor-weights", action="store_true", help="one range per weight tensor")
     sp.add_argument("--calib", choices=("minmax", "percentile", "mse"), default="minmax",
                     help="activation range calibration")

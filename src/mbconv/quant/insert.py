@@ -38,6 +38,8 @@ from ..train import model_device
 from .fake import CALIBS, FakeQuantize, QuantSpec
 
 KINDS = ("input", "weight", "act", "se_inner", "gate", "se", "add", "pool", "logits")
+# Sites whose tensors have no spatial extent (N x C, or N x C x 1...): one value per sample and channel.
+POOLED_KINDS = frozenset({"se_inner", "gate", "pool", "logits"})
 PLACEMENTS: dict[str, frozenset[str]] = {
     "runtime": frozenset(KINDS) - {"gate"},
     "full": frozenset(KINDS),
@@ -61,6 +63,10 @@ class QuantConfig:
     abits: int | None = 8
     w_per_channel: bool = True
     a_per_channel: bool = False
+    # Per-channel ranges at the pooled sites (SE vectors, classifier input, logits) are fit on one value per
+    # sample and channel and do not generalise (docs/claims/f_quant_se_placement.md): by default those sites
+    # stay per-tensor even with a_per_channel.
+    a_per_channel_pooled: bool = False
     w_symmetric: bool = True
     a_symmetric: bool = False
     w_calib: str = "minmax"
@@ -127,7 +133,8 @@ def _site_kind_bits(cfg: QuantConfig, kind: str) -> int | None:
 def _act_spec(cfg: QuantConfig, bits: int, kind: str) -> QuantSpec:
     if kind == "gate" and cfg.gate_fixed_range:
         return QuantSpec(bits, symmetric=True, signed=False, fixed_range=(0.0, 1.0), learn=cfg.learn_step)
-    return QuantSpec(bits, symmetric=cfg.a_symmetric, per_channel=cfg.a_per_channel, ch_axis=1, calib=cfg.a_calib,
+    per_channel = cfg.a_per_channel and (cfg.a_per_channel_pooled or kind not in POOLED_KINDS)
+    return QuantSpec(bits, symmetric=cfg.a_symmetric, per_channel=per_channel, ch_axis=1, calib=cfg.a_calib,
                      percentile=cfg.percentile, learn=cfg.learn_step)
 
 
