@@ -294,12 +294,14 @@ def _depth_axis(ax: Any, depths: list[int], ylabel: str, title: str) -> None:
 def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref: str) -> list[Path]:
     p = plt()
     paths = []
+    depths = [L for L in depths if any(k.startswith(f"L{L}_") for k in summary["configs"])]  # those with nets
     fig, axes = p.subplots(1, 2, figsize=(11, 3.8))
     for ax, placement in zip(axes, ("runtime", "full")):
         key = ref.replace("runtime", placement)
-        for v in VARIANTS:
-            ys = [summary["configs"][f"L{L}_{v}_{key}"]["output_db"] for L in depths]
-            ax.errorbar(depths, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
+        for v in VARIANTS:  # a variant may lack some depths (a chunk run with --variants)
+            ds = [L for L in depths if f"L{L}_{v}_{key}" in summary["configs"]]
+            ys = [summary["configs"][f"L{L}_{v}_{key}"]["output_db"] for L in ds]
+            ax.errorbar(ds, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
                         capsize=3, label=v)
         base = summary["configs"][f"L{depths[0]}_se_post_{key}"]["output_db"][0]
         ax.plot(depths, [base - 10 * math.log10(L / depths[0]) for L in depths], "k:", lw=1, label="-10 log10 L")
@@ -321,10 +323,11 @@ def figures(summary: dict[str, Any], depths: list[int], out: Path, tag: str, ref
         fig, ax = p.subplots(figsize=(6.5, 3.8))
         for k in ("W8A8_tensor_runtime_mse", "W8A4_tensor_runtime_mse", "W8A4_tensor_full_mse",
                   "W8A4_ch_runtime_mse", "W4A4_tensor_runtime_mse", "W8A3_tensor_runtime_mse"):
-            d = [summary["pre_minus_post"].get(f"L{L}_{k}", {}).get("output_db") for L in depths]
-            if not all(d):
+            ds = [L for L in depths if f"L{L}_{k}" in summary["pre_minus_post"]]
+            d = [summary["pre_minus_post"][f"L{L}_{k}"]["output_db"] for L in ds]
+            if not d:
                 continue
-            ax.errorbar(depths, [x["mean"] for x in d], yerr=[0 if math.isnan(x["ci95"]) else x["ci95"] for x in d],
+            ax.errorbar(ds, [x["mean"] for x in d], yerr=[0 if math.isnan(x["ci95"]) else x["ci95"] for x in d],
                         marker="o", capsize=3, label=k.replace("_mse", ""))
         ax.axhline(0, color="k", lw=0.5)
         _depth_axis(ax, depths, "SQNR(SE-pre) - SQNR(SE-post) dB",
@@ -369,6 +372,7 @@ def main() -> None:
     ap.add_argument("--depths", help="comma-separated subset of the depths, e.g. 4,8")
     ap.add_argument("--seeds", help="seed range, e.g. 0-4 or 2,3")
     ap.add_argument("--datasets", help="comma-separated subset of mnist1d,mnist5k")
+    ap.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (trained and evaluated)")
     ap.add_argument("--workers", type=int, default=1, help="nets trained and evaluated side by side (processes)")
     ap.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
     ap.add_argument("--eval-device", help="PTQ/QAT evaluation device (default: --device)")
@@ -393,6 +397,9 @@ def main() -> None:
         bad = [d for d in datasets if d not in ("mnist1d", "mnist5k")]
         if bad:
             ap.error(f"unknown dataset(s) {bad}: choose from mnist1d, mnist5k")
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    if set(variants) - set(VARIANTS):
+        ap.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}: choose from {', '.join(VARIANTS)}")
     if args.workers < 1:
         ap.error(f"--workers {args.workers}: must be >= 1")
     for name, dev in (("--device", args.device), ("--eval-device", args.eval_device)):
@@ -413,11 +420,11 @@ def main() -> None:
 
     jobs = []
     for data in datasets:
-        ds_depths = depths if data == "mnist1d" else [d for d in depths if d <= 16]
+        ds_depths = depths if data == "mnist1d" or args.depths else [d for d in depths if d <= 16]
         # side by side, the deepest (longest) nets go first so that the last ones to finish are short
         for L in sorted(ds_depths, reverse=args.workers > 1):
             for seed in seeds:
-                for v in VARIANTS:
+                for v in variants:
                     jobs.append(dict(data=data, depth=L, variant=v, seed=seed, epochs=epochs, batch=batch, tag=tag,
                                      qat_steps=qat_steps, cache=args.cache, threads=args.threads, device=args.device,
                                      eval_device=args.eval_device or args.device,
@@ -462,7 +469,7 @@ def main() -> None:
     result = {"mode": tag, "depths": depths, "seeds": seeds, "epochs": epochs, "batch": batch, "timing": timing,
               "wall_s": time.time() - t0, "command": cmd}
     for data in datasets:
-        ds_depths = depths if data == "mnist1d" else [d for d in depths if d <= 16]
+        ds_depths = depths if data == "mnist1d" or args.depths else [d for d in depths if d <= 16]
         s = summarize(rows, quick, ds_depths, seeds, data)
         result[data] = s
         figures(s, ds_depths, out, f"{data}_{tag}", ref_key)
@@ -478,9 +485,10 @@ def main() -> None:
                 if f"L{L}_{k}" not in s["pre_minus_post"]:
                     continue
                 d = s["pre_minus_post"][f"L{L}_{k}"]
-                post, pre, nose = (s["configs"][f"L{L}_{v}_{k}"]["output_db"][0] for v in VARIANTS)
+                post, pre, nose = (round(s["configs"][f"L{L}_{v}_{k}"]["output_db"][0], 2)
+                                   if f"L{L}_{v}_{k}" in s["configs"] else "-" for v in VARIANTS)
                 do, dd = d["output_db"], d["drop_pt"]
-                table_rows.append([names[data], L, k, round(post, 2), round(pre, 2), round(nose, 2),
+                table_rows.append([names[data], L, k, post, pre, nose,
                                    f"{do['mean']:+.2f} ± {do['ci95']:.2f}", f"{dd['mean']:+.2f} ± {dd['ci95']:.2f}"])
         one = [(L, s["pre_minus_post"][f"L{L}_{ref_key}"]["output_db"]) for L in ds_depths]
         parts.append(f"{names[data]}: " + "; ".join(f"L={L} ({d['n']} seeds) {d['mean']:+.2f} ± {d['ci95']:.2f} dB"
