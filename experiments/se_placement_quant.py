@@ -56,8 +56,8 @@ OUT = Path(__file__).parent / "results" / "se_placement_quant"
 # MNIST 5k's 28 px digits are averaged to 14 px (bilinear at exactly half = 2x2 means) and the stride-2 stem
 # leaves 7x7 maps for the blocks: 4x cheaper than 28 px, so the 45 2-D nets fit in ~1.5 h on 2 cores.
 INPUT_RES = {"mnist1d": 40, "mnist5k": 14}
-# The 2-D arm calibrates activations by MSE only (48 of the 96 configurations; the 1-D arm adds min/max): the
-# evaluation, not the training, is most of its cost.
+# The 2-D arm calibrates activations by MSE only (48 of the 96 configurations; the 1-D arm adds min/max): even so
+# its evaluation takes about as long as its training.
 CALIBS = {"mnist1d": ("mse", "minmax"), "mnist5k": ("mse",)}
 
 
