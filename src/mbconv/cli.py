@@ -12,8 +12,24 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .cli_args import (
+    add_model_arguments,
+    finite_float,
+    float_range,
+    fraction,
+    integer,
+    model_overrides,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
+from .commands import deploy, gates, prune, quant, roofline, signals, stability
 from .cost import compare_layer, spec_cost
+from .model_source import spec_from_name
 from .spec import NetSpec, feature_levels
+
+# Each module adds its sub-commands with `register(add)`, in this order (the order of `mbconv --help`).
+COMMAND_MODULES = (gates, prune, quant, stability, deploy, signals, roofline)
 
 
 class CliError(Exception):
@@ -34,14 +50,7 @@ def _fmt_g(n: float) -> str:
 
 
 def _spec_from_args(args: argparse.Namespace) -> NetSpec:
-    from .zoo import get_spec
-
-    over = {}
-    for key in ("num_classes", "in_chans", "dims", "se_position"):
-        v = getattr(args, key, None)
-        if v is not None:
-            over[key] = v
-    return get_spec(args.model, **over)
+    return spec_from_name(args.model, model_overrides(args))
 
 
 # -- list / info ---------------------------------------------------------------------------------------------
@@ -137,16 +146,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # -- scale ---------------------------------------------------------------------------------------------------
 def cmd_scale(args: argparse.Namespace) -> int:
-    from .scaling import compound_scale, scale_spec
+    from .scaling import compound_multipliers, compound_scale, scale_spec
     from .zoo import get_spec
 
     base = get_spec(args.base)
     if args.latency_ms is not None:  # MnasNet-style: phi chosen by measured latency (mbconv.roofline)
         if args.search or args.phi is not None or any(v is not None for v in (args.width, args.depth, args.resolution)):
             raise CliError("--latency-ms chooses phi itself: drop --phi/--search/--width/--depth/--resolution")
-        from .commands.hardware import latency_scale
-
-        return latency_scale(base, args)
+        return roofline.latency_scale(base, args)
     if args.search:
         from .scaling_search import search_coefficients
 
@@ -157,6 +164,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if args.phi is not None and explicit:
         raise CliError("give either --phi (with optional --alpha/--beta/--gamma) or --width/--depth/--resolution")
     if args.phi is not None:
+        w, d, r = compound_multipliers(args.phi, args.alpha, args.beta, args.gamma)
+        if max(w, d, r) > MAX_MULTIPLIER:
+            raise CliError(f"--phi {args.phi:g} with --alpha {args.alpha:g} --beta {args.beta:g} --gamma "
+                           f"{args.gamma:g} scales by x{max(w, d, r):.3g}: the limit is {MAX_MULTIPLIER:g}")
         spec = compound_scale(base, args.phi, args.alpha, args.beta, args.gamma)
     elif explicit:
         spec = scale_spec(base, args.width or 1.0, args.depth or 1.0, args.resolution)
@@ -232,21 +243,9 @@ def cmd_tour(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------------------
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {s!r}")
-    return v
-
-
-def _number(s: str) -> float:
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+MAX_MULTIPLIER = 1000.0  # width/depth factors beyond this build networks too large to describe in reasonable time
+multiplier = float_range(0.0, MAX_MULTIPLIER, lo_open=True)
+phi_range = float_range(-30.0, 30.0)  # 1.2^30 = 237x depth: larger |phi| only describes absurd networks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,66 +258,59 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="zoo name (see `mbconv list`) or block strings 'ir_r1_k3_s1_e6_c16;...'")
-        sp.add_argument("--num-classes", type=_positive_int)
-        sp.add_argument("--in-chans", type=_positive_int)
-        sp.add_argument("--dims", type=int, choices=(1, 2, 3))
-        sp.add_argument("--se-position", choices=("after_dw", "before_dw"))
-
     sp = add("list", cmd_list, "list the model zoo with params and MACs")
     sp.add_argument("pattern", nargs="?", default="*")
     sp = add("info", cmd_info, "stage table of a model")
-    model_args(sp)
+    add_model_arguments(sp, checkpoint=False)
     sp.add_argument("--json", action="store_true", help="print the spec as JSON")
     sp = add("cost", cmd_cost, "exact params / MACs / activations, by component and per layer")
-    model_args(sp)
-    sp.add_argument("--resolution", type=_positive_int)
+    add_model_arguments(sp, checkpoint=False)
+    sp.add_argument("--resolution", type=positive_int)
     sp.add_argument("--per-layer", action="store_true")
     sp.add_argument("--json", action="store_true")
     sp = add("compare", cmd_compare, "standard vs depthwise-separable vs MBConv for one layer")
-    sp.add_argument("--cin", type=_positive_int, default=64)
-    sp.add_argument("--cout", type=_positive_int, default=64)
-    sp.add_argument("--kernel", type=_positive_int, default=3)
+    sp.add_argument("--cin", type=positive_int, default=64)
+    sp.add_argument("--cout", type=positive_int, default=64)
+    sp.add_argument("--kernel", type=positive_int, default=3)
     sp.add_argument("--dims", type=int, choices=(1, 2, 3), default=2)
-    sp.add_argument("--resolution", type=_positive_int, default=56)
-    sp.add_argument("--t", type=_number, default=6.0)
+    sp.add_argument("--resolution", type=positive_int, default=56)
+    sp.add_argument("--t", type=positive_float, default=6.0)
     sp = add("scale", cmd_scale, "compound-scale a base model (phi, alpha/beta/gamma) or by an explicit triple")
     sp.add_argument("--base", default="efficientnet_b0")
-    sp.add_argument("--phi", type=_number)
-    sp.add_argument("--alpha", type=_number, default=1.2)
-    sp.add_argument("--beta", type=_number, default=1.1)
-    sp.add_argument("--gamma", type=_number, default=1.15)
+    sp.add_argument("--phi", type=phi_range)
+    sp.add_argument("--alpha", type=positive_float, default=1.2)
+    sp.add_argument("--beta", type=positive_float, default=1.1)
+    sp.add_argument("--gamma", type=positive_float, default=1.15)
     sp.add_argument("--search", action="store_true",
                     help="grid-search alpha/beta/gamma with alpha*beta^2*gamma^2 ~ 2 on a proxy task")
     sp.add_argument("--data", default="mnist5k", help="proxy dataset for --search")
     sp.add_argument("--quick", action="store_true", help="smallest --search grid")
-    sp.add_argument("--width", type=_number)
-    sp.add_argument("--depth", type=_number)
-    sp.add_argument("--resolution", type=_positive_int)
-    sp.add_argument("--latency-ms", type=_number, help="largest compound-scaled model meeting this latency here")
-    sp.add_argument("--batch", type=_positive_int, default=1, help="batch for --latency-ms")
-    sp.add_argument("--threads", type=_positive_int, default=1, help="threads for --latency-ms")
+    sp.add_argument("--width", type=multiplier)
+    sp.add_argument("--depth", type=multiplier)
+    sp.add_argument("--resolution", type=positive_int)
+    sp.add_argument("--latency-ms", type=finite_float, help="largest compound-scaled model meeting this latency here")
+    sp.add_argument("--batch", type=positive_int, default=1, help="batch for --latency-ms")
+    sp.add_argument("--threads", type=positive_int, default=1, help="threads for --latency-ms")
     sp.add_argument("--json", action="store_true")
     sp = add("train", cmd_train, "train a model on a bundled dataset (or an image folder) with checkpoints")
     sp.add_argument("--model", default="efficientnet_b0", help="zoo name or block strings")
     sp.add_argument("--data", default="mnist5k", help="mnist5k | digits8 | mnist1d | textures | PATH")
     sp.add_argument("--out", default="results/run")
-    sp.add_argument("--epochs", type=_positive_int, default=10)
-    sp.add_argument("--batch-size", type=_positive_int, default=64)
-    sp.add_argument("--lr", type=_number, default=3e-3)
+    sp.add_argument("--epochs", type=positive_int, default=10)
+    sp.add_argument("--batch-size", type=positive_int, default=64)
+    sp.add_argument("--lr", type=positive_float, default=3e-3)
     sp.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop"), default="adamw")
-    sp.add_argument("--weight-decay", type=_number, default=0.05)
-    sp.add_argument("--warmup-epochs", type=_number, default=1.0)
-    sp.add_argument("--label-smoothing", type=_number, default=0.1)
-    sp.add_argument("--ema", type=_number, default=0.0, help="EMA decay of the weights (0 = off)")
-    sp.add_argument("--resolution", type=_positive_int)
-    sp.add_argument("--width-mult", type=_number, default=1.0)
-    sp.add_argument("--depth-mult", type=_number, default=1.0)
+    sp.add_argument("--weight-decay", type=nonnegative_float, default=0.05)
+    sp.add_argument("--warmup-epochs", type=nonnegative_float, default=1.0)
+    sp.add_argument("--label-smoothing", type=fraction, default=0.1)
+    sp.add_argument("--ema", type=fraction, default=0.0, help="EMA decay of the weights (0 = off)")
+    sp.add_argument("--resolution", type=positive_int)
+    sp.add_argument("--width-mult", type=multiplier, default=1.0)
+    sp.add_argument("--depth-mult", type=multiplier, default=1.0)
     sp.add_argument("--se-position", choices=("after_dw", "before_dw"))
-    sp.add_argument("--drop-path", type=_number)
+    sp.add_argument("--drop-path", type=fraction)
     sp.add_argument("--no-augment", action="store_true")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=integer, default=0)
     sp.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
     sp.add_argument("--deterministic", action="store_true")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
@@ -327,30 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp = add("predict", cmd_predict, "top-k classes for image files or .npy arrays")
     sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--top-k", type=_positive_int, default=3)
+    sp.add_argument("--top-k", type=positive_int, default=3)
     sp.add_argument("inputs", nargs="+")
     sp = add("tour", cmd_tour, "the whole story on bundled data, with a report (results/tour/report.html)")
     sp.add_argument("--out", default="results/tour")
     sp.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
     sp.add_argument("--chapters", default=None, help="comma-separated subset of chapters")
-    _load_command_modules(add)
+    for module in COMMAND_MODULES:
+        module.register(add)
     return p
-
-
-def _load_command_modules(add: Callable) -> None:
-    """Capabilities add their sub-commands from `mbconv.commands.<name>.register(add)`."""
-    import importlib
-
-    from .commands import MODULES
-
-    for name in MODULES:
-        try:
-            mod = importlib.import_module(f"mbconv.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"mbconv.commands.{name}":
-                continue  # capability not built yet
-            raise
-        mod.register(add)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

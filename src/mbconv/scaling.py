@@ -58,8 +58,8 @@ def scale_spec(spec: NetSpec, width: float = 1.0, depth: float = 1.0, resolution
     `width` multiplies channels (stem unless `fix_stem`; head per `head_scaling`), `depth` multiplies repeats
     per stage (first and last stage fixed when `fix_first_last_depth`), `resolution` replaces the input size.
     """
-    if width <= 0 or depth <= 0:
-        raise ValueError(f"invalid multipliers width={width!r}, depth={depth!r}: must be > 0")
+    if not (width > 0 and depth > 0 and math.isfinite(width) and math.isfinite(depth)):
+        raise ValueError(f"invalid multipliers width={width!r}, depth={depth!r}: must be finite and > 0")
     if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
         raise ValueError(f"invalid resolution={resolution!r}: must be a positive integer")
 
@@ -104,9 +104,17 @@ def compound_multipliers(phi: float, alpha: float = DEFAULT_ALPHA, beta: float =
     FLOPs grow as (alpha * beta^2 * gamma^2)^phi; the paper picks alpha beta^2 gamma^2 ~ 2.
     """
     for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not v > 0:
-            raise ValueError(f"invalid {name}={v!r}: must be > 0")
-    return beta**phi, alpha**phi, gamma**phi
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"invalid {name}={v!r}: must be a finite number > 0")
+    if not math.isfinite(phi):
+        raise ValueError(f"invalid phi={phi!r}: must be a finite number")
+    try:
+        out = beta**phi, alpha**phi, gamma**phi
+    except OverflowError:
+        out = (math.inf,)
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"phi={phi!r} with alpha={alpha!r}, beta={beta!r}, gamma={gamma!r} overflows")
+    return out
 
 
 def compound_scale(spec: NetSpec, phi: float, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,

@@ -51,12 +51,12 @@ def chapter_quant(ctx: TourContext) -> None:
 
 
 def _chapter_quant(ctx: TourContext) -> None:
-    from ..commands.quant import fig_block_sqnr, fig_site_sqnr
+    from ..quant.figures import fig_block_sqnr, fig_site_sqnr
     from ..data import load_dataset
     from ..quant.insert import QuantConfig
     from ..quant.model import compare
     from ..quant.noise import measure_sqnr
-    from ..quant.onnx_int8 import int8_benchmark
+    from ..export import int8_benchmark
     from ..quant.ptq import ptq
     from ..train import evaluate
     from ..workflow import load_run

@@ -8,7 +8,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import _positive_int
+from ..cli_args import (
+    add_model_arguments,
+    int_list,
+    model_from_args,
+    model_overrides,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+from ..model_source import ModelSource
 
 
 def _bits(s: str) -> int:
@@ -19,13 +28,6 @@ def _bits(s: str) -> int:
     if not 2 <= v <= 8 and v != 16:
         raise argparse.ArgumentTypeError(f"bits must be in 2..8 (or 16): {s!r}")
     return v
-
-
-def _sizes(s: str) -> tuple[int, ...]:
-    out = tuple(_positive_int(v) for v in s.split(",") if v.strip())
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {s!r}")
-    return out
 
 
 def _override(s: str) -> tuple[str, int | None]:
@@ -51,18 +53,15 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, dict]:
-    from ..data import load_dataset
-    from ..workflow import load_run
+    """(model, train set, test set, info) of the --checkpoint run, on its own data or --data."""
+    from ..model_source import model_from_source, run_dataset
 
-    model, run, ck = load_run(args.checkpoint)
-    d = run.get("data", {})
-    name = args.data or d.get("name")
-    if not name:
-        raise ValueError(f"{ck} records no dataset: pass --data")
-    res = d.get("resolution")
-    train = load_dataset(name, "train", resolution=res)
-    test = load_dataset(name, "test", resolution=res)
-    return model, train, test, {"checkpoint": str(ck), "data": name, "resolution": res}
+    src = model_from_source(checkpoint=args.checkpoint, overrides=model_overrides(args))
+    train = run_dataset(src.run or {}, args.data, "train")
+    test = run_dataset(src.run or {}, args.data, "test")
+    d = (src.run or {}).get("data") or {}
+    return src.model, train, test, {"checkpoint": src.description, "data": args.data or d.get("name"),
+                                    "resolution": d.get("resolution")}
 
 
 def _fmt_db(v: float | None) -> str:
@@ -72,6 +71,7 @@ def _fmt_db(v: float | None) -> str:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
+    from ..quant.figures import fig_block_sqnr, fig_site_sqnr
     from ..quant.noise import measure_sqnr
     from ..quant.ptq import ptq
     from ..quant.qat import qat
@@ -101,7 +101,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             fig_block_sqnr([{"block": b["block"], "measured_db": b["sqnr_db"]} for b in rep["blocks"]],
                            out / "fig_block_sqnr.png", f"W{cfg.wbits}A{cfg.abits}: SQNR per block output")]
     if args.export:
-        from ..quant.onnx_int8 import int8_benchmark
+        from ..export import int8_benchmark
 
         result["int8"] = int8_benchmark(model, train, args.export, test_data=test, batch_sizes=(1,))
         write_json(out / "quantize.json", result)
@@ -136,6 +136,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_quant_noise(args: argparse.Namespace) -> int:
     import torch
 
+    from ..quant.figures import fig_block_sqnr
     from ..quant.model import compare
     from ..quant.ptq import ptq
 
@@ -179,7 +180,7 @@ def cmd_quant_noise(args: argparse.Namespace) -> int:
 def cmd_int8(args: argparse.Namespace) -> int:
     import torch
 
-    from ..quant.onnx_int8 import int8_benchmark
+    from ..export import int8_benchmark
 
     torch.set_num_threads(args.threads)
     sizes = args.batch_sizes
@@ -189,7 +190,7 @@ def cmd_int8(args: argparse.Namespace) -> int:
                            calib_samples=args.calib_samples, batch_sizes=sizes, repeats=args.repeats,
                            threads=args.threads, rewrite_pool=not args.no_pool_rewrite)
     else:
-        model, calib, info = random_model(args.model, args.resolution)
+        model, calib, info = random_model(model_from_args(args, seed=0))
         r = int8_benchmark(model, calib, args.out, method=args.calib, calib_samples=args.calib_samples,
                            batch_sizes=sizes, repeats=args.repeats, threads=args.threads,
                            rewrite_pool=not args.no_pool_rewrite)
@@ -213,17 +214,13 @@ def cmd_int8(args: argparse.Namespace) -> int:
     return 0
 
 
-def random_model(name: str, resolution: int | None) -> tuple[Any, Any, dict]:
-    """A zoo model with random weights and BatchNorm statistics re-estimated on random inputs, so activation
-    ranges look like a trained net's (for speed benchmarks when no checkpoint is at hand); returns
+def random_model(src: ModelSource) -> tuple[Any, Any, dict]:
+    """A freshly built model (`src`, e.g. a zoo NAME) with BatchNorm statistics re-estimated on random inputs, so
+    activation ranges look like a trained net's (for speed benchmarks when no checkpoint is at hand); returns
     (model, calibration inputs, info)."""
     import torch
 
-    from ..zoo import create_model
-
-    torch.manual_seed(0)
-    m = create_model(name)
-    res = resolution or m.spec.resolution
+    m, res = src.model, src.resolution
     shape = (m.spec.in_chans, *([res] * m.spec.dims))
     for mod in m.modules():
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
@@ -235,65 +232,8 @@ def random_model(name: str, resolution: int | None) -> tuple[Any, Any, dict]:
             m(torch.randn(8, *shape))
     m.eval()
     calib = torch.randn(32, *shape)
-    return m, calib, {"model": name, "resolution": res, "weights": "random (BN statistics on random inputs)"}
-
-
-# -- figures -----------------------------------------------------------------------------------------------
-KIND_COLORS = {"weight": "tab:blue", "act": "tab:orange", "se": "tab:green", "gate": "tab:red",
-               "se_inner": "tab:olive", "add": "tab:purple", "input": "tab:gray", "pool": "tab:brown",
-               "logits": "black"}
-
-
-def fig_site_sqnr(sites: dict[str, dict], path: Path, title: str) -> Path:
-    """Local SQNR of every quantizer in forward order, coloured by kind."""
-    from ..report import plt, savefig
-
-    p = plt()
-    fig, ax = p.subplots(figsize=(11, 3.8))
-    names = list(sites)
-    vals = [min(sites[s]["local_db"], 99.0) for s in names]
-    ax.bar(range(len(names)), vals, color=[KIND_COLORS.get(sites[s]["kind"], "tab:cyan") for s in names])
-    for k, c in KIND_COLORS.items():
-        if any(v["kind"] == k for v in sites.values()):
-            ax.bar([0], [0], color=c, label=k)
-    step = max(1, len(names) // 40)
-    ax.set_xticks(range(0, len(names), step), [names[i] for i in range(0, len(names), step)], rotation=80,
-                  fontsize=5)
-    ax.set_ylabel("local SQNR (dB)")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=5)
-    return savefig(fig, path)
-
-
-def fig_block_sqnr(rows: list[dict], path: Path, title: str) -> Path:
-    """Per-block SQNR: measured, and where present the analytic model and the Hutchinson-gain prediction."""
-    from ..report import plt, savefig
-
-    p = plt()
-    has_pred = any(r.get("model_db") is not None for r in rows)
-    fig, axes = p.subplots(1, 2 if has_pred else 1, figsize=(11 if has_pred else 8, 3.8), squeeze=False)
-    ax = axes[0][0]
-    x = range(len(rows))
-    ax.plot(x, [r["measured_db"] for r in rows], "o-", label="measured")
-    if has_pred:
-        ax.plot(x, [r["model_db"] for r in rows], "s--", label="analytic model")
-    if any(r.get("gains_db") is not None for r in rows):
-        ax.plot(x, [r["gains_db"] for r in rows], "^:", label="Hutchinson gains")
-    ax.set_xticks(list(x), [r["block"] for r in rows], rotation=70, fontsize=6)
-    ax.set_ylabel("SQNR (dB)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    if has_pred:
-        ax2 = axes[0][1]
-        ax2.axhline(0, color="k", lw=0.5)
-        ax2.bar([i - 0.2 for i in x], [r["model_err_db"] or 0 for r in rows], 0.4, label="model - measured")
-        if any(r.get("gains_err_db") is not None for r in rows):
-            ax2.bar([i + 0.2 for i in x], [r.get("gains_err_db") or 0 for r in rows], 0.4,
-                    label="gains - measured")
-        ax2.set_xticks(list(x), [r["block"] for r in rows], rotation=70, fontsize=6)
-        ax2.set_ylabel("prediction error (dB)")
-        ax2.legend(fontsize=7)
-    return savefig(fig, path)
+    return m, calib, {"model": src.description, "resolution": res,
+                      "weights": "random (BN statistics on random inputs)"}
 
 
 # -- registration ------------------------------------------------------------------------------------------
@@ -313,9 +253,9 @@ def _quant_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--override", type=_override, action="append", metavar="PATTERN=BITS",
                     help="per-site bits by glob on site names, e.g. '*depthwise.conv:weight=8' (0 = float)")
     sp.add_argument("--lsq", action="store_true", help="learned step sizes (LSQ) for QAT")
-    sp.add_argument("--calib-samples", type=_positive_int, default=512)
-    sp.add_argument("--sqnr-samples", type=_positive_int, default=256)
-    sp.add_argument("--threads", type=_positive_int, default=1)
+    sp.add_argument("--calib-samples", type=positive_int, default=512)
+    sp.add_argument("--sqnr-samples", type=positive_int, default=256)
+    sp.add_argument("--threads", type=positive_int, default=1)
     sp.add_argument("--json", action="store_true")
 
 
@@ -323,28 +263,29 @@ def register(add: Any) -> None:
     sp = add("quantize", cmd_quantize, "post-training quantization (optionally QAT) of a trained run: accuracy "
                                        "fp vs quantized, per-block SQNR, figures")
     _quant_args(sp)
-    sp.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware fine-tuning epochs after PTQ")
-    sp.add_argument("--qat-lr", type=float, default=2e-4)
+    sp.add_argument("--qat-epochs", type=nonnegative_int, default=0,
+                    help="quantization-aware fine-tuning epochs after PTQ")
+    sp.add_argument("--qat-lr", type=positive_float, default=2e-4)
     sp.add_argument("--out", default="results/quantize", help="folder for JSON and figures")
     sp.add_argument("--export", metavar="MODEL.onnx", help="also export ORT int8 (QDQ) and time it vs ORT fp32")
     sp = add("quant-noise", cmd_quant_noise, "predicted (analytic model, Hutchinson noise gains) vs measured "
                                              "SQNR per block")
     _quant_args(sp)
     sp.add_argument("--no-gains", action="store_true", help="skip the Hutchinson-gain prediction (slow)")
-    sp.add_argument("--gain-samples", type=_positive_int, default=32)
+    sp.add_argument("--gain-samples", type=positive_int, default=32)
     sp.add_argument("--out", default="results/quant_noise")
     sp = add("int8", cmd_int8, "export to ONNX, quantize to int8 with ONNX Runtime (QDQ, u8/s8, per-channel), "
                                "time ORT int8 vs ORT fp32 (and accuracy for a trained run)")
     sp.add_argument("--checkpoint", help="trained run (accuracy is measured on its test split)")
     sp.add_argument("--model", default="efficientnet_b0", help="zoo model with random weights (no --checkpoint)")
-    sp.add_argument("--resolution", type=_positive_int, help="input size for --model (default: native)")
+    add_model_arguments(sp, name="none", checkpoint=False, resolution=True)
     sp.add_argument("--data", help="dataset (default: the run's own)")
     sp.add_argument("--out", default="results/int8/model.onnx", help="int8 model path (fp32 next to it)")
     sp.add_argument("--calib", choices=("minmax", "percentile", "entropy"), default="minmax")
-    sp.add_argument("--calib-samples", type=_positive_int, default=256)
-    sp.add_argument("--batch-sizes", type=_sizes, default=(1, 16), help="comma-separated, e.g. 1,16")
-    sp.add_argument("--repeats", type=_positive_int, default=20)
-    sp.add_argument("--threads", type=_positive_int, default=1)
+    sp.add_argument("--calib-samples", type=positive_int, default=256)
+    sp.add_argument("--batch-sizes", type=int_list, default=(1, 16), help="comma-separated, e.g. 1,16")
+    sp.add_argument("--repeats", type=positive_int, default=20)
+    sp.add_argument("--threads", type=positive_int, default=1)
     sp.add_argument("--no-pool-rewrite", action="store_true",
                     help="keep the exporter's ReduceMean pooling (ORT's plain static recipe, for comparison)")
     sp.add_argument("--json", action="store_true")

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import integer, nonnegative_int, positive_int
+from ..model_source import spec_from_name
+
 TASKS = ("mnist1d", "eeg", "volumes", "sources")
 
 
@@ -34,18 +37,18 @@ def cmd_signals(args: argparse.Namespace) -> int:
     runs: list[tuple[str, Any, Any, Any, int]] = []  # (tag, spec, train, test, batch)
     if args.task == "mnist1d":
         tr, te = load_signal_task("mnist1d", seed=args.seed, shuffled=args.shuffled)
-        spec = zoo_nd.mbconv1d_se4_spec() if args.model is None else _spec(args.model)
+        spec = zoo_nd.mbconv1d_se4_spec() if args.model is None else spec_from_name(args.model)
         runs.append((spec.name + ("_shuffled" if args.shuffled else ""), spec, tr, te, 64))
         epochs = args.epochs or 20
     elif args.task == "eeg":
         tr, te = load_eeg_electrodes(window=args.window)
-        spec = zoo_nd.mbconv1d_se4_spec(num_classes=4) if args.model is None else _spec(args.model)
+        spec = zoo_nd.mbconv1d_se4_spec(num_classes=4) if args.model is None else spec_from_name(args.model)
         runs.append((spec.name, spec, tr, te, 32))
         epochs = args.epochs or 15
     else:
         tr, te = load_volumes(args.source, args.size, augment=True)
         specs = [zoo_nd.mbconv3d_small_spec(), zoo_nd.cnn3d_plain_spec()] if args.model is None else \
-            [_spec(args.model)]
+            [spec_from_name(args.model)]
         runs += [(s.name, s, tr, te, 32) for s in specs]
         epochs = args.epochs or 15
     rows = []
@@ -66,32 +69,23 @@ def cmd_signals(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(name: str) -> Any:
-    from .. import zoo_nd  # noqa: F401  (registers the 1-D/3-D names)
-    from ..zoo import get_spec
-
-    return get_spec(name)
-
-
 def register(add: Any) -> None:
     """Add `mbconv signals` to the CLI."""
-    from ..cli import _positive_int
-
     sp = add("signals", cmd_signals, "1-D and 3-D MBConv on bundled tasks: MNIST-1D, the bundled EEG, digit volumes")
     sp.add_argument("--task", choices=TASKS, default="mnist1d",
                     help="mnist1d (benchmark) | eeg (matplotlib's bundled EEG, windowed) | volumes (synthetic 3-D) | "
                          "sources (list the bundled 1-D recordings)")
     sp.add_argument("--model", default=None, help="zoo name (default: mbconv1d_se4; volumes: MBConv and plain CNN)")
-    sp.add_argument("--epochs", type=_positive_int, default=None)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--epochs", type=positive_int, default=None)
+    sp.add_argument("--seed", type=integer, default=0)
     sp.add_argument("--shuffled", action="store_true", help="mnist1d: the spatially shuffled control")
-    sp.add_argument("--window", type=_positive_int, default=160, help="eeg: window length in samples")
+    sp.add_argument("--window", type=positive_int, default=160, help="eeg: window length in samples")
     sp.add_argument("--source", choices=("digits8", "mnist5k"), default="digits8", help="volumes: the digits")
-    sp.add_argument("--size", type=_positive_int, default=None, help="volumes: side of the cube")
+    sp.add_argument("--size", type=positive_int, default=None, help="volumes: side of the cube")
     sp.add_argument("--out", default="results/signals")
     sp.add_argument("--quick", action="store_true", help="10 training steps per model (smoke test)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--verbose", action="store_true", help="one line per epoch")
-    sp.add_argument("--threads", type=int, default=1,
+    sp.add_argument("--threads", type=nonnegative_int, default=1,
                     help="torch intra-op threads (default 1: these small nets train fastest on one thread, and "
                          "several threads on a busy machine can be 10x slower); 0 = torch's default")

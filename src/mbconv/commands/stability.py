@@ -8,6 +8,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..cli_args import add_model_arguments, integer, model_from_args, nonnegative_int, positive_float, positive_int
+from ..model_source import run_dataset
+
 COLUMNS = (("index", "#", "d"), ("name", "block", ""), ("type", "type", ""), ("in_shape", "in", ""),
            ("out_shape", "out", ""), ("has_skip", "skip", ""), ("param_grad", "|dL/dW|", ".3g"),
            ("act_grad", "|dL/dh|", ".3g"), ("act_rms", "act rms", ".3g"), ("sigma_max", "sigma_max", ".4g"),
@@ -15,32 +18,20 @@ COLUMNS = (("index", "#", "d"), ("name", "block", ""), ("type", "type", ""), ("i
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    """(model, x, y, description) from --model or --checkpoint."""
+    """(model, x, y, description): a trained --checkpoint on its own test data, or a --model at init (seeded)
+    on random N(0, 1) inputs and labels."""
     import torch
 
-    gen = torch.Generator().manual_seed(args.seed)
+    src = model_from_args(args, seed=None if args.checkpoint else args.seed)
+    model, res = src.model, src.resolution
     if args.checkpoint:
-        from ..data import load_dataset
-        from ..workflow import load_run
-
-        model, run, ck = load_run(args.checkpoint)
-        d = run["data"]
-        res = args.resolution or d["resolution"]
-        ds = load_dataset(d["name"], "test", resolution=res)
+        ds = run_dataset(src.run or {}, None, "test", resolution=res)
         n = min(args.batch, len(ds))
         x = torch.stack([ds[i][0] for i in range(n)])
         y = torch.as_tensor([int(ds[i][1]) for i in range(n)])
-        return model, x, y, f"{ck}: {n} test samples of {d['name']} at {res} px"
-    from ..net import MBConvNet
-    from ..zoo import get_spec
-
-    over: dict[str, Any] = {}
-    if args.num_classes:
-        over["num_classes"] = args.num_classes
-    spec = get_spec(args.model, **over)
-    res = args.resolution or spec.resolution
-    torch.manual_seed(args.seed)
-    model = MBConvNet(spec).eval()
+        return model, x, y, f"{src.description}: {n} test samples of {src.run['data']['name']} at {res} px"
+    spec = model.spec
+    gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, spec.in_chans, *([res] * spec.dims), generator=gen)
     y = torch.randint(0, spec.num_classes, (args.batch,), generator=gen)
     return model, x, y, f"{spec.name} (init, seed {args.seed}): {args.batch} random N(0,1) inputs at {res} px"
@@ -77,7 +68,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
     print(f"{what}")
     print("gradients: cross-entropy on the batch, BatchNorm with batch statistics; Jacobians: eval mode, BN folded, "
           "sample 0")
-    print(S.format_table(rows, COLUMNS))
+    print(S.format_block_table(rows, COLUMNS))
     bound = "" if lg["exact"] else " (Lanczos: sigma_K is an upper bound, so kappa is a lower bound)"
     print(f"logits Jacobian: {lg['n']} singular values [{lg['method']}], sigma_1 = {lg['sigma_max']:.4g}, "
           f"sigma_K = {lg['sigma_min']:.4g}{bound}")
@@ -105,20 +96,17 @@ def cmd_scale_search(args: argparse.Namespace) -> int:
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Add `stability` and `scale-search` to the `mbconv` command."""
-    from ..cli import _number, _positive_int
-
     sp = add("stability", cmd_stability, "per-block gradient norms and Jacobians, and the condition number of a "
                                          "zoo model (at init) or a trained run")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name or block strings (random inputs, fresh init)")
     src.add_argument("--checkpoint", help="run or checkpoint directory (its own test data)")
-    sp.add_argument("--resolution", type=_positive_int, help="input size (default: the model's / the run's)")
-    sp.add_argument("--num-classes", type=_positive_int, help="with --model")
-    sp.add_argument("--batch", type=_positive_int, default=8, help="samples for the gradient profile")
-    sp.add_argument("--iters", type=_positive_int, default=20, help="Lanczos steps where J is too big to build")
-    sp.add_argument("--probes", type=_positive_int, default=8, help="Hutchinson probes per block")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
+    add_model_arguments(sp, name="none", checkpoint=False, resolution=True)
+    sp.add_argument("--batch", type=positive_int, default=8, help="samples for the gradient profile")
+    sp.add_argument("--iters", type=positive_int, default=20, help="Lanczos steps where J is too big to build")
+    sp.add_argument("--probes", type=positive_int, default=8, help="Hutchinson probes per block")
+    sp.add_argument("--seed", type=integer, default=0)
+    sp.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("scale-search", cmd_scale_search, "EfficientNet step 1: grid-search alpha/beta/gamma under "
@@ -126,12 +114,12 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--base", default="efficientnet_b0")
     sp.add_argument("--data", default="mnist5k")
     sp.add_argument("--quick", action="store_true", help="6-candidate grid, 2 epochs, 1 seed")
-    sp.add_argument("--epochs", type=_positive_int)
-    sp.add_argument("--seeds", type=_positive_int)
-    sp.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (0: off)")
-    sp.add_argument("--proxy-width", type=_number, default=0.25)
-    sp.add_argument("--resolution", type=_positive_int, help="proxy input size (default: the data's)")
-    sp.add_argument("--tol", type=_number, default=0.08, help="allowed relative error of the exact MAC ratio")
+    sp.add_argument("--epochs", type=positive_int)
+    sp.add_argument("--seeds", type=positive_int)
+    sp.add_argument("--max-steps", type=nonnegative_int, default=0, help="stop each run after this many steps (0: off)")
+    sp.add_argument("--proxy-width", type=positive_float, default=0.25)
+    sp.add_argument("--resolution", type=positive_int, help="proxy input size (default: the data's)")
+    sp.add_argument("--tol", type=positive_float, default=0.08, help="allowed relative error of the exact MAC ratio")
     sp.add_argument("--out", help="run cache (default results/scale_search/...)")
-    sp.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
+    sp.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     sp.add_argument("--json", action="store_true")

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import _positive_int
-from .deploy import _model, _model_args
+from ..cli_args import add_model_arguments, model_from_args, positive_int
 
 
 def cmd_roofline(args: argparse.Namespace) -> int:
@@ -19,8 +18,8 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     from ..roofline import fig_roofline, format_table, measure_machine, profile_model
 
     torch.set_num_threads(args.threads)
-    model, default_res, what = _model(args)
-    res = args.resolution or default_res or model.spec.resolution
+    src = model_from_args(args)
+    model, res, what = src.model, src.resolution, src.description
     machine = measure_machine(args.threads)
     rf = profile_model(model, res, batch=args.batch, machine=machine, rounds=args.rounds, threads=args.threads,
                        name=str(what))
@@ -78,9 +77,10 @@ def latency_scale(base: Any, args: argparse.Namespace) -> int:
 def register(add: Any) -> None:
     sp = add("roofline", cmd_roofline, "per-layer arithmetic intensity vs this machine's roofline (matmul peak, "
                                        "copy bandwidth) with measured per-layer latency")
-    _model_args(sp)
-    sp.add_argument("--batch", type=_positive_int, default=1)
-    sp.add_argument("--rounds", type=_positive_int, default=10, help="timed runs (median)")
-    sp.add_argument("--top", type=_positive_int, default=25, help="rows to print, slowest first")
+    add_model_arguments(sp, name="optional", resolution=True)
+    sp.add_argument("--threads", type=positive_int, default=1)
+    sp.add_argument("--batch", type=positive_int, default=1)
+    sp.add_argument("--rounds", type=positive_int, default=10, help="timed runs (median)")
+    sp.add_argument("--top", type=positive_int, default=25, help="rows to print, slowest first")
     sp.add_argument("--out", help="folder for roofline.json and fig_roofline.png (default results/roofline/NAME)")
 
