@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _sizing import mode_config  # experiments/ is on sys.path when a script runs
+from common import RECIPE, mode_config, read_metrics  # experiments/ is on sys.path when a script runs
 
 from mbconv import stability as S
 from mbconv.cost import spec_cost
@@ -50,7 +50,7 @@ from mbconv.net import MBConvNet
 from mbconv.report import plt, savefig, write_json
 from mbconv.scaling_search import with_total_blocks
 from mbconv.spec import NetSpec, parse_arch, plan_blocks, spec_replace_blocks
-from mbconv.train import TrainConfig, Trainer
+from mbconv.train import Trainer
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT.parent / "results" / "cache" / "kernel_vs_resolution"
@@ -121,11 +121,9 @@ def run_one(label: str, spec: NetSpec, resolution: int, seed: int, epochs: int, 
     if spec.dims == 2:
         model = model.to(memory_format=torch.channels_last)
     out = CACHE / mode / f"r{resolution}_{label}_s{seed}_e{epochs}"
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=0.05,
-                      warmup_epochs=1.0, label_smoothing=0.1, seed=seed, out_dir=str(out), resume=True,
-                      progress="none", save_best=False)
+    cfg = RECIPE.train_config(epochs, seed, out, resume=True, progress="none", save_best=False)
     Trainer(model, train_ds, test_ds, cfg, spec={"net": spec.to_dict()}).fit()
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out)
     model.eval()
     x = torch.stack([test_ds[i][0] for i in range(64)])
     erf = S.effective_receptive_field(model.forward_features, x)

@@ -51,14 +51,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _sizing import mode_config  # experiments/ is on sys.path when a script runs
+from common import RECIPE, mode_config, read_metrics  # experiments/ is on sys.path when a script runs
 
 from mbconv import stability as S
 from mbconv.cost import spec_cost
 from mbconv.data import load_dataset
 from mbconv.report import plt, savefig, write_json
 from mbconv.scaling_search import STRATEGIES, equal_cost_family
-from mbconv.train import TrainConfig, Trainer, TrainingDivergedError
+from mbconv.train import Trainer, TrainingDivergedError
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT.parent / "results" / "cache" / "scaling_stability"
@@ -100,15 +100,14 @@ def measure(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, cfg: dic
 
 def train(model: torch.nn.Module, spec: Any, variant: str, seed: int, epochs: int, out: Path,
           train_ds: Any, test_ds: Any) -> dict[str, Any]:
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=0.05,
-                      warmup_epochs=min(1.0, epochs / 4), label_smoothing=0.1, seed=seed, out_dir=str(out),
-                      resume=True, progress="none", save_best=False)
+    cfg = RECIPE.train_config(epochs, seed, out, warmup_epochs=min(RECIPE.warmup_epochs, epochs / 4), resume=True,
+                              progress="none", save_best=False)
     try:
         Trainer(model, train_ds, test_ds, cfg, spec={"net": spec.to_dict(), "variant": variant}).fit()
     except TrainingDivergedError as e:
         return {"diverged": True, "error": str(e), "test_acc": 0.1, "test_loss": math.nan,
                 "first_train_loss": math.nan, "first_test_loss": math.nan, "train_loss": math.nan}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out)
     first, last = rows[0], rows[-1]
     return {"diverged": False, "first_train_loss": first["train_loss"], "first_test_loss": first["test_loss"],
             "first_test_acc": first["test_acc"], "train_loss": last["train_loss"], "test_loss": last["test_loss"],
