@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RECIPE, paired, read_metrics, seed_list, t_ci  # experiments/ is on sys.path when a script runs
 
 from mbconv.data import load_dataset
-from mbconv.deploy import fuse_bn
+from mbconv.layers import fuse_bn
 from mbconv.quant.insert import QuantConfig, quantizers
 from mbconv.quant.noise import measure_sqnr
 from mbconv.quant.ptq import copy_ranges, prepare, ptq
@@ -49,7 +50,7 @@ from mbconv.quant.qat import qat
 from mbconv.report import plt, savefig, write_json
 from mbconv.spec import NetSpec, parse_arch
 from mbconv.train import evaluate
-from mbconv.workflow import RunConfig, load_run, train_run
+from mbconv.workflow import load_run, train_run
 
 VARIANTS = {"se_post": ("after_dw", True), "se_pre": ("before_dw", True), "no_se": ("after_dw", False)}
 OUT = Path(__file__).parent / "results" / "se_placement_quant"
@@ -77,14 +78,12 @@ def run_dir(cache: Path, data: str, depth: int, variant: str, seed: int, epochs:
 def train(depth: int, variant: str, seed: int, data: str, epochs: int, batch: int, cache: Path,
           device: str = "cpu") -> Path:
     out = run_dir(cache, data, depth, variant, seed, epochs)
-    done = out / "metrics.jsonl"
-    if done.exists() and len(done.read_text().splitlines()) >= epochs and (out / "best" / "meta.json").exists():
+    if ((out / "metrics.jsonl").exists() and len(read_metrics(out)) >= epochs
+            and (out / "best" / "meta.json").exists()):
         return out
-    cfg = RunConfig(model=stack_spec(depth, variant, data), data=data, resolution=INPUT_RES[data], out=str(out),
-                    epochs=epochs, batch_size=batch,
-                    lr=3e-3, weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1, seed=seed, resume=True,
-                    progress="none", extra_train={"device": device})
-    train_run(cfg)
+    train_run(RECIPE.run_config(model=stack_spec(depth, variant, data), data=data, resolution=INPUT_RES[data],
+                                out=str(out), epochs=epochs, batch_size=batch, seed=seed, resume=True,
+                                progress="none", extra_train={"device": device}))
     return out
 
 
@@ -128,32 +127,6 @@ def placement_inequality(model: torch.nn.Module, x: torch.Tensor) -> list[dict[s
                      "R2": float(r2), "R3p": float(r3p), "gate_rms_mean": float(g_rms.mean()),
                      "dw_gain_cv": float(a.std() / a.mean().clamp_min(1e-12))})
     return rows
-
-
-# -- statistics -----------------------------------------------------------------------------------------------
-def t_ci(vals: list[float]) -> tuple[float, float]:
-    """Mean and 95 % t half-width (nan for one value)."""
-    from scipy import stats
-
-    n = len(vals)
-    m = statistics.mean(vals)
-    if n < 2:
-        return m, float("nan")
-    return m, float(stats.t.ppf(0.975, n - 1) * statistics.stdev(vals) / math.sqrt(n))
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Paired a - b over seeds: mean, 95 % CI half-width, t-test p and Wilcoxon p (when n allows)."""
-    from scipy import stats
-
-    d = [x - y for x, y in zip(a, b)]
-    m, h = t_ci(d)
-    out = {"mean": m, "ci95": h, "n": len(d)}
-    if len(d) >= 2 and statistics.pstdev(d) > 0:
-        out["p_ttest"] = float(stats.ttest_1samp(d, 0.0).pvalue)
-    if len(d) >= 5:
-        out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
-    return out
 
 
 # -- main -----------------------------------------------------------------------------------------------------
@@ -275,8 +248,8 @@ def summarize(rows: list[dict[str, Any]], quick: bool, depths: list[int], seeds:
                   if k.startswith(f"L{L}_") and "_tensor_" in k]
         summary["sign_count"][f"L{L}"] = {
             "configs": len(ds), "pre_better": sum(d["mean"] > 0 for d in ds),
-            "pre_better_p05": sum(d["mean"] > 0 and d.get("p_ttest", 1.0) < 0.05 for d in ds),
-            "post_better_p05": sum(d["mean"] < 0 and d.get("p_ttest", 1.0) < 0.05 for d in ds),
+            "pre_better_p05": sum(d["mean"] > 0 and d["p_ttest"] < 0.05 for d in ds),  # nan p: not counted
+            "post_better_p05": sum(d["mean"] < 0 and d["p_ttest"] < 0.05 for d in ds),
             "per_tensor_configs": len(tensor), "per_tensor_pre_better": sum(d["mean"] > 0 for d in tensor),
             "per_tensor_mean_db": statistics.mean(d["mean"] for d in tensor) if tensor else float("nan")}
     return summary
@@ -388,8 +361,7 @@ def main() -> None:
         if args.depths:
             depths = [int(d) for d in args.depths.split(",")]
         if args.seeds:
-            lo, _, hi = args.seeds.partition("-")
-            seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(x) for x in args.seeds.split(",")]
+            seeds = seed_list(args.seeds)
     except ValueError:
         ap.error(f"--depths {args.depths!r} / --seeds {args.seeds!r}: expected e.g. --depths 4,8 --seeds 0-4")
     if args.datasets:
