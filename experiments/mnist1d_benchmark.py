@@ -35,6 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
+
 from mbconv import zoo_nd  # noqa: E402
 from mbconv.chapters.signals import fit_spec  # noqa: E402
 from mbconv.data_nd import load_signal_task  # noqa: E402
@@ -42,40 +44,6 @@ from mbconv.report import plt, savefig, write_json  # noqa: E402
 
 CNN_WIDTHS = (0.25, 0.5, 1.0)
 TARGET = 0.993
-
-
-def seed_list(text: str) -> list[int]:
-    """'0-4' -> [0, 1, 2, 3, 4]; '0,2' -> [0, 2]."""
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out += list(range(int(a), int(b) + 1))
-        elif part.strip():
-            out.append(int(part))
-    return out
-
-
-def ci95(xs: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t confidence interval (0 for one value)."""
-    m = statistics.mean(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    from scipy.stats import t
-
-    return m, t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Paired t-test and Wilcoxon signed-rank p-values (a vs b, same seeds)."""
-    from scipy.stats import ttest_rel, wilcoxon
-
-    d = [x - y for x, y in zip(a, b)]
-    out = {"mean_diff": statistics.mean(d), "n": len(d)}
-    if len(d) >= 2 and any(d):
-        out["t_test_p"] = float(ttest_rel(a, b).pvalue)
-        out["wilcoxon_p"] = float(wilcoxon(a, b).pvalue) if len(d) >= 5 else float("nan")
-    return out
 
 
 def main() -> int:
@@ -162,7 +130,7 @@ def _table(groups: dict[str, list[dict]]) -> dict[str, dict]:
     table = {}
     for tag, rows in groups.items():
         accs = [100 * r["final_acc"] for r in rows]
-        m, h = ci95(accs)
+        m, h = t_ci(accs)
         table[tag] = {"n_seeds": len(rows), "seeds": [r["seed"] for r in rows], "final_acc_mean": m,
                       "final_acc_ci95": h, "final_acc_min": min(accs), "final_acc_max": max(accs),
                       "best_acc_mean": statistics.mean(100 * r["best_acc"] for r in rows),
@@ -188,8 +156,7 @@ def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: 
     if "mbconv1d_se4" in groups and "cnn1d_plain" in groups:
         a = {r["seed"]: 100 * r["final_acc"] for r in groups["mbconv1d_se4"]}
         b = {r["seed"]: 100 * r["final_acc"] for r in groups["cnn1d_plain"]}
-        common = sorted(set(a) & set(b))
-        res["mbconv_vs_cnn"] = paired([a[s] for s in common], [b[s] for s in common])
+        res["mbconv_vs_cnn"] = paired_by_key(a, b)
         mb, cn = table["mbconv1d_se4"], table["cnn1d_plain"]
         res["mbconv_vs_cnn"].update(params_ratio=cn["params"] / mb["params"], macs_ratio=cn["macs"] / mb["macs"])
         res["verdict"] = {
@@ -200,8 +167,7 @@ def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: 
             "n_seeds": mb["n_seeds"]}
         if "cnn1d_plain_w0.5" in table:  # the smaller plain CNN: fewer MACs and params than the MBConv
             half = {r["seed"]: 100 * r["final_acc"] for r in groups["cnn1d_plain_w0.5"]}
-            common = sorted(set(a) & set(half))
-            res["mbconv_vs_cnn_w0.5"] = paired([a[s] for s in common], [half[s] for s in common])
+            res["mbconv_vs_cnn_w0.5"] = paired_by_key(a, half)
             res["mbconv_vs_cnn_w0.5"].update(params_ratio=table["cnn1d_plain_w0.5"]["params"] / mb["params"],
                                              macs_ratio=table["cnn1d_plain_w0.5"]["macs"] / mb["macs"])
     out.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "experiments"))
 
-from mnist1d_benchmark import ci95, paired, seed_list  # noqa: E402
+from common import paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
 
 from mbconv import zoo_nd  # noqa: E402
 from mbconv.chapters.signals import fit_spec, separable_ratio_rows  # noqa: E402
@@ -95,7 +94,7 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
     for tag, rows in groups.items():
         rows.sort(key=lambda r: r["seed"])
         accs = [100 * r["final_acc"] for r in rows]
-        m, h = ci95(accs)
+        m, h = t_ci(accs)
         table[tag] = {"n_seeds": len(rows), "seeds": [r["seed"] for r in rows], "final_acc_mean": m,
                       "final_acc_ci95": h, "per_seed_final_acc": accs,
                       "params": rows[0]["params"], "macs": rows[0]["macs"],
@@ -146,8 +145,7 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
             mb, cn = table["mbconv3d_small"], table["cnn3d_plain"]
             a = dict(zip(mb["seeds"], mb["per_seed_final_acc"]))
             b = dict(zip(cn["seeds"], cn["per_seed_final_acc"]))
-            common = sorted(set(a) & set(b))
-            verdict["paired_small_vs_full_width"] = paired([a[s] for s in common], [b[s] for s in common])
+            verdict["paired_small_vs_full_width"] = paired_by_key(a, b)
     res["verdict"] = verdict
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"results_{mode}.json", res)
