@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RECIPE, paired, read_metrics  # experiments/ is on sys.path when a script runs
 
 from mbconv.cost import spec_cost
 from mbconv.data import load_dataset
@@ -72,8 +73,8 @@ from mbconv.prune import (
 from mbconv.report import plt as _plt
 from mbconv.report import savefig, write_json
 from mbconv.spec import NetSpec, parse_arch, spec_replace_blocks
-from mbconv.train import TrainConfig, Trainer, evaluate
-from mbconv.workflow import RunConfig, build_for_data, data_meta, load_run, train_run
+from mbconv.train import Trainer, evaluate
+from mbconv.workflow import build_for_data, data_meta, load_run, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "results" / "se_gates_pruning"
@@ -112,8 +113,8 @@ def train(cache: Path, data: str, seed: int, epochs: int, se: bool = True, lam: 
     """Train (or resume/skip) one run; returns its directory."""
     name = f"{data}_{'se' if se else 'nose'}_s{seed}" + (f"_lam{lam:g}" if lam else "")
     out = cache / name
-    cfg = RunConfig(model=spec_for(data, se), data=data, out=str(out), epochs=epochs, seed=seed, resume=True,
-                    progress="none")
+    cfg = RECIPE.run_config(model=spec_for(data, se), data=data, out=str(out), epochs=epochs, seed=seed, resume=True,
+                            progress="none")
     t0 = time.time()
     if not lam:
         train_run(cfg)
@@ -121,10 +122,7 @@ def train(cache: Path, data: str, seed: int, epochs: int, se: bool = True, lam: 
         tr_ds = load_dataset(data, "train", augment=True, seed=seed)
         te_ds = load_dataset(data, "test")
         model = build_for_data(cfg.model, tr_ds.info, tr_ds.info.native_size[0])
-        tcfg = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adamw",
-                           weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
-                           label_smoothing=cfg.label_smoothing, seed=seed, out_dir=str(out), resume=True,
-                           progress="none")
+        tcfg = RECIPE.train_config(epochs, seed, out, resume=True, progress="none")
         meta = {"net": model.spec.to_dict(), "data": data_meta(tr_ds, data, tr_ds.info.native_size[0]),
                 "gate_penalty": {"lam": lam, "reduction": "sum"}}
         trainer = Trainer(model, tr_ds, te_ds, tcfg, spec=meta)
@@ -136,26 +134,7 @@ def train(cache: Path, data: str, seed: int, epochs: int, se: bool = True, lam: 
 
 
 def final_acc(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return float(rows[-1]["test_acc"])
-
-
-# -- statistics ----------------------------------------------------------------------------------------------
-def paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    """Mean of a - b with a 95 % t-CI, paired t-test and Wilcoxon p-values (None when too few pairs)."""
-    from scipy import stats as st
-
-    d = [x - y for x, y in zip(a, b)]
-    n = len(d)
-    out: dict[str, Any] = {"n": n, "diffs": d, "mean": statistics.mean(d)}
-    if n > 1:
-        sd = statistics.stdev(d)
-        half = st.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-        out.update(sd=sd, ci95=[float(out["mean"] - half), float(out["mean"] + half)],
-                   t_p=float(st.ttest_rel(a, b).pvalue) if sd > 0 else None)
-    if n >= 5 and any(d):
-        out["wilcoxon_p"] = float(st.wilcoxon(a, b).pvalue)
-    return out
+    return float(read_metrics(run)[-1]["test_acc"])
 
 
 # -- pruning -------------------------------------------------------------------------------------------------
@@ -352,9 +331,9 @@ def fig_se_vs_nose(results: dict[str, Any], path: Path) -> Path:
         ax.set_xticks([0, 1], ["no SE", "SE"])
         ax.set_ylabel("final test accuracy (%)")
         d = r["se_vs_nose"]["diff"]
-        ci = d.get("ci95")
-        ax.set_title(f"{data}: SE - noSE = {100 * d['mean']:+.2f} pt"
-                     + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""))
+        m, h = d["mean"], d["ci95"]
+        ax.set_title(f"{data}: SE - noSE = {100 * m:+.2f} pt"
+                     + ("" if math.isnan(h) else f" [{100 * (m - h):+.2f}, {100 * (m + h):+.2f}]"))
     return savefig(fig, path)
 
 
@@ -364,8 +343,7 @@ def bench(out: Path, epochs_ft: int = 3, target: float = 0.30, draws: int = 3,
     from mbconv.chapters.train import TOUR_MODEL
 
     run = CACHE / "tour_b0w05_s0"
-    cfg = RunConfig(**TOUR_MODEL, out=str(run), epochs=30, batch_size=64, lr=3e-3, weight_decay=0.05,
-                    warmup_epochs=1, label_smoothing=0.1, resume=True, progress="plain", seed=0)
+    cfg = RECIPE.run_config(**TOUR_MODEL, out=str(run), epochs=30, resume=True, progress="plain", seed=0)
     t0 = time.time()
     train_run(cfg)  # cached: returns at once when the 30 epochs are done
     log(f"tour model ready ({time.time() - t0:.0f} s)")
