@@ -18,17 +18,18 @@ from pathlib import Path
 
 import torch
 
+from experiments.common import RECIPE, read_metrics  # the experiments' recipe; run from the repository root
 from mbconv.workflow import RunConfig, train_run
 from mbconv.zoo_nd import mbconv1d_se4_spec
 
 
 def runs(seed: int, out: Path) -> dict[str, RunConfig]:
     return {
-        "mnist5k": RunConfig(model="efficientnet_b0", data="mnist5k", resolution=32, width_mult=0.5,
-                             overrides={"drop_path_rate": 0.1, "drop_rate": 0.1}, epochs=30, batch_size=64,
-                             lr=3e-3, seed=seed, out=str(out / f"mnist5k_s{seed}"), progress="plain"),
-        "mnist1d": RunConfig(model=mbconv1d_se4_spec(), data="mnist1d", epochs=20, batch_size=64, lr=3e-3, seed=seed,
-                             out=str(out / f"mnist1d_s{seed}"), progress="plain"),
+        "mnist5k": RECIPE.run_config(model="efficientnet_b0", data="mnist5k", resolution=32, width_mult=0.5,
+                                     overrides={"drop_path_rate": 0.1, "drop_rate": 0.1}, epochs=30, seed=seed,
+                                     out=str(out / f"mnist5k_s{seed}"), progress="plain"),
+        "mnist1d": RECIPE.run_config(model=mbconv1d_se4_spec(), data="mnist1d", epochs=20, seed=seed,
+                                     out=str(out / f"mnist1d_s{seed}"), progress="plain"),
     }
 
 
@@ -49,7 +50,7 @@ def main() -> None:
             t0 = time.perf_counter()
             train_run(cfg)
             wall = time.perf_counter() - t0
-            hist = [json.loads(line) for line in Path(cfg.out, "metrics.jsonl").read_text().splitlines() if line]
+            hist = read_metrics(cfg.out)
             best = max(h["test_acc"] for h in hist)  # selected on the test split: information only
             row = {"seed": seed, "best_epoch_acc": best, "final_acc": hist[-1]["test_acc"], "train_seconds": wall}
             results.setdefault(name, []).append(row)
