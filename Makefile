@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
 tour: $(STAMP)
-	$(BIN)/mbconv tour --out results/tour
+	$(BIN)/mbconv tour --out results/tour --results experiments/results
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

@@ -137,6 +137,23 @@ def test_corrupt_checkpoint_is_one_line(trained_run, capsys, tmp_path):
     assert rc == 2 and "model.safetensors" in err and "Traceback" not in err
 
 
+def test_tour_shows_committed_results_only_when_given(tmp_path, capsys):
+    """The library never looks for the repository's experiments/results: `--results DIR` says where they are."""
+    res = tmp_path / "results" / "scaling_stability_quick"
+    res.mkdir(parents=True)
+    (res / "summary.json").write_text(json.dumps({"rule_outcome": {"x2": {"outcome": "not supported"}}}))
+    rc, _, err = run(capsys, "tour", "--out", str(tmp_path / "t"), "--quick", "--chapters", "stability",
+                     "--results", str(tmp_path / "results"))
+    assert rc == 0, err
+    html = (tmp_path / "t" / "report.html").read_text()
+    assert "x2: not supported" in html and "quick (preliminary)" in html and "skipped" not in html
+    rc, _, err = run(capsys, "tour", "--out", str(tmp_path / "t"), "--chapters", "stability", "--results",
+                     str(tmp_path / "nowhere"))
+    assert rc == 2 and "no such results folder" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "tour", "--out", str(tmp_path / "t"), "--chapters", "cost,nochapter")
+    assert rc == 2 and "nochapter" in err
+
+
 def test_tour_quick_has_training_chapter(tmp_path, capsys):
     rc, out, _ = run(capsys, "tour", "--out", str(tmp_path), "--quick", "--chapters", "train")
     assert rc == 0

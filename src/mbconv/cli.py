@@ -238,7 +238,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_tour(args: argparse.Namespace) -> int:
     from .tour import run_tour
 
-    run_tour(args.out, quick=args.quick, chapters=args.chapters)
+    run_tour(args.out, quick=args.quick, chapters=args.chapters, results=args.results)
     return 0
 
 
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="results/tour")
     sp.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
     sp.add_argument("--chapters", default=None, help="comma-separated subset of chapters")
+    sp.add_argument("--results", default=None, help="folder of committed experiment results whose verdicts the "
+                                                    "tour shows (e.g. experiments/results); skipped without it")
     for module in COMMAND_MODULES:
         module.register(add)
     return p

@@ -1,7 +1,4 @@
-"""Tour chapters beyond the cost story, one module per capability, in story order (see `mbconv.tour`).
+"""The tour's chapters, one module per part of the story (`mbconv.tour` lists them in order).
 
-Each module calls `mbconv.tour.register_chapter(name, fn)` on import; a module whose optional dependencies
-are missing is skipped by the tour.
+Each module defines `chapter_<name>(ctx: TourContext) -> None`; `context.TourContext` is what they share.
 """
-
-STORY = ["train", "gates", "quant", "stability", "signals", "hardware"]

@@ -12,7 +12,7 @@ from ..cost import spec_cost
 from ..gates import fig_channel_stats, fig_histograms_by_depth, gate_stats, record_gates, summarize
 from ..prune import CRITERIA, PrunePlan, apply_plan, channel_scores, make_plan, prunable_blocks
 from ..report import write_json
-from ..tour import TourContext, register_chapter
+from .context import TourContext
 
 
 def _fig_curve(rows: list[dict[str, Any]], base_acc: float, path: Path, title: str) -> Path:
@@ -152,5 +152,3 @@ def _verdict(summ: dict[str, Any], rows: list[dict[str, Any]], base_acc: float, 
               f"(unpruned {100 * base_acc:.1f} %).")
     return part1
 
-
-register_chapter("gates", chapter_gates)

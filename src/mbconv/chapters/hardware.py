@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 
 from ..report import write_json
-from ..tour import TourContext, register_chapter
+from .context import TourContext
 
 
 def chapter_hardware(ctx: TourContext) -> None:
+    from ..latency_search import fig_latency_search, latency_search
     from ..net import MBConvNet
-    from ..roofline import fig_latency_search, fig_roofline, latency_search, measure_machine, profile_model
+    from ..roofline import fig_roofline, measure_machine, profile_model
     from ..zoo import get_spec
 
     ch = ctx.report.chapter("Design meets hardware: roofline, per-layer latency and a latency budget")
@@ -81,5 +82,3 @@ def chapter_hardware(ctx: TourContext) -> None:
               fig_latency_search(search, out / "fig_latency_search.png"))
     ctx.state["hardware"] = {"machine": machine, "memory_share": rf.share("memory"), "best_phi": b["phi"]}
 
-
-register_chapter("hardware", chapter_hardware)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..report import write_json
-from ..tour import TourContext, register_chapter
+from .context import TourContext
 
 
 def _tour_run(ctx: TourContext) -> str:
@@ -27,16 +27,15 @@ def _tour_run(ctx: TourContext) -> str:
     return out
 
 
-def _se_placement_summary() -> dict[str, Any] | None:
-    """The committed SE-placement experiment summary, if this is a source checkout."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        p = root / "experiments" / "results" / "se_placement_quant" / "summary.json"
-        if p.exists():
-            try:
-                return json.loads(p.read_text())
-            except ValueError:
-                return None
-    return None
+def se_placement_summary(results: Path) -> dict[str, Any] | None:
+    """The SE-placement experiment's summary under `results` (a folder like experiments/results), if there."""
+    p = results / "se_placement_quant" / "summary.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        return None
 
 
 def chapter_quant(ctx: TourContext) -> None:
@@ -51,12 +50,12 @@ def chapter_quant(ctx: TourContext) -> None:
 
 
 def _chapter_quant(ctx: TourContext) -> None:
-    from ..quant.figures import fig_block_sqnr, fig_site_sqnr
     from ..data import load_dataset
-    from ..quant.insert import QuantConfig
-    from ..quant.model import compare
-    from ..quant.noise import measure_sqnr
     from ..export import int8_benchmark
+    from ..quant.figures import fig_block_sqnr, fig_site_sqnr
+    from ..quant.insert import QuantConfig
+    from ..quant.noise_model import compare
+    from ..quant.noise import measure_sqnr
     from ..quant.ptq import ptq
     from ..train import evaluate
     from ..workflow import load_run
@@ -139,8 +138,11 @@ def _chapter_quant(ctx: TourContext) -> None:
             f"fp32 top-1 agreement {100 * int8.get('top1_agreement_int8_vs_fp32', 0):.2f} %. The tour model is "
             f"tiny (32 px), so fixed per-op overheads dominate and int8 gains little; see docs/bench/int8.md for "
             f"EfficientNet-B0 at 224 px.")
-    se = _se_placement_summary()
-    if se:
+    se = None if ctx.results is None else se_placement_summary(ctx.results)
+    if ctx.results is None:
+        ch.text("SE placement under quantization: skipped (no results folder given; `mbconv tour --results "
+                "experiments/results` shows the committed experiment).")
+    elif se:
         ch.text("SE placement under quantization (experiments/se_placement_quant.py, " + se.get("mode", "?") +
                 " mode): " + se.get("headline", ""))
         if se.get("table"):
@@ -153,5 +155,3 @@ def _chapter_quant(ctx: TourContext) -> None:
                                                "seconds": time.time() - t0})
     ctx.log(f"quant chapter done in {time.time() - t0:.0f} s")
 
-
-register_chapter("quant", chapter_quant)

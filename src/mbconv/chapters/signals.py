@@ -20,7 +20,7 @@ import torch
 from ..cost import compare_layer, spec_cost
 from ..report import plt, savefig, write_json
 from ..spec import NetSpec
-from ..tour import TourContext, register_chapter
+from .context import TourContext
 
 RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1, batch_size=64)
 
@@ -193,5 +193,3 @@ def chapter_signals(ctx: TourContext) -> None:
     write_json(ctx.out / "signals_result.json", results)
     ctx.state["signals"] = results
 
-
-register_chapter("signals", chapter_signals)

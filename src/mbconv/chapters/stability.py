@@ -14,9 +14,7 @@ import torch
 from .. import stability as S
 from ..report import plt, savefig, write_json
 from ..scaling_search import equal_cost_family
-from ..tour import TourContext, register_chapter
-
-RESULTS = Path(__file__).resolve().parents[3] / "experiments" / "results"
+from .context import TourContext
 
 
 def strategy_study(quick: bool, seed: int = 0) -> dict[str, Any]:
@@ -102,17 +100,18 @@ def _tour_condition(ctx: TourContext) -> dict[str, Any] | None:
     return res
 
 
-def _verdicts() -> list[list[Any]]:
+def verdicts(results: Path) -> list[list[Any]]:
+    """Rows (claim, mode, rule outcome, summary file) of Experiments D and E found under `results`."""
     rows = []
     for name, claim in (("scaling_stability", "(d) compound vs depth-only conditioning"),
                         ("kernel_vs_resolution", "(e) larger kernels at higher resolution")):
         for suffix, label in (("", "full"), ("_quick", "quick (preliminary)")):
-            f = RESULTS / f"{name}{suffix}" / "summary.json"
+            f = results / f"{name}{suffix}" / "summary.json"
             if f.exists():
                 out = json.loads(f.read_text()).get("rule_outcome")
                 if isinstance(out, dict):  # Experiment D: one outcome per MAC factor
                     out = "; ".join(f"{k}: {v['outcome'] if isinstance(v, dict) else v}" for k, v in out.items())
-                rows.append([claim, label, str(out), str(f.relative_to(RESULTS.parents[1]))])
+                rows.append([claim, label, str(out), str(f)])
     return rows
 
 
@@ -162,13 +161,15 @@ def chapter_stability(ctx: TourContext) -> None:
                  ["first", "last", "blocks", "dim", "sigma_max", "sigma_min", "kappa", "std log sigma", "method"],
                  [[r["first"], r["last"], r["blocks"], r["dim"], r["sigma_max"], r["sigma_min"], r["kappa"],
                    r["std_log_sigma"], r["method"]] for r in cond["runs"]])
-    verdicts = _verdicts()
-    if verdicts:
+    if ctx.results is None:
+        ch.text("Experiments D and E: skipped (no results folder given; `mbconv tour --results experiments/results` "
+                "shows their rule outcomes). Their verdicts are in docs/claims.md.")
+        return
+    rows = verdicts(ctx.results)
+    if rows:
         ch.table("Experiments D and E: outcome of the pre-registered rules (science.md §4-5); the verdicts with "
-                 "their caveats are in docs/claims.md", ["claim", "mode", "rule outcome", "results"], verdicts)
+                 "their caveats are in docs/claims.md", ["claim", "mode", "rule outcome", "results"], rows)
     else:
-        ch.text("Experiments D and E have not been run here (experiments/scaling_stability.py, "
+        ch.text(f"Experiments D and E have no results in {ctx.results} (experiments/scaling_stability.py, "
                 "experiments/kernel_vs_resolution.py); their verdicts are in docs/claims.md.")
 
-
-register_chapter("stability", chapter_stability)

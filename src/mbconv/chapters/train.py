@@ -7,8 +7,9 @@ import time
 
 from ..cost import spec_cost
 from ..report import fig_component_breakdown, fig_curves, write_json
-from ..tour import TourContext, _block_breakdown, register_chapter
 from ..workflow import RunConfig, evaluate_run, load_run, train_run
+from .context import TourContext
+from .cost import block_breakdown
 
 # B0 spec at width 0.5 and 32 px: 1.08 M params, 2.5 M MACs; 30 epochs reach ~98 % in ~3-4 min on 2 cores.
 TOUR_MODEL = dict(model="efficientnet_b0", data="mnist5k", resolution=32, width_mult=0.5,
@@ -50,7 +51,5 @@ def chapter_train(ctx: TourContext) -> None:
         ch.figure("Loss and accuracy per epoch", fig_curves(hist, ctx.out / "fig_train_curves.png",
                                                            "EfficientNet-B0 x0.5, 32 px, MNIST 5k"))
     ch.figure("Per-block MACs of the trained net by component", fig_component_breakdown(
-        _block_breakdown(cost), ctx.out / "fig_tour_blocks.png", "tour model: MACs per block"))
+        block_breakdown(cost), ctx.out / "fig_tour_blocks.png", "tour model: MACs per block"))
 
-
-register_chapter("train", chapter_train)
