@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .spec import BlockPlan, NetSpec, plan_blocks
+from .spec import BlockPlan, NetSpec, plan_blocks, plan_layout
 
 COMPONENTS = ("stem", "expand", "depthwise", "se", "project", "conv", "head", "classifier")
 
@@ -113,37 +113,20 @@ def _conv(name: str, component: str, block: int | None, cin: int, cout: int, k: 
                      n_out * (cin // groups) * k**dims, n_out)
 
 
-def _block_layers(p: BlockPlan, spec: NetSpec, size: tuple[int, ...], prefix: str) -> list[LayerCost]:
-    """The conv layers of one planned block, in forward order, mirroring `mbconv.layers.blocks`."""
-    i = p.index
+def block_layer_costs(p: BlockPlan, spec: NetSpec, size: tuple[int, ...], prefix: str) -> list[LayerCost]:
+    """The layers of one planned block, in forward order: one per conv step of its layout, two per SE step."""
     out: list[LayerCost] = []
     ones = tuple(1 for _ in size)
-
-    def se(chs: int) -> list[LayerCost]:
-        return [_conv(f"{prefix}.se.conv_reduce", "se", i, chs, p.se_chs, 1, 1, 1, ones, bias=True, norm=False),
-                _conv(f"{prefix}.se.conv_expand", "se", i, p.se_chs, chs, 1, 1, 1, ones, bias=True, norm=False)]
-
-    if p.block == "cn":
-        return [_conv(f"{prefix}.conv", "conv", i, p.in_chs, p.out_chs, p.kernel, p.stride, 1, size)]
-    before = spec.se_position == "before_dw" and p.se_chs
-    if p.block == "er":
-        if before:
-            out += se(p.se_on)
-        fused = _conv(f"{prefix}.expand", "expand", i, p.in_chs, p.mid_chs, p.kernel, p.stride, 1, size)
-        out.append(fused)
-        if p.se_chs and not before:
-            out += se(p.se_on)
-        out.append(_conv(f"{prefix}.project", "project", i, p.mid_chs, p.out_chs, 1, 1, 1, fused.out_size))
-        return out
-    if p.has_expand:
-        out.append(_conv(f"{prefix}.expand", "expand", i, p.in_chs, p.mid_chs, 1, 1, 1, size))
-    if before:
-        out += se(p.mid_chs)
-    dw = _conv(f"{prefix}.depthwise", "depthwise", i, p.mid_chs, p.mid_chs, p.kernel, p.stride, p.mid_chs, size)
-    out.append(dw)
-    if p.se_chs and not before:
-        out += se(p.mid_chs)
-    out.append(_conv(f"{prefix}.project", "project", i, p.mid_chs, p.out_chs, 1, 1, 1, dw.out_size))
+    for s in plan_layout(p, spec):
+        if s.kind == "se":
+            out += [_conv(f"{prefix}.se.conv_reduce", "se", p.index, s.in_chs, s.rd_chs, 1, 1, 1, ones, bias=True,
+                          norm=False),
+                    _conv(f"{prefix}.se.conv_expand", "se", p.index, s.rd_chs, s.in_chs, 1, 1, 1, ones, bias=True,
+                          norm=False)]
+            continue
+        layer = _conv(f"{prefix}.{s.name}", s.name, p.index, s.in_chs, s.out_chs, s.kernel, s.stride, s.groups, size)
+        out.append(layer)
+        size = layer.out_size
     return out
 
 
@@ -161,7 +144,7 @@ def spec_cost(spec: NetSpec, resolution: int | Sequence[int] | None = None) -> N
     for p in plan_blocks(spec):
         j = counters.get(p.stage, 0)
         counters[p.stage] = j + 1
-        layers = _block_layers(p, spec, size, f"stages.{p.stage}.{j}")
+        layers = block_layer_costs(p, spec, size, f"stages.{p.stage}.{j}")
         cost.layers += layers
         size = tuple(-(-s // p.stride) for s in size)
     last = spec.stages[-1].out_chs

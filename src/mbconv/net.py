@@ -18,7 +18,7 @@ from .spec import BlockPlan, NetSpec, feature_levels, plan_blocks
 
 
 def build_block(p: BlockPlan, spec: NetSpec, opts: LayerOpts) -> nn.Module:
-    """The module for one planned block."""
+    """The module for one planned block (its layout: `mbconv.spec.plan_layout`)."""
     se = dict(se_chs=p.se_chs, se_act=spec.se_act, se_gate=spec.se_gate, se_position=spec.se_position)
     common = dict(act=p.act, has_skip=p.has_skip, drop_path=p.drop_path, opts=opts)
     if p.block == "cn":
@@ -58,6 +58,7 @@ class MBConvNet(nn.Module):
         self.num_features = spec.features_chs
         self.dropout = nn.Dropout(spec.drop_rate)
         self.classifier = nn.Linear(self.num_features, spec.num_classes)
+        self.inplace = False  # set by `mbconv.inference.prepare_inference(inplace=True)`
         self.feature_info = [dict(f, module=f"stages.{f['stage']}") for f in feature_levels(spec)]
         if init == "tf":
             init_weights_tf(self)
@@ -92,13 +93,17 @@ class MBConvNet(nn.Module):
         return x.mean(dim=tuple(range(2, x.ndim)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x)
-        if self.spec.head_type == "pool_conv":
-            x = self.head(x.reshape(*x.shape, *([1] * self.spec.dims))).flatten(1)
+        if self.spec.head_type == "pool_conv":  # keepdim: no reshape ops in an exported graph
+            x = self.head(x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)).flatten(1)
+        else:
+            x = self.pool(x)
         x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace and torch.is_grad_enabled():  # in-place activations and adds need autograd off
+            with torch.no_grad():
+                return self.forward_head(self.forward_features(x))
         return self.forward_head(self.forward_features(x))
 
     def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -35,12 +35,13 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .layers.layout import SE_POSITIONS, Step, block_layout, se_channels
+
 BLOCK_TYPES = ("ds", "ir", "er", "cn")
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu", "identity", "sigmoid", "hard_sigmoid")
 ACT_CODES = {"re": "relu", "r6": "relu6", "sw": "swish", "hs": "hard_swish", "ge": "gelu", "id": "identity",
              "sg": "sigmoid", "hsg": "hard_sigmoid"}
 _ACT_TO_CODE = {v: k for k, v in ACT_CODES.items()}
-SE_POSITIONS = ("after_dw", "before_dw")
 SE_BASES = ("in", "mid")
 SE_GATES = ("sigmoid", "hard_sigmoid")
 PADDINGS = ("symmetric", "same")
@@ -467,7 +468,7 @@ def plan_blocks(spec: NetSpec) -> list[BlockPlan]:
                     mid = make_divisible(in_chs * b.expand, spec.channel_divisor)
                 se_chs = se_on = 0
                 if b.has_se:
-                    se_on = in_chs if (spec.se_position == "before_dw" and b.block == "er") else mid
+                    se_on = se_channels(b.block, in_chs, mid, spec.se_position)
                     base = in_chs if spec.se_base == "in" else se_on
                     if spec.se_divisor == 1:
                         se_chs = max(1, int(base * b.se_ratio))
@@ -482,6 +483,13 @@ def plan_blocks(spec: NetSpec) -> list[BlockPlan]:
                 chs = b.out_chs
                 idx += 1
     return plans
+
+
+def plan_layout(p: BlockPlan, spec: NetSpec) -> tuple[Step, ...]:
+    """The named steps of planned block `p` in forward order (`mbconv.layers.layout`): what the builder builds,
+    the cost model counts and the analysis tools walk."""
+    return block_layout(p.block, p.in_chs, p.out_chs, p.mid_chs, p.kernel, p.stride, p.act, p.has_expand,
+                        p.se_chs, spec.se_act, spec.se_gate, spec.se_position)
 
 
 def feature_levels(spec: NetSpec) -> list[dict[str, int]]:

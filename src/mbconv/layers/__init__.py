@@ -1,10 +1,14 @@
 """Dimension-generic building blocks; they know nothing of specs, training or analysis."""
 
-from .blocks import ConvBlock, DepthwiseSeparable, DropPath, FusedMBConv, MBConv, drop_path
-from .conv import CONV, NORM, ConvNormAct, LayerOpts, SamePad, create_act, init_weights_tf, tf_same_pads
+from .blocks import Block, ConvBlock, DepthwiseSeparable, DropPath, FusedMBConv, MBConv, build_step, drop_path
+from .conv import CONV, NORM, ConvNormAct, LayerOpts, SamePad, StaticPad, create_act, init_weights_tf, tf_same_pads
+from .fuse import fold_conv_bn, fuse_bn, strip_training
+from .layout import BLOCK_TYPES, Step, block_layout, se_channels, step_names
 from .se import SqueezeExcite
 
 __all__ = [
-    "CONV", "NORM", "ConvBlock", "ConvNormAct", "DepthwiseSeparable", "DropPath", "FusedMBConv", "LayerOpts",
-    "MBConv", "SamePad", "SqueezeExcite", "create_act", "drop_path", "init_weights_tf", "tf_same_pads",
+    "Block", "block_layout", "BLOCK_TYPES", "build_step", "CONV", "ConvBlock", "ConvNormAct", "create_act",
+    "DepthwiseSeparable", "drop_path", "DropPath", "fold_conv_bn", "fuse_bn", "FusedMBConv", "init_weights_tf",
+    "LayerOpts", "MBConv", "NORM", "SamePad", "se_channels", "SqueezeExcite", "StaticPad", "Step", "step_names",
+    "strip_training", "tf_same_pads",
 ]

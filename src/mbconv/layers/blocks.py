@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .conv import ConvNormAct, LayerOpts
+from .layout import CREATION_ORDER, Step, block_layout, step_names
 from .se import SqueezeExcite
 
 
@@ -39,7 +40,50 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class MBConv(nn.Module):
+class Block(nn.Module):
+    """A block run from its layout: the steps of `mbconv.layers.layout` in order, then the residual.
+
+    One straight forward() for every block type: each step is a submodule named after it (`expand`, `depthwise`,
+    `se`, `project`, `conv`); absent parts are `None`. `self.steps` is the forward order; `self.layout` the full
+    description the analysis tools read.
+    """
+
+    def __init__(self, layout: tuple[Step, ...], has_skip: bool, drop_path: float, opts: LayerOpts | None,
+                 absent: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        opts = opts or LayerOpts()
+        self.layout = layout
+        self.steps = step_names(layout)
+        by_name = {s.name: s for s in layout}
+        for name in CREATION_ORDER:
+            if name in by_name:
+                setattr(self, name, build_step(by_name[name], opts))
+            elif name in absent:
+                setattr(self, name, None)
+        first, last = layout[0], layout[-1]
+        stride = max(s.stride for s in layout)
+        self.has_skip = bool(has_skip) and stride == 1 and first.in_chs == last.out_chs
+        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
+        self.inplace = False  # set by inference preparation: add the shortcut in place (no autograd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        for name in self.steps:
+            x = getattr(self, name)(x)
+        if self.has_skip:
+            x = x.add_(shortcut) if self.inplace else self.drop_path(x) + shortcut
+        return x
+
+
+def build_step(step: Step, opts: LayerOpts) -> nn.Module:
+    """The module of one layout step."""
+    if step.kind == "se":
+        return SqueezeExcite(step.in_chs, step.rd_chs, opts.dims, step.act, step.gate)
+    return ConvNormAct(step.in_chs, step.out_chs, step.kernel, step.stride, groups=step.groups, act=step.act,
+                       opts=opts)
+
+
+class MBConv(Block):
     """Inverted residual: [1x1 expand -> BN -> act] -> k x k depthwise -> BN -> act -> [SE] -> 1x1 project -> BN.
 
     With `mid_chs == in_chs` and `expand=False` there is no expansion conv (TF's MBConv1, i.e. a depthwise-
@@ -66,33 +110,10 @@ class MBConv(nn.Module):
         project_act: str | None = None,
         opts: LayerOpts | None = None,
     ) -> None:
-        super().__init__()
-        opts = opts or LayerOpts()
-        if se_position not in ("after_dw", "before_dw"):
-            raise ValueError(f"invalid se_position={se_position!r}: expected 'after_dw' or 'before_dw'")
-        if not expand and mid_chs != in_chs:
-            raise ValueError(f"invalid mid_chs={mid_chs}: without an expansion conv it must equal in_chs={in_chs}")
+        layout = block_layout("ir", in_chs, out_chs, mid_chs, kernel, stride, act, expand, se_chs, se_act,
+                              se_gate, se_position, project_act)
+        super().__init__(layout, has_skip, drop_path, opts, absent=("expand", "se"))
         self.se_position = se_position
-        self.has_skip = has_skip and stride == 1 and in_chs == out_chs
-        self.expand = ConvNormAct(in_chs, mid_chs, 1, act=act, opts=opts) if expand else None
-        self.depthwise = ConvNormAct(mid_chs, mid_chs, kernel, stride, groups=mid_chs, act=act, opts=opts)
-        self.se = SqueezeExcite(mid_chs, se_chs, opts.dims, se_act or act, se_gate) if se_chs else None
-        self.project = ConvNormAct(mid_chs, out_chs, 1, act=project_act, opts=opts)
-        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        if self.expand is not None:
-            x = self.expand(x)
-        if self.se is not None and self.se_position == "before_dw":
-            x = self.se(x)
-        x = self.depthwise(x)
-        if self.se is not None and self.se_position == "after_dw":
-            x = self.se(x)
-        x = self.project(x)
-        if self.has_skip:
-            x = self.drop_path(x) + shortcut
-        return x
 
 
 class DepthwiseSeparable(MBConv):
@@ -106,7 +127,7 @@ class DepthwiseSeparable(MBConv):
         super().__init__(in_chs, out_chs, in_chs, kernel, stride, expand=False, **kw)
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(Block):
     """Fused-MBConv (EfficientNetV2): k x k conv expand -> BN -> act -> [SE] -> 1x1 project -> BN.
 
     The k x k expansion conv plays the depthwise conv's spatial role, so `se_position='before_dw'` puts the SE
@@ -129,32 +150,13 @@ class FusedMBConv(nn.Module):
         drop_path: float = 0.0,
         opts: LayerOpts | None = None,
     ) -> None:
-        super().__init__()
-        opts = opts or LayerOpts()
-        if se_position not in ("after_dw", "before_dw"):
-            raise ValueError(f"invalid se_position={se_position!r}: expected 'after_dw' or 'before_dw'")
+        layout = block_layout("er", in_chs, out_chs, mid_chs, kernel, stride, act, True, se_chs, se_act, se_gate,
+                              se_position)
+        super().__init__(layout, has_skip, drop_path, opts, absent=("se",))
         self.se_position = se_position
-        self.has_skip = has_skip and stride == 1 and in_chs == out_chs
-        self.expand = ConvNormAct(in_chs, mid_chs, kernel, stride, act=act, opts=opts)
-        se_on = in_chs if se_position == "before_dw" else mid_chs
-        self.se = SqueezeExcite(se_on, se_chs, opts.dims, se_act or act, se_gate) if se_chs else None
-        self.project = ConvNormAct(mid_chs, out_chs, 1, act=None, opts=opts)
-        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        if self.se is not None and self.se_position == "before_dw":
-            x = self.se(x)
-        x = self.expand(x)
-        if self.se is not None and self.se_position == "after_dw":
-            x = self.se(x)
-        x = self.project(x)
-        if self.has_skip:
-            x = self.drop_path(x) + shortcut
-        return x
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(Block):
     """A plain k x k conv -> BN -> act block, with an optional residual (EfficientNetV2's first stage)."""
 
     def __init__(
@@ -168,11 +170,5 @@ class ConvBlock(nn.Module):
         drop_path: float = 0.0,
         opts: LayerOpts | None = None,
     ) -> None:
-        super().__init__()
-        self.has_skip = has_skip and stride == 1 and in_chs == out_chs
-        self.conv = ConvNormAct(in_chs, out_chs, kernel, stride, act=act, opts=opts)
-        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return self.drop_path(y) + x if self.has_skip else y
+        super().__init__(block_layout("cn", in_chs, out_chs, kernel=kernel, stride=stride, act=act), has_skip,
+                         drop_path, opts)
