@@ -20,7 +20,7 @@ def ort_profile(batch: int, threads: int, runs: int = 10) -> None:
     from timm.utils.onnx import onnx_export
 
     from benchmarks.run import build_pair
-    from mbconv.deploy import export_onnx, ort_session
+    from mbconv.export import export_onnx, ort_session
 
     ours, theirs = build_pair("b0")
     x = torch.randn(batch, 3, 224, 224).numpy()

@@ -9,10 +9,10 @@ SAME weights in both libraries (ours copied into timm through `mbconv.compat`; o
 - inference, batch 1 latency and batch 16 throughput, all backends timed in interleaved rounds (each round runs
   every variant once, in a rotating order), so machine noise hits all of them alike. A ratio row is computed
   per round (time of theirs / time of ours: > 1 means ours is faster) and printed as min / median / max:
-  ours eager (`deploy.prepare_inference`) vs timm eager, contiguous and channels_last; ours compiled vs timm
-  compiled (torch.compile inductor with freezing, both channels_last); our ONNX (`deploy.export_onnx`) vs timm's
+  ours eager (`inference.prepare_inference`) vs timm eager, contiguous and channels_last; ours compiled vs timm
+  compiled (torch.compile inductor with freezing, both channels_last); our ONNX (`export.export_onnx`) vs timm's
   ONNX (`timm.utils.onnx.onnx_export`) in the same ONNX Runtime session settings; our int8 ONNX
-  (`mbconv.quant.onnx_int8.quantize_onnx` on our export; the row is skipped when that module is missing) vs our
+  (`mbconv.export.export_int8`: ORT static int8 of our export; the row is skipped without the deploy extra) vs our
   fp32 ONNX;
 - achieved GFLOP/s (2 x MACs / time) of each backend at batch 16 against this machine's fp32 matmul peak and
   copy bandwidth, measured at the start of the same run;
@@ -103,22 +103,19 @@ def build_pair(key: str) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def _int8_exporter() -> tuple[Callable | None, str]:
-    """A function (model, path, calib, resolution) writing our int8 ONNX, from the Quantization work's
-    `mbconv.quant.onnx_int8.quantize_onnx` (ORT static QDQ, u8 activations, s8 per-channel weights) applied to
-    our cleaned fp32 export; (None, why) when that module is missing."""
+    """A function (model, path, calib, resolution) writing our int8 ONNX: `mbconv.export.export_int8` (ORT static
+    QDQ, u8 activations, s8 per-channel weights) of the same cleaned fp32 graph `export_onnx` writes; (None, why)
+    when the deploy extra is missing."""
     try:
-        mod = importlib.import_module("mbconv.quant.onnx_int8")
-        quantize_onnx = mod.quantize_onnx
-    except (ImportError, AttributeError) as e:
-        return None, f"mbconv.quant.onnx_int8.quantize_onnx not available ({e})"
-    from mbconv.deploy import export_onnx
+        from mbconv.export import export_int8
+    except ImportError as e:
+        return None, f"mbconv.export.export_int8 not available ({e})"
 
-    def export_int8(model: torch.nn.Module, path: Path, calib: torch.Tensor, resolution: int) -> Path:
-        fp32 = path.with_name(path.stem + ".fp32.onnx")
-        export_onnx(model, fp32, resolution, input_name="x")  # quantize_onnx feeds its calibration as "x"
-        return quantize_onnx(fp32, path, [b.numpy() for b in calib.split(16)])
+    def run_export(model: torch.nn.Module, path: Path, calib: torch.Tensor, resolution: int) -> Path:
+        export_int8(model, path, calib, resolution, batch_size=16)
+        return path
 
-    return export_int8, ""
+    return run_export, ""
 
 
 # -- timing ------------------------------------------------------------------------------------------------
@@ -158,7 +155,8 @@ def inference_variants(key: str, batch: int, sections: set[str], tmp: Path, thre
     """The callables to time for one model and batch size, and facts about them (export/compile times, checks)."""
     from timm.utils.onnx import onnx_export
 
-    from mbconv.deploy import channels_last_input, compile_model, export_onnx, ort_run, ort_session, prepare_inference
+    from mbconv.export import export_onnx, ort_run, ort_session
+    from mbconv.inference import channels_last_input, compile_model, prepare_inference
 
     c = MODELS[key]
     ours, theirs = build_pair(key)
@@ -206,7 +204,7 @@ def inference_variants(key: str, batch: int, sections: set[str], tmp: Path, thre
                         input_names=["input"], output_names=["logits"])
             s_timm = ort_session(timm_path, threads, spinning=False)
             info["max_abs_diff timm onnx"] = float((ort_run(s_timm, x) - ref).abs().max())
-            from mbconv.deploy import op_counts
+            from mbconv.export import op_counts
 
             info["timm onnx ops"] = op_counts(timm_path)
             v["timm ORT"] = _ort(s_timm, x)

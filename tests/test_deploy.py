@@ -5,19 +5,10 @@ import torch
 from torch import nn
 
 from mbconv import create_model
-from mbconv.deploy import (
-    InferenceNet,
-    align_se,
-    channels_last_input,
-    check_onnx,
-    export_onnx,
-    fuse_bn,
-    op_counts,
-    prepare_inference,
-    record_pads,
-    strip_training,
-)
-from mbconv.layers import DropPath, SamePad
+from mbconv.export import align_se, check_onnx, export_onnx, op_counts
+from mbconv.inference import channels_last_input, prepare_inference, record_pads
+from mbconv.layers import DropPath, SamePad, fuse_bn, strip_training
+from mbconv.net import MBConvNet
 
 SIZE = {1: (40,), 2: (48, 48), 3: (16, 16, 16)}
 
@@ -59,7 +50,7 @@ def test_inference_module_equal_and_free_of_training_branches(name, dims, size):
     m.train()
     for cl in (False, True):
         net = prepare_inference(m, size, channels_last=cl)
-        assert isinstance(net, InferenceNet) and not net.training
+        assert isinstance(net, MBConvNet) and not net.training
         kinds = {type(mod) for mod in net.modules()}
         assert not kinds & {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, DropPath, nn.Dropout, SamePad}
         out = net(channels_last_input(x) if cl else x)
@@ -95,7 +86,7 @@ def test_static_pads_recorded_and_folded():
     odd = record_pads(m, torch.zeros(1, 3, 65, 65))
     assert odd["stem.pad"] == [1, 1, 1, 1]
     net = prepare_inference(m, 65)
-    assert net.stem.conv.padding == (1, 1) and net.stem.pads is None  # symmetric: moved into the conv
+    assert net.stem.conv.padding == (1, 1) and isinstance(net.stem.pad, nn.Identity)  # symmetric: in the conv
 
 
 def test_strip_training_and_errors():

@@ -23,7 +23,7 @@ from mbconv.data_nd import (
     signal_sources,
     windowed_split,
 )
-from mbconv.deploy import fuse_bn
+from mbconv.layers import fuse_bn
 from mbconv.net import MBConvNet
 from mbconv.train import TrainConfig, Trainer
 from mbconv.zoo import create_model, get_spec, list_models
@@ -230,7 +230,7 @@ def test_stability_gradient_profile_1d_3d(dims):
 
 @pytest.mark.parametrize("dims", [1, 3])
 def test_onnx_export_1d_3d(dims, tmp_path):
-    dep = _opt("mbconv.deploy", "export_onnx", "check_onnx")
+    dep = _opt("mbconv.export", "export_onnx", "check_onnx")
     pytest.importorskip("onnxruntime")
     m, ds = _net_and_batch(dims)
     size = tuple(ds.x.shape[2:])

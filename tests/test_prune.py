@@ -223,7 +223,7 @@ def test_saved_pruned_run_loads_and_evaluates(tmp_path):
     x = torch.randn(2, 1, 12)
     torch.testing.assert_close(loaded(x), r.model.eval()(x))
     assert ck.name == "last" and run["net"] == meta["net"] and loaded.spec.name == "tiny_pruned"
-    from mbconv.deploy import fuse_bn  # deployment sees an ordinary (smaller) MBConvNet
+    from mbconv.layers import fuse_bn  # deployment sees an ordinary (smaller) MBConvNet
 
     torch.testing.assert_close(fuse_bn(loaded)(x), loaded(x), rtol=1e-4, atol=1e-5)
 

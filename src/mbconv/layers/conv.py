@@ -69,6 +69,20 @@ class SamePad(nn.Module):
         return F.pad(x, pads)
 
 
+class StaticPad(nn.Module):
+    """A fixed (asymmetric) pad, the F.pad list last axis first: a `SamePad` resolved for one input size."""
+
+    def __init__(self, pads: list[int]) -> None:
+        super().__init__()
+        self.pads = [int(p) for p in pads]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pads)
+
+    def extra_repr(self) -> str:
+        return f"pads={self.pads}"
+
+
 class ConvNormAct(nn.Module):
     """conv -> batch norm -> activation, for any `dims`. `.conv`, `.bn`, `.act` are public for surgery."""
 

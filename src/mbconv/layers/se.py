@@ -25,7 +25,9 @@ class SqueezeExcite(nn.Module):
         self.act = create_act(act)
         self.conv_expand = CONV[dims](rd_chs, chs, 1, bias=True)
         self.gate = create_act(gate)
+        self.inplace = False  # set by inference preparation: multiply the gated input in place (no autograd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=tuple(range(2, 2 + self.dims)), keepdim=True)
-        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
+        g = self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
+        return x.mul_(g) if self.inplace else x * g
