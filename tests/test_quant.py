@@ -289,7 +289,7 @@ def test_noise_gain_known_answers(net_and_data):
 
 
 def test_predictions_track_measurement_at_8_bits(net_and_data):
-    from mbconv.quant.model import compare
+    from mbconv.quant.noise_model import compare
 
     m, x = net_and_data
     q = ptq(m, QuantConfig(8, 8, placement="full"), x)
@@ -301,7 +301,7 @@ def test_predictions_track_measurement_at_8_bits(net_and_data):
 
 
 def test_model_counts_only_taps_that_see_the_input():
-    from mbconv.quant.model import NoiseModel
+    from mbconv.quant.noise_model import NoiseModel
 
     m = tiny_net(dims=2)
     x = torch.randn(8, 2, 2, 2)  # 2x2 maps: a 5x5 depthwise kernel reads 4 taps per output on average
@@ -315,7 +315,7 @@ def test_model_counts_only_taps_that_see_the_input():
 
 
 def test_se_placement_variants_quantize_and_predict():
-    from mbconv.quant.model import compare
+    from mbconv.quant.noise_model import compare
 
     x = torch.randn(64, 2, 12)
     for pos in ("after_dw", "before_dw"):
@@ -352,24 +352,24 @@ def test_qat_lowers_the_loss_and_trains_lsq_steps():
 def test_onnx_export_rewrite_and_int8(tmp_path):
     import onnx
 
-    from mbconv.quant.onnx_int8 import export_onnx, ort_logits, quantize_onnx, session, time_sessions
+    from mbconv.export import export_onnx, ort_logits, ort_session, quantize_onnx, time_sessions
 
     m = tiny_net(dims=2)
     x = torch.randn(32, 2, 12, 12)
-    fp = export_onnx(m, x, tmp_path / "m.onnx")
+    fp = export_onnx(m, tmp_path / "m.onnx", example=x)["path"]
     ops = [n.op_type for n in onnx.load(str(fp)).graph.node]
     assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 4  # 3 SE squeezes + the final pool
-    s32 = session(fp)
+    s32 = ort_session(fp)
     lf, _ = ort_logits(s32, x)
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(lf), m(x), atol=1e-4, rtol=1e-4)
     i8 = quantize_onnx(fp, tmp_path / "m8.onnx", (x[i:i + 8].numpy() for i in range(0, 32, 8)))
     ops8 = {n.op_type for n in onnx.load(str(i8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops8
-    li, _ = ort_logits(session(i8), x)
+    li, _ = ort_logits(ort_session(i8), x)
     assert (li.argmax(1) == lf.argmax(1)).mean() >= 0.8
     assert 10 * math.log10((lf**2).mean() / ((li - lf) ** 2).mean()) > 15
-    t = time_sessions({"a": s32, "b": session(i8)}, x[:2].numpy(), repeats=2, warmup=1)
+    t = time_sessions({"a": s32, "b": ort_session(i8)}, x[:2].numpy(), repeats=2, warmup=1)
     assert set(t) == {"a", "b"} and t["a"]["median_ms"] > 0
     with pytest.raises(ValueError, match="calibration method"):
         quantize_onnx(fp, tmp_path / "x.onnx", [], method="kl")
@@ -437,13 +437,13 @@ def test_cli_bad_input_is_one_line(argv, needle, capsys):
 
 def test_tour_chapter_on_a_small_run(small_run, tmp_path):
     from mbconv.report import Report
-    from mbconv.tour import CHAPTERS, TourContext, _load_optional_chapters
+    from mbconv.tour import CHAPTERS, TourContext
 
-    _load_optional_chapters()
     ctx = TourContext(tmp_path, True, Report("t"), {"tour_run": str(small_run)})
     CHAPTERS["quant"](ctx)
     ch = ctx.report.chapters[-1]
     assert ch.title.startswith("Quantization") and len(ch.figures) == 3
+    assert "skipped (no results folder given" in ctx.report.render()  # ctx.results is None
     res = json.loads((tmp_path / "quant_result.json").read_text())
     assert res["quick"] and len(res["ptq"]) == 2 and "1" in res["int8"]["latency"]
     assert all(f.stat().st_size > 1000 for _, f in ch.figures)

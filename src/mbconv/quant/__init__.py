@@ -1,5 +1,5 @@
 """Quantization: fake quantizers, insertion into any MBConv-family module, PTQ/QAT, measured and predicted noise,
-and real int8 inference through ONNX Runtime (`mbconv.quant.onnx_int8`, needs the `deploy` extra).
+and real int8 inference through ONNX Runtime (`mbconv.export.int8`, needs the `deploy` extra).
 
     from mbconv.quant import QuantConfig, ptq, measure_sqnr, compare
     q = ptq(model, QuantConfig(wbits=4, abits=8, first_last_bits=8), calib_ds)   # BN folded, calibrated copy
@@ -18,8 +18,8 @@ from .insert import (
     remove_quantizers,
     set_mode,
 )
-from .model import NoiseModel, compare
 from .noise import measure_sqnr, noise_gains, predict_from_gains, sqnr_db
+from .noise_model import NoiseModel, compare
 from .ptq import bit_summary, calibrate, copy_ranges, prepare, ptq
 from .qat import qat
 

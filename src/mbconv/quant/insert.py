@@ -250,6 +250,11 @@ def quantizers(model: nn.Module, kinds: Iterable[str] | None = None) -> dict[str
     return {m.site: m for m in found}
 
 
+def host_weight(model: nn.Module, fq: FakeQuantize) -> torch.Tensor:
+    """The float weight a weight quantizer `fq` sits on (its host's parametrized original)."""
+    return model.get_submodule(fq.host).parametrizations["weight"].original
+
+
 def set_mode(model: nn.Module, mode: str, kinds: Iterable[str] | None = None) -> None:
     """Set every (or every `kinds`) quantizer to 'quant', 'observe' or 'off' (float)."""
     if mode not in MODES:

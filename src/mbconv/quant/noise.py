@@ -30,7 +30,7 @@ from torch import nn
 
 from ..train import model_device
 from .fake import FakeQuantize
-from .insert import block_names, float_mode, quantizers
+from .insert import block_names, float_mode, host_weight, quantizers
 from .ptq import iter_batches
 
 
@@ -129,12 +129,11 @@ def measure_sqnr(qmodel: nn.Module, data: Any, num_samples: int = 256, batch_siz
         for q in qs.values():
             q.tap = None
         qmodel.train(was)
-    from .ptq import _host_weight
 
     sites: dict[str, dict[str, Any]] = {}
     for s, q in qs.items():
         if q.kind == "weight":
-            w = _host_weight(qmodel, q).detach()
+            w = host_weight(qmodel, q).detach()
             local[s].add(w, q(w))
             accum[s] = local[s]
         lr, ar = local[s].row(), accum[s].row()

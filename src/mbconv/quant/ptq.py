@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..deploy import fuse_bn
+from ..layers import fuse_bn
 from ..train import model_device
-from .fake import FakeQuantize
-from .insert import QuantConfig, insert_quantizers, quantizers, set_mode
+from .insert import QuantConfig, host_weight, insert_quantizers, quantizers, set_mode
 
 
 def iter_batches(data: Any, num_samples: int | None = None, batch_size: int = 128,
@@ -69,11 +68,6 @@ def prepare(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     return q
 
 
-def _host_weight(model: nn.Module, fq: FakeQuantize) -> torch.Tensor:
-    m = model.get_submodule(fq.host)
-    return m.parametrizations["weight"].original
-
-
 @torch.no_grad()
 def calibrate(qmodel: nn.Module, data: Any, num_samples: int = 512, batch_size: int = 128) -> nn.Module:
     """Set every quantizer's range: weights from the weights, activations from `num_samples` inputs of `data`.
@@ -104,7 +98,7 @@ def calibrate(qmodel: nn.Module, data: Any, num_samples: int = 512, batch_size: 
         q.finalize()
     for q in qs.values():
         if q.kind == "weight":
-            q.calibrate_from(_host_weight(qmodel, q))
+            q.calibrate_from(host_weight(qmodel, q))
     set_mode(qmodel, "quant")
     qmodel.train(was)
     return qmodel

@@ -27,9 +27,9 @@ such assumption and is the linearised reference.
 
 The signal second moments S_c are measured on the float network (the same module with quantizers off), so the
 prediction isolates the noise model. SQNR at a block = 10 log10(sum_c S_c / sum_c N_c).
-The walk follows the MBConv family's names (`stem`, `blocks()`, `head`, `classifier`; in a block `expand`,
-`se` + `se_position`, `depthwise`, `project`, `conv`, `has_skip`), so any network built from `mbconv.layers`
-works, including one loaded from timm weights.
+The walk follows the MBConv family's names (`stem`, `blocks()`, `head`, `classifier`) and, inside a block, the
+block's own layout (`steps`, `mbconv.layers.layout`), so any network built from `mbconv.layers` works, including
+one loaded from timm weights.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import SqueezeExcite
 from ..train import model_device
 from .fake import FakeQuantize
-from .insert import block_names, float_mode, quantizers
+from .insert import block_names, float_mode, host_weight, quantizers
 from .noise import sqnr_db
-from .ptq import _host_weight, iter_batches
+from .ptq import iter_batches
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -174,7 +175,7 @@ class _Stats:
         self.weight_noise = {}
         for q in qs.values():
             if q.kind == "weight":
-                self.weight_noise[q.host] = _quant_noise(q, _host_weight(qm, q))
+                self.weight_noise[q.host] = _quant_noise(q, host_weight(qm, q))
 
 
 class NoiseModel:
@@ -281,30 +282,14 @@ class NoiseModel:
 
     def _block(self, name: str, n_in: torch.Tensor) -> torch.Tensor:
         b = self.mods[name]
-        has = lambda a: isinstance(getattr(b, a, None), nn.Module)  # noqa: E731
-        se_pre = has("se") and getattr(b, "se_position", "after_dw") == "before_dw"
+        steps = getattr(b, "steps", None)
+        if steps is None:
+            raise ValueError(f"block {name!r} ({type(b).__name__}) has no layout steps: the noise model walks "
+                             f"MBConv-family blocks (mbconv.layers.Block) only")
         n = n_in
-        if has("depthwise"):  # MBConv / depthwise-separable
-            if has("expand"):
-                n = self._cna(f"{name}.expand", n)
-            if se_pre:
-                n = self._se(f"{name}.se", n)
-            n = self._cna(f"{name}.depthwise", n)
-            if has("se") and not se_pre:
-                n = self._se(f"{name}.se", n)
-            n = self._cna(f"{name}.project", n)
-        elif has("project"):  # Fused-MBConv
-            if se_pre:
-                n = self._se(f"{name}.se", n)
-            n = self._cna(f"{name}.expand", n)
-            if has("se") and not se_pre:
-                n = self._se(f"{name}.se", n)
-            n = self._cna(f"{name}.project", n)
-        elif has("conv"):
-            n = self._cna(f"{name}.conv", n)
-        else:
-            raise ValueError(f"block {name!r} ({type(b).__name__}) has none of depthwise/project/conv: the noise "
-                             f"model walks MBConv-family blocks only")
+        for step in steps:  # the block's own layout, in forward order
+            sub = f"{name}.{step}"
+            n = self._se(sub, n) if isinstance(getattr(b, step), SqueezeExcite) else self._cna(sub, n)
         if getattr(b, "has_skip", False):
             n = n + n_in
         return self._q(f"{name}:add", n)
