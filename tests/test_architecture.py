@@ -21,11 +21,12 @@ LAYERS: list[list[str]] = [
     ["mbconv.spec"],                                                                # 1 what a network is
     ["mbconv.scaling", "mbconv.zoo", "mbconv.zoo_nd", "mbconv.net", "mbconv.cost",  # 2 networks and their cost
      "mbconv.inference", "mbconv.plotting"],
-    ["mbconv.compat", "mbconv.data", "mbconv.data_nd", "mbconv.checkpoint"],        # 3 weights, data, files
+    ["mbconv.compat", "mbconv.data", "mbconv.data_nd", "mbconv.checkpoint",         # 3 weights, data, files
+     "mbconv.files"],
     ["mbconv.train", "mbconv.workflow"],                                            # 4 training and runs
     ["mbconv.gates", "mbconv.prune", "mbconv.stability", "mbconv.roofline",         # 5 analysis, compression
-     "mbconv.scaling_search", "mbconv.latency_search", "mbconv.quant"],
-    ["mbconv.export"],                                                              # 6 deployment formats
+     "mbconv.scaling_search", "mbconv.quant"],
+    ["mbconv.export", "mbconv.latency_search"],                                     # 6 deployment, timed search
     ["mbconv.report", "mbconv.model_source"],                                       # 7 report, shared builders
     ["mbconv.cli_args"],                                                            # 8 argument types
     ["mbconv.commands", "mbconv.chapters"],                                         # 9 sub-commands, chapters
