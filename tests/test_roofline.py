@@ -1,4 +1,5 @@
-"""mbconv.roofline and `mbconv roofline` / `mbconv scale --latency-ms`: tiny shapes, one thread."""
+"""mbconv.roofline and `mbconv roofline` / `mbconv scale --latency-ms` (the CLI side; the search itself is
+tested in test_latency_search.py): tiny shapes, one thread."""
 
 import json
 
@@ -8,8 +9,7 @@ from torch import nn
 from mbconv.cli import main
 from mbconv.cost import spec_cost
 from mbconv.net import MBConvNet
-from mbconv.roofline import LatencySearch, inference_model, latency_search, layer_table, measure_machine, profile_model
-from mbconv.scaling import compound_scale
+from mbconv.roofline import inference_model, layer_table, measure_machine, profile_model
 from mbconv.zoo import get_spec
 
 # a fixed machine (GFLOP/s, GB/s) so predictions are hand-computable and tests need no timing
@@ -83,36 +83,6 @@ def test_measure_machine_is_fast_and_sane():
     m = measure_machine(threads=1, seconds=0.2, n=256, copy_mib=16)
     assert m["peak_gflops"] > 0.1 and m["bandwidth_gbs"] > 0.1
     assert m["ridge_macs_per_byte"] == pytest.approx(m["peak_gflops"] / (2 * m["bandwidth_gbs"]))
-
-
-def _fake_time(spec, batch):
-    """Deterministic latency: 1 ms per 10 M MACs (monotone in phi, like a real machine but noise-free)."""
-    return batch * spec_cost(spec).macs / 1e7
-
-
-def test_latency_search_picks_largest_under_budget():
-    base = get_spec("efficientnet_b0")
-    budget = 20.0  # B0 itself (0.39 G MACs) is 38.6 ms here: the answer is a negative phi
-    r = latency_search(base, budget, time_fn=_fake_time)
-    assert isinstance(r, LatencySearch)
-    assert r.best["latency_ms"] <= budget and r.best["meets"]
-    assert r.next_over is not None and r.next_over["latency_ms"] > budget
-    assert r.next_over["phi"] == pytest.approx(r.best["phi"] + 0.25)  # the next grid point was timed, and is over
-    assert _fake_time(compound_scale(base, r.best["phi"]), 1) == pytest.approx(r.best["latency_ms"])
-    assert r.best_spec.resolution == r.best["resolution"]
-    assert len(r.rows) < 15  # coarse-then-fine: far fewer timings than the 41-point grid
-    # every timed phi below the chosen one is under budget, every one above it over
-    assert all(row["meets"] == (row["phi"] <= r.best["phi"]) for row in r.rows)
-
-
-def test_latency_search_errors_and_grid_end():
-    base = get_spec("efficientnet_b0")
-    with pytest.raises(ValueError, match="below the smallest model.*phi -4"):
-        latency_search(base, 0.5, time_fn=_fake_time)
-    with pytest.raises(ValueError, match="invalid latency budget"):
-        latency_search(base, -1, time_fn=_fake_time)
-    r = latency_search(base, 1e9, phis=[-1, 0], time_fn=_fake_time)
-    assert r.best["phi"] == 0 and r.next_over is None and "not reached" in r.note
 
 
 def run(capsys, *argv):

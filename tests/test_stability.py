@@ -215,7 +215,7 @@ def test_block_table_and_format():
     for a, b in zip(rows, exact):
         assert a["sigma_max"] == pytest.approx(b["sigma_max"], rel=1e-6)
     assert math.isnan(exact[2]["kappa"]) and exact[0]["kappa"] >= 1
-    text = S.format_table(exact, [("name", "block", ""), ("sigma_max", "smax", ".3g"), ("kappa", "kappa", ".3g")])
+    text = S.format_block_table(exact, [("name", "block", ""), ("sigma_max", "smax", ".3g"), ("kappa", "kappa", ".3g")])
     assert text.splitlines()[0].split() == ["block", "smax", "kappa"] and len(text.splitlines()) == 5
 
 

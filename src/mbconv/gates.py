@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .layers import SqueezeExcite
+from .plotting import plt, savefig
 
 _TIMM_GATE = re.compile(r"(^|\.)se\.gate$")
 
@@ -101,8 +102,11 @@ class GateRecording:
             raise ValueError(f"invalid block={block!r}: recorded blocks are {self.blocks}") from None
 
 
-def _batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(x, y-or-None) batches from a Tensor, a Dataset, a DataLoader or any iterable of batches."""
+def input_batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(x, y-or-None) batches from a Tensor, a Dataset, a DataLoader or any iterable of batches (in order).
+
+    Raises ValueError for data or batches of any other type.
+    """
     if isinstance(data, torch.Tensor):
         for i in range(0, data.shape[0], batch_size):
             yield data[i:i + batch_size], None
@@ -161,7 +165,7 @@ def record_gates(model: nn.Module, data: Any, *, batch_size: int = 256, max_inpu
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     try:
-        for x, y in _batches(data, batch_size):
+        for x, y in input_batches(data, batch_size):
             if max_inputs is not None and seen >= max_inputs:
                 break
             if max_inputs is not None:
@@ -275,7 +279,7 @@ def histograms(rec: GateRecording, bins: int = 50) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def format_table(stats: list[ChannelGateStats]) -> str:
+def format_gate_table(stats: list[ChannelGateStats]) -> str:
     """The per-block table `mbconv gates` prints."""
     lines = [f"{'#':>3s} {'block':16s} {'depth':>5s} {'ch':>5s} {'mean':>6s} {'p1':>6s} {'p50':>6s} {'p99':>6s} "
              f"{'std':>6s} {'<thr':>6s} {'supp':>5s} {'sat':>5s}"]
@@ -291,14 +295,11 @@ def format_table(stats: list[ChannelGateStats]) -> str:
 def fig_histograms_by_depth(rec: GateRecording, path: str | Path, title: str = "SE gate values by depth",
                             bins: int = 40) -> Path:
     """Heat map (SE block x gate value, each row a density) and a few per-depth histograms overlaid."""
-    from .report import plt as _plt
-    from .report import savefig
-
-    plt = _plt()
+    pyplot = plt()
     h = histograms(rec, bins).numpy()
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a0, a1) = pyplot.subplots(1, 2, figsize=(11, 4.2))
     im = a0.imshow(h + 1e-4, aspect="auto", origin="lower", extent=(0, 1, -0.5, len(rec.blocks) - 0.5),
-                   cmap="viridis", norm=_lognorm(plt))
+                   cmap="viridis", norm=_lognorm())
     a0.set_xlabel("gate value g")
     a0.set_ylabel("SE block (input -> output)")
     a0.set_title("fraction of (input, channel) gate values")
@@ -306,7 +307,7 @@ def fig_histograms_by_depth(rec: GateRecording, path: str | Path, title: str = "
     centres = (torch.arange(bins) + 0.5) / bins
     n = len(rec.blocks)
     picks = sorted({0, n // 3, (2 * n) // 3, n - 1})
-    cmap = plt.get_cmap("plasma")
+    cmap = pyplot.get_cmap("plasma")
     for i in picks:
         a1.plot(centres.numpy(), h[i], color=cmap(i / max(n - 1, 1)), label=f"{rec.blocks[i]} (depth {i})")
     a1.set_xlabel("gate value g")
@@ -318,7 +319,7 @@ def fig_histograms_by_depth(rec: GateRecording, path: str | Path, title: str = "
     return savefig(fig, path)
 
 
-def _lognorm(plt: Any) -> Any:
+def _lognorm() -> Any:
     import matplotlib.colors as mcolors
 
     return mcolors.LogNorm(vmin=1e-4, vmax=1.0)
@@ -327,12 +328,9 @@ def _lognorm(plt: Any) -> Any:
 def fig_channel_stats(stats: list[ChannelGateStats], path: str | Path,
                       title: str = "SE gates per channel") -> Path:
     """Per-channel mean gate vs between-input std (colour: depth), and p1/p50/p99 bands per block."""
-    from .report import plt as _plt
-    from .report import savefig
-
-    plt = _plt()
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.2))
-    cmap = plt.get_cmap("plasma")
+    pyplot = plt()
+    fig, (a0, a1) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    cmap = pyplot.get_cmap("plasma")
     for s in stats:
         a0.scatter(s.mean.numpy(), s.std.numpy(), s=4, color=cmap(s.depth), alpha=0.6)
     a0.set_xlabel("mean gate over inputs")
@@ -360,7 +358,7 @@ class GatePenalty:
     (with autograd), and `penalty()` returns, for the last forward,
 
     - reduction='mean' (default): lam * the mean over all (input, channel) gate values;
-    - reduction='sum': lam * sum over all gated channels of the batch-mean gate (science.md's lam * sum|g|;
+    - reduction='sum': lam * sum over all gated channels of the batch-mean gate (the L1 penalty lam * sum|g|;
       equals 'mean' times the number of gated channels, so the same lam pushes much harder).
 
     Gates are positive (sigmoid), so this is an L1 push toward 0. `wrap(criterion)` gives a loss

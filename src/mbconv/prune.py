@@ -305,7 +305,7 @@ def channel_means(model: nn.Module, data: Any, *, batch_size: int = 256,
     `apply_plan(..., means=...)` uses them to fold the removed channels' average contribution into what follows
     (mean compensation), which is exact for channels that are constant and first-order for the rest.
     """
-    from .gates import _batches
+    from .gates import input_batches
 
     blocks = prunable_blocks(model)
     if not blocks:
@@ -330,7 +330,7 @@ def channel_means(model: nn.Module, data: Any, *, batch_size: int = 256,
     seen = 0
     device = model_device(model)
     try:
-        for x, _ in _batches(data, batch_size):
+        for x, _ in input_batches(data, batch_size):
             if max_inputs is not None and seen >= max_inputs:
                 break
             x = x if max_inputs is None else x[: max_inputs - seen]

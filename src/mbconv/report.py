@@ -2,19 +2,24 @@
 
 Each capability (cost, training, gates and pruning, quantisation, stability, 1-D/3-D) adds one `Chapter`;
 `Report.write()` renders every chapter to `report.html` with its PNG figures embedded as base64, so the one
-file can be mailed or attached. matplotlib is imported lazily (it is an extra, not a library dependency).
+file can be mailed or attached. matplotlib is imported lazily (it is an extra, not a library dependency);
+pyplot comes from `mbconv.plotting`, atomic result files from `mbconv.files` (both re-exported here).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write_text, write_json
+from .plotting import plt, savefig
+
+# Re-exported: figures and result files of the chapters and experiments go through this module.
+__all__ = ["Chapter", "Report", "atomic_write_text", "fig_component_breakdown", "fig_curves", "fig_family", "plt",
+           "savefig", "write_json"]
 
 
 @dataclass
@@ -93,49 +98,6 @@ def _cell(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,d}"
     return str(v)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text via a temp file in the same folder, fsync, then rename (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1))
-
-
-def plt():
-    """matplotlib.pyplot with a non-interactive backend."""
-    try:
-        import matplotlib
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("figures need matplotlib: pip install 'mbconv[train]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    return pyplot
-
-
-def savefig(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt().close(fig)
-    return path
 
 
 # -- standard figures ---------------------------------------------------------------------------------------

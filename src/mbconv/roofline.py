@@ -1,5 +1,5 @@
-"""Design meets hardware: per-layer arithmetic intensity against this machine's roofline, measured per-layer
-latency beside the roofline prediction, and latency-constrained compound scaling.
+"""Design meets hardware: per-layer arithmetic intensity against this machine's roofline, and measured per-layer
+latency beside the roofline prediction.
 
 The machine (`measure_machine`): fp32 matmul peak (GFLOP/s, `torch.mm`, best of a few) and copy bandwidth (GB/s,
 `Tensor.copy_` of a tensor much larger than the caches, read + write bytes), both with the thread count the
@@ -29,8 +29,7 @@ minus its children's, median over runs; the plain (hook-free) latency is timed i
 so hook overhead is visible (`hooked_total_ms` vs `latency_ms`). Row names are module paths of the profiled
 module, so measured and predicted rows are the same rows.
 
-`latency_search` picks the largest compound-scaled model whose median latency on this machine meets a budget
-(MnasNet-style: the budget is real time, not MACs).
+The latency-constrained compound scaling behind `mbconv scale --latency-ms` is `mbconv.latency_search`.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .plotting import plt, savefig
 
 aten = torch.ops.aten
 
@@ -343,7 +344,7 @@ def _timing_hooks(model: nn.Module, acc: dict[str, float]) -> list[Any]:
 def inference_model(model: nn.Module, resolution: int | Sequence[int] | None = None) -> nn.Module:
     """The module to profile: `deploy.prepare_inference` (BN folded, in-place ops, channels_last for 2-D/3-D)
     for an MBConvNet-like model, else `model.eval()` as it is."""
-    from .deploy import prepare_inference
+    from .inference import prepare_inference
 
     spec = getattr(model, "spec", None)
     if spec is not None and all(hasattr(model, a) for a in ("stem", "stages", "head", "classifier")) \
@@ -353,7 +354,7 @@ def inference_model(model: nn.Module, resolution: int | Sequence[int] | None = N
 
 
 def _layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from .deploy import channels_last_input
+    from .inference import channels_last_input
 
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     if convs and convs[0].weight.is_contiguous(memory_format=torch.channels_last if x.ndim == 4
@@ -472,142 +473,6 @@ def profile_model(model: nn.Module, input_shape: int | Sequence[int] | torch.Ten
                      "inference_path": inference and net is not model})
 
 
-# -- latency-constrained scaling ---------------------------------------------------------------------------------
-def measure_latency(spec: Any, batch: int = 1, backend: str = "eager", rounds: int = 7, warmup: int = 2) -> float:
-    """Median latency (ms) of the model `spec` describes on this machine: eager = `prepare_inference`
-    (channels_last for 2-D/3-D), onnx = our ONNX export in ONNX Runtime (current thread count)."""
-    from .deploy import channels_last_input, export_onnx, ort_session, prepare_inference
-    from .net import MBConvNet
-
-    model = MBConvNet(spec).eval()
-    x = torch.randn(batch, spec.in_chans, *([spec.resolution] * spec.dims))
-    if backend == "eager":
-        net = prepare_inference(model, spec.resolution, channels_last=spec.dims > 1)
-        xi = channels_last_input(x)
-
-        def run() -> Any:
-            with torch.no_grad():
-                return net(xi)
-    elif backend == "onnx":
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.onnx"
-            export_onnx(model, path, spec.resolution)
-            sess = ort_session(path, torch.get_num_threads())
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-
-        def run() -> Any:
-            return sess.run(None, feed)
-    else:
-        raise ValueError(f"unknown backend {backend!r}; expected 'eager' or 'onnx'")
-    return 1e3 * statistics.median(time_calls(run, rounds, warmup))
-
-
-def time_calls(fn: Callable[[], Any], rounds: int, warmup: int = 2) -> list[float]:
-    """Wall-clock seconds of `rounds` calls of `fn` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return ts
-
-
-DEFAULT_PHIS = tuple(x / 4 for x in range(-16, 25))  # -4 .. 6 in steps of 0.25
-
-
-@dataclass
-class LatencySearch:
-    """Result of `latency_search`: every timed phi (ascending), the chosen one and the spec it builds."""
-
-    budget_ms: float
-    batch: int
-    backend: str
-    rows: list[dict[str, Any]]
-    best: dict[str, Any]
-    best_spec: Any
-    next_over: dict[str, Any] | None  # the next grid phi above `best`, timed over budget (None: grid end)
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"budget_ms": self.budget_ms, "batch": self.batch, "backend": self.backend, "rows": self.rows,
-                "best": self.best, "next_over": self.next_over, "note": self.note,
-                "best_spec": self.best_spec.to_dict()}
-
-
-def latency_search(base_spec: Any, budget_ms: float, batch: int = 1, phis: Sequence[float] | None = None,
-                   alpha: float = 1.2, beta: float = 1.1, gamma: float = 1.15, backend: str = "eager",
-                   time_fn: Callable[[Any, int], float] | None = None, coarse: int = 4, rounds: int = 7,
-                   log: Callable[[str], None] | None = None) -> LatencySearch:
-    """The largest `compound_scale(base_spec, phi, alpha, beta, gamma)` whose median latency (ms, batch
-    `batch`, this machine) is <= `budget_ms`.
-
-    Walks the ascending phi grid (default -4 .. 6 in steps of 0.25) every `coarse`-th point until one is over
-    budget, then the points between the last one under and that one, stopping at the first over. Latency grows
-    about exponentially in phi, so the timings cost a few times the largest model's, and the result is a phi
-    whose next grid point was timed over budget. `time_fn(spec, batch) -> ms` replaces the measurement (tests).
-    Raises ValueError when the budget is not positive or even the smallest phi misses it.
-    """
-    from .cost import spec_cost
-    from .scaling import compound_scale
-
-    if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
-        raise ValueError(f"invalid latency budget {budget_ms!r} ms: must be a positive number")
-    if batch < 1:
-        raise ValueError(f"invalid batch={batch!r}: must be >= 1")
-    grid = sorted(set(float(p) for p in (DEFAULT_PHIS if phis is None else phis)))
-    if not grid:
-        raise ValueError("empty phi grid")
-    timer = time_fn or (lambda s, b: measure_latency(s, b, backend, rounds))
-    timed: dict[int, dict[str, Any]] = {}
-    specs: dict[int, Any] = {}
-
-    def time_at(i: int) -> bool:
-        if i not in timed:
-            spec = compound_scale(base_spec, grid[i], alpha, beta, gamma)
-            c = spec_cost(spec)
-            ms = float(timer(spec, batch))
-            timed[i] = {"phi": grid[i], "resolution": spec.resolution, "width": spec.width_mult,
-                        "depth": spec.depth_mult, "params": c.params, "macs": c.macs, "latency_ms": ms,
-                        "meets": ms <= budget_ms}
-            specs[i] = spec
-            if log:
-                log(f"phi {grid[i]:+.2f}: {spec.resolution}px, {c.macs / 1e6:.0f} M MACs, {ms:.2f} ms "
-                    f"({'ok' if ms <= budget_ms else 'over'})")
-        return timed[i]["meets"]
-
-    step = max(1, int(coarse))
-    lo, hi = None, None  # last index under budget, first index over budget
-    i = 0
-    while i < len(grid):
-        if time_at(i):
-            lo = i
-        else:
-            hi = i
-            break
-        if i == len(grid) - 1:
-            break
-        i = min(i + step, len(grid) - 1)
-    if lo is None:
-        r = timed[0]
-        raise ValueError(f"latency budget {budget_ms:g} ms is below the smallest model: phi {r['phi']:g} "
-                         f"({r['resolution']}px) takes {r['latency_ms']:.2f} ms at batch {batch}")
-    if hi is not None:
-        for j in range(lo + 1, hi):
-            if time_at(j):
-                lo = j
-            else:
-                hi = j
-                break
-    rows = [timed[k] for k in sorted(timed)]
-    note = "" if hi is not None else f"budget not reached within the grid (largest phi {grid[-1]:g} meets it)"
-    return LatencySearch(budget_ms, batch, backend if time_fn is None else "custom", rows, timed[lo], specs[lo],
-                         timed[hi] if hi is not None else None, note)
-
-
 # -- figures ------------------------------------------------------------------------------------------------------
 _COLORS = {"pointwise": "tab:blue", "depthwise": "tab:red", "full conv": "tab:purple", "grouped conv": "tab:pink",
            "SE": "tab:orange", "linear": "tab:cyan", "norm": "tab:olive", "activation": "tab:green",
@@ -618,8 +483,6 @@ def fig_roofline(rf: Roofline, path: str | Path, title: str | None = None) -> Pa
     """Left: log-log roofline (MACs/byte vs achieved GFLOP/s, the matmul and bandwidth roofs, one point per row
     with MACs, coloured by kind). Right: measured vs roofline-predicted time per row (the diagonal = on the
     roof)."""
-    from .report import plt, savefig
-
     p = plt()
     fig, (ax, ax2) = p.subplots(1, 2, figsize=(11, 4.3))
     peak, bw = rf.machine["peak_gflops"], rf.machine["bandwidth_gbs"]
@@ -658,30 +521,7 @@ def fig_roofline(rf: Roofline, path: str | Path, title: str | None = None) -> Pa
     return savefig(fig, path)
 
 
-def fig_latency_search(result: LatencySearch, path: str | Path, title: str | None = None) -> Path:
-    """Latency vs MACs of every timed phi, the budget line and the chosen model."""
-    from .report import plt, savefig
-
-    p = plt()
-    fig, ax = p.subplots(figsize=(6.5, 3.8))
-    rows = result.rows
-    ax.plot([r["macs"] / 1e6 for r in rows], [r["latency_ms"] for r in rows], "o-", color="tab:blue")
-    for r in rows:
-        ax.annotate(f"{r['phi']:g}", (r["macs"] / 1e6, r["latency_ms"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.axhline(result.budget_ms, color="tab:red", ls="--", label=f"budget {result.budget_ms:.2f} ms")
-    ax.scatter([result.best["macs"] / 1e6], [result.best["latency_ms"]], s=120, facecolors="none",
-               edgecolors="tab:green", lw=2, label=f"chosen phi {result.best['phi']:g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("MMACs (compound-scaled, labels = phi)")
-    ax.set_ylabel(f"median latency (ms), batch {result.batch}")
-    ax.set_title(title or "latency-constrained compound scaling")
-    ax.legend(fontsize=8)
-    return savefig(fig, path)
-
-
-def format_table(rf: Roofline, top: int | None = None, sort: str = "measured") -> str:
+def format_layer_table(rf: Roofline, top: int | None = None, sort: str = "measured") -> str:
     """The per-layer table as text, sorted by measured (or predicted) time, `top` rows."""
     key = (lambda r: -(r.measured_ms or 0.0)) if sort == "measured" else (lambda r: -r.predicted_ms)
     rows = sorted(rf.rows, key=key)[:top] if top else sorted(rf.rows, key=key)

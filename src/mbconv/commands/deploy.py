@@ -73,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..export import export_onnx, ort_session
     from ..inference import channels_last_input, compile_model, prepare_inference
-    from ..roofline import time_calls
+    from ..latency_search import time_calls
 
     torch.set_num_threads(args.threads)
     src = model_from_args(args)

@@ -12,7 +12,14 @@ from ..model_source import model_from_source, run_dataset
 
 
 def cmd_gates(args: argparse.Namespace) -> int:
-    from ..gates import fig_channel_stats, fig_histograms_by_depth, format_table, gate_stats, record_gates, summarize
+    from ..gates import (
+        fig_channel_stats,
+        fig_histograms_by_depth,
+        format_gate_table,
+        gate_stats,
+        record_gates,
+        summarize,
+    )
     from ..report import write_json
 
     if not 0.0 <= args.low <= 1.0 or not 0.0 <= args.high <= 1.0:
@@ -31,7 +38,7 @@ def cmd_gates(args: argparse.Namespace) -> int:
         print(json.dumps({"summary": summ, "blocks": [s.row() for s in stats]}))
     else:
         print(f"{ck}: {len(stats)} SE blocks, {summ['channels']} gated channels, {summ['inputs']} {args.split} inputs")
-        print(format_table(stats))
+        print(format_gate_table(stats))
         print(f"consistently suppressed (p99 < {args.low:g}): {summ['suppressed']} channels "
               f"({100 * summ['frac_suppressed']:.1f} %);  saturated (p1 > {args.high:g}): {summ['saturated']} "
               f"({100 * summ['frac_saturated']:.1f} %);  gate values in [0.2, 1]: "

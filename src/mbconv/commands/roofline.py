@@ -15,7 +15,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     import torch
 
     from ..report import write_json
-    from ..roofline import fig_roofline, format_table, measure_machine, profile_model
+    from ..roofline import fig_roofline, format_layer_table, measure_machine, profile_model
 
     torch.set_num_threads(args.threads)
     src = model_from_args(args)
@@ -28,7 +28,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
           f"{rf.extra['inference_path']}")
     print(f"machine: fp32 matmul peak {m['peak_gflops']:.1f} GFLOP/s, copy bandwidth {m['bandwidth_gbs']:.1f} GB/s "
           f"-> ridge {m['ridge_macs_per_byte']:.2f} MACs/byte (fp32 layers below it are memory-bound)")
-    print(format_table(rf, top=args.top))
+    print(format_layer_table(rf, top=args.top))
     print(f"{len(rf.rows)} layers, {rf.macs / 1e6:.1f} M MACs; latency {rf.latency_ms:.2f} ms (median, no hooks); "
           f"sum of per-layer times {rf.hooked_total_ms:.2f} ms (with hooks, {rf.overhead_ms:.2f} ms of it "
           f"outside any op); roofline prediction {rf.predicted_ms:.2f} ms")
@@ -51,7 +51,7 @@ def latency_scale(base: Any, args: argparse.Namespace) -> int:
     """`mbconv scale --base NAME --latency-ms X`: the largest compound-scaled model meeting the budget here."""
     import torch
 
-    from ..roofline import latency_search
+    from ..latency_search import latency_search
 
     threads = getattr(args, "threads", None) or 1
     torch.set_num_threads(threads)
