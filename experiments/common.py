@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,18 @@ def paired_by_key(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[str, A
     if not common:
         raise ValueError(f"paired_by_key: no common keys (a has {sorted(a)}, b has {sorted(b)})")
     return paired([a[k] for k in common], [b[k] for k in common])
+
+
+# -- reporting ----------------------------------------------------------------------------------------------------
+def mean_ci_text(mean: float, half: float, digits: int = 2) -> str:
+    """'98.50 +- 0.21' (mean +- 95 % CI half-width); just '98.50' when the half-width is nan (one seed)."""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" +- {half:.{digits}f}")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table (cells converted with str)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 # -- run directories ----------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
+from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
 
 from mbconv import zoo_nd  # noqa: E402
 from mbconv.chapters.signals import fit_spec  # noqa: E402
@@ -181,12 +181,11 @@ def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: 
 
 
 def _markdown(table: dict, what: str, epochs: int) -> str:
+    rows = [[tag, t["n_seeds"], mean_ci_text(t["final_acc_mean"], t["final_acc_ci95"]),
+             f"{t['final_acc_min']:.1f}-{t['final_acc_max']:.1f}", f"{t['params']:,}", f"{t['macs']:,}"]
+            for tag, t in sorted(table.items(), key=lambda kv: kv[1]["macs"])]
     lines = [f"MNIST-1D ({what}, {epochs} epochs; accuracy = last epoch, mean +- 95 % t-CI over seeds)", "",
-             "| model | seeds | test acc % (mean +- CI) | min-max | params | MACs |", "|---|---|---|---|---|---|"]
-    for tag, t in sorted(table.items(), key=lambda kv: kv[1]["macs"]):
-        ci = "" if math.isnan(t["final_acc_ci95"]) else f" +- {t['final_acc_ci95']:.2f}"
-        lines.append(f"| {tag} | {t['n_seeds']} | {t['final_acc_mean']:.2f}{ci} | {t['final_acc_min']:.1f}-"
-                     f"{t['final_acc_max']:.1f} | {t['params']:,} | {t['macs']:,} |")
+             *markdown_table(["model", "seeds", "test acc % (mean +- CI)", "min-max", "params", "MACs"], rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
+from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
 
 from mbconv import zoo_nd  # noqa: E402
 from mbconv.chapters.signals import fit_spec, separable_ratio_rows  # noqa: E402
@@ -150,15 +149,19 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"results_{mode}.json", res)
     _figure(table, out / f"fig_acc_vs_macs_{mode}.png", mode)
-    lines = [f"3-D digit volumes ({mode} mode, {epochs} epochs, last-epoch accuracy, mean +- 95 % t-CI)", "",
-             "| model | seeds | test acc % | params | MACs/volume | train s/epoch |", "|---|---|---|---|---|---|"]
-    for tag, t in sorted(table.items(), key=lambda kv: kv[1]["macs"]):
-        ci = "" if math.isnan(t["final_acc_ci95"]) else f" +- {t['final_acc_ci95']:.2f}"
-        lines.append(f"| {tag} | {t['n_seeds']} | {t['final_acc_mean']:.2f}{ci} | {t['params']:,} | {t['macs']:,} | "
-                     f"{t['train_seconds_per_epoch']:.1f} |")
-    (out / f"table_{mode}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = _markdown(table, mode, epochs)
+    (out / f"table_{mode}.md").write_text(md)
+    print(md, end="")
     return res
+
+
+def _markdown(table: dict, mode: str, epochs: int) -> str:
+    rows = [[tag, t["n_seeds"], mean_ci_text(t["final_acc_mean"], t["final_acc_ci95"]), f"{t['params']:,}",
+             f"{t['macs']:,}", f"{t['train_seconds_per_epoch']:.1f}"]
+            for tag, t in sorted(table.items(), key=lambda kv: kv[1]["macs"])]
+    lines = [f"3-D digit volumes ({mode} mode, {epochs} epochs, last-epoch accuracy, mean +- 95 % t-CI)", "",
+             *markdown_table(["model", "seeds", "test acc %", "params", "MACs/volume", "train s/epoch"], rows)]
+    return "\n".join(lines) + "\n"
 
 
 def _figure(table: dict, path: Path, mode: str) -> None:

@@ -6,7 +6,18 @@ import json
 import math
 
 import pytest
-from common import RECIPE, Recipe, mode_config, paired, paired_by_key, read_metrics, seed_list, t_ci
+from common import (
+    RECIPE,
+    Recipe,
+    markdown_table,
+    mean_ci_text,
+    mode_config,
+    paired,
+    paired_by_key,
+    read_metrics,
+    seed_list,
+    t_ci,
+)
 
 from mbconv.train import TrainConfig
 from mbconv.workflow import RunConfig
@@ -76,6 +87,14 @@ def test_t_ci() -> None:
     assert t_ci([4.0])[0] == 4.0 and math.isnan(t_ci([4.0])[1])
     m, h = t_ci([1.0, 3.0])  # sd sqrt 2, t_{0.975, 1} = 12.7062
     assert m == 2.0 and h == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2), rel=1e-6)
+
+
+# -- reporting ----------------------------------------------------------------------------------------------------
+def test_mean_ci_text_and_markdown_table() -> None:
+    assert mean_ci_text(98.456, 0.2049) == "98.46 +- 0.20" and mean_ci_text(97.8, math.nan) == "97.80"
+    assert mean_ci_text(1.0, 0.25, digits=1) == "1.0 +- 0.2"
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, "y"]]) == ["| a | b |", "|---|---|", "| 1 | x |",
+                                                                   "| 2.5 | y |"]
 
 
 # -- run directories ----------------------------------------------------------------------------------------------
