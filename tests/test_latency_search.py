@@ -46,10 +46,12 @@ def test_time_calls_counts_rounds_after_warmup():
     assert len(ts) == 3 and len(calls) == 5 and all(t >= 0 for t in ts)
 
 
-def test_measure_latency_eager_and_bad_backend():
+def test_measure_latency_backends_and_bad_backend():
     torch.set_num_threads(1)
     spec = get_spec("ds_r1_k3_s1_c8;ir_r1_k3_s2_e4_c16", num_classes=3, resolution=16)
     assert measure_latency(spec, rounds=1, warmup=0) > 0
+    pytest.importorskip("onnxruntime")
+    assert measure_latency(spec, backend="onnx", rounds=1, warmup=0) > 0
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         measure_latency(spec, backend="tpu", rounds=1, warmup=0)
 

@@ -27,25 +27,33 @@ __all__ = ["DEFAULT_PHIS", "LatencySearch", "fig_latency_search", "latency_searc
 
 
 def measure_latency(spec: Any, batch: int = 1, backend: str = "eager", rounds: int = 7, warmup: int = 2) -> float:
-    """Median latency (ms) of the model `spec` describes on this machine, on its eager inference path
-    (`prepare_inference`, channels_last for 2-D/3-D; current thread count).
-
-    `backend` must be "eager": deployment runtimes (ONNX Runtime) sit above this module, so a search timed in
-    one passes its own timer as `latency_search(..., time_fn=...)`.
-    """
+    """Median latency (ms) of the model `spec` describes on this machine: eager = `prepare_inference`
+    (channels_last for 2-D/3-D), onnx = our ONNX export in ONNX Runtime (current thread count)."""
+    from .export import export_onnx, ort_session
     from .inference import channels_last_input, prepare_inference
 
-    if backend != "eager":
-        raise ValueError(f"unknown backend {backend!r}; expected 'eager' (time other runtimes with time_fn)")
     model = MBConvNet(spec).eval()
     x = torch.randn(batch, spec.in_chans, *([spec.resolution] * spec.dims))
-    net = prepare_inference(model, spec.resolution, channels_last=spec.dims > 1)
-    xi = channels_last_input(x)
+    if backend == "eager":
+        net = prepare_inference(model, spec.resolution, channels_last=spec.dims > 1)
+        xi = channels_last_input(x)
 
-    def run() -> Any:
-        with torch.no_grad():
-            return net(xi)
+        def run() -> Any:
+            with torch.no_grad():
+                return net(xi)
+    elif backend == "onnx":
+        import tempfile
 
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            export_onnx(model, path, spec.resolution)
+            sess = ort_session(path, torch.get_num_threads())
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+
+        def run() -> Any:
+            return sess.run(None, feed)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; expected 'eager' or 'onnx'")
     return 1e3 * statistics.median(time_calls(run, rounds, warmup))
 
 
