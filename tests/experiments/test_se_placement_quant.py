@@ -1,25 +1,17 @@
 """Experiment F's own pieces (experiments/se_placement_quant.py): the 2-D stack, the PTQ grids, and the summary
 over datasets whose grids differ (the 2-D arm calibrates by MSE only)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from mbconv.net import MBConvNet
 
-PATH = Path(__file__).resolve().parents[2] / "experiments" / "se_placement_quant.py"
-
 
 @pytest.fixture(scope="module")
 def f():
-    spec = importlib.util.spec_from_file_location("se_placement_quant", PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    import se_placement_quant  # experiments/ is on sys.path (conftest.py)
+
+    return se_placement_quant
 
 
 def test_2d_stack_runs_its_blocks_on_7x7_maps(f) -> None:
