@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from se_placement_quant import run_dir  # Experiment F's cache layout (experiments/ is on sys.path)
 
 from mbconv.data import load_dataset
 from mbconv.quant.insert import QuantConfig
@@ -66,7 +67,7 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {"command": " ".join(["python", "experiments/per_channel_ranges.py", *sys.argv[1:]])}
     for data in ("mnist5k", "mnist1d"):
-        run = Path(args.cache) / data / "L16_se_post_s0_e20"
+        run = run_dir(Path(args.cache), data, 16, "se_post", 0, 20)
         if not (run / "best" / "meta.json").exists() and not (run / "last" / "meta.json").exists():
             sys.exit(f"no trained net at {run}: run experiments/se_placement_quant.py --depths 16 --seeds 0 first")
         result[data] = study(run, data)
