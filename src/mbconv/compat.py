@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .spec import NetSpec, plan_blocks
+from .spec import BlockPlan, NetSpec, plan_blocks, plan_layout
 
 if TYPE_CHECKING:
     from .net import MBConvNet
@@ -34,6 +34,24 @@ WeightSource = nn.Module | Mapping[str, Any] | str | os.PathLike
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 # Prefixes added by DataParallel/DDP and torch.compile; a checkpoint saved from a wrapped model carries them.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+# timm's name for each conv step of our layouts, by timm block class.
+TIMM_CONV_NAMES = {
+    "ConvBnAct": {"conv": "conv"},
+    "EdgeResidual": {"expand": "conv_exp", "project": "conv_pwl"},
+    "DepthwiseSeparableConv": {"depthwise": "conv_dw", "project": "conv_pw"},  # TF's MBConv1
+    "InvertedResidual": {"expand": "conv_pw", "depthwise": "conv_dw", "project": "conv_pwl"},
+}
+
+
+def timm_block_class(p: BlockPlan) -> str:
+    """The timm block class that holds planned block `p`."""
+    if p.block == "cn":
+        return "ConvBnAct"
+    if p.block == "er":
+        return "EdgeResidual"
+    return "InvertedResidual" if p.has_expand else "DepthwiseSeparableConv"
 
 
 def module_name_map(spec: NetSpec) -> dict[str, str]:
@@ -50,18 +68,12 @@ def module_name_map(spec: NetSpec) -> dict[str, str]:
         j = index_in_stage.get(p.stage, 0)
         index_in_stage[p.stage] = j + 1
         ours, theirs = f"stages.{p.stage}.{j}", f"blocks.{p.stage}.{j}"
-        if p.block == "cn":  # timm ConvBnAct
-            layers = {"conv.conv": "conv", "conv.bn": "bn1"}
-        elif p.block == "er":  # timm EdgeResidual
-            layers = {"expand.conv": "conv_exp", "expand.bn": "bn1",
-                      "project.conv": "conv_pwl", "project.bn": "bn2"}
-        elif not p.has_expand:  # 'ds', or 'ir' with t = 1: timm DepthwiseSeparableConv (TF's MBConv1)
-            layers = {"depthwise.conv": "conv_dw", "depthwise.bn": "bn1",
-                      "project.conv": "conv_pw", "project.bn": "bn2"}
-        else:  # timm InvertedResidual
-            layers = {"expand.conv": "conv_pw", "expand.bn": "bn1", "depthwise.conv": "conv_dw",
-                      "depthwise.bn": "bn2", "project.conv": "conv_pwl", "project.bn": "bn3"}
-        if p.se_chs:
+        layout = plan_layout(p, spec)
+        convs = TIMM_CONV_NAMES[timm_block_class(p)]
+        layers: dict[str, str] = {}
+        for i, s in enumerate(st for st in layout if st.kind == "conv"):  # timm numbers its BNs in conv order
+            layers.update({f"{s.name}.conv": convs[s.name], f"{s.name}.bn": f"bn{i + 1}"})
+        if any(st.kind == "se" for st in layout):
             layers.update({"se.conv_reduce": "se.conv_reduce", "se.conv_expand": "se.conv_expand"})
         m.update({f"{ours}.{a}": f"{theirs}.{b}" for a, b in layers.items()})
     if spec.head_type == "conv":  # EfficientNet: conv -> BN -> act before pooling

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .gates import GateRecording, record_gates
+from .layers import se_site, se_step
 from .spec import NetSpec, StageSpec, make_divisible, plan_blocks
 from .train import model_device
 
@@ -71,10 +72,8 @@ def prunable_blocks(model: nn.Module) -> list[PrunableBlock]:
         dw = getattr(m, "depthwise", None)
         kind = "mbconv" if isinstance(dw, nn.Module) else "fused"
         mid = int(expand.conv.out_channels)
-        se = getattr(m, "se", None)
-        # Fused-MBConv with the SE 'before_dw' gates the block input, not the expanded channels
-        on_mid = (isinstance(se, nn.Module) and not (kind == "fused" and getattr(m, "se_position", "") == "before_dw")
-                  and int(se.conv_reduce.in_channels) == mid)
+        se = se_step(getattr(m, "layout", ()))
+        on_mid = se is not None and se.gates == "mid"  # the layout says which channels its SE gates
         out.append(PrunableBlock(name, m, kind, mid, bool(on_mid)))
     return out
 
@@ -424,7 +423,7 @@ def pruned_spec(spec: NetSpec, mids: dict[int, int]) -> NetSpec:
         new_mid = mids.get(p.index, p.mid_chs)
         if p.has_expand:
             kw["mid_chs"] = int(new_mid)
-        se_on_mid = p.se_chs and p.se_on == p.mid_chs and not (p.block == "er" and spec.se_position == "before_dw")
+        se_on_mid = p.se_chs and se_site(p.block, spec.se_position) == "mid"
         if se_on_mid and spec.se_base == "mid":
             kw["se_ratio"] = _se_ratio_for(p.se_chs, int(new_mid), spec.se_divisor)
         stages[p.stage].append(dataclasses.replace(b, **kw))
@@ -432,8 +431,8 @@ def pruned_spec(spec: NetSpec, mids: dict[int, int]) -> NetSpec:
     new = dataclasses.replace(spec, stages=tuple(StageSpec(tuple(s)) for s in stages), name=name)
     for a, c in zip(plans, plan_blocks(new)):
         want = dataclasses.replace(a, mid_chs=mids.get(a.index, a.mid_chs),
-                                   se_on=mids.get(a.index, a.mid_chs) if a.se_on == a.mid_chs and a.se_chs
-                                   and not (a.block == "er" and spec.se_position == "before_dw") else a.se_on,
+                                   se_on=mids.get(a.index, a.mid_chs)
+                                   if a.se_chs and se_site(a.block, spec.se_position) == "mid" else a.se_on,
                                    block_def=c.block_def, repeat=0)
         if dataclasses.replace(c, repeat=0) != want:
             raise ValueError(f"pruned spec disagrees with the plan at block {a.index}: {c} vs {want}")

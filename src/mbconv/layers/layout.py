@@ -29,7 +29,8 @@ class Step:
     """One named step of a block: a conv -> BN -> act (`kind='conv'`) or a squeeze-excite gate (`kind='se'`).
 
     Conv steps: `in_chs` -> `out_chs`, `kernel`, `stride`, `groups`, `act` after BN (None: linear). SE steps gate
-    `in_chs` (= `out_chs`) channels through a squeeze of `rd_chs` with activation `act` and gate `gate`.
+    `in_chs` (= `out_chs`) channels through a squeeze of `rd_chs` with activation `act` and gate `gate`; `gates`
+    says which channels those are ('mid' or 'in', see `se_site`).
     """
 
     name: str
@@ -42,6 +43,7 @@ class Step:
     act: str | None = None
     rd_chs: int = 0
     gate: str = "sigmoid"
+    gates: str = ""  # se: 'mid' (the expanded channels) or 'in' (the block input)
 
     @property
     def is_depthwise(self) -> bool:
@@ -53,11 +55,21 @@ def check_se_position(se_position: str) -> None:
         raise ValueError(f"invalid se_position={se_position!r}: expected 'after_dw' or 'before_dw'")
 
 
-def se_channels(block: str, in_chs: int, mid_chs: int, se_position: str) -> int:
-    """The channels a block's SE gates: the expanded ones, except a Fused-MBConv's SE before its k x k expansion
-    conv, which gates the block input."""
+def se_site(block: str, se_position: str) -> str:
+    """Which channels a block's SE gates: 'mid' (the expanded ones), except a Fused-MBConv's SE before its k x k
+    expansion conv, which gates the block input ('in')."""
     check_se_position(se_position)
-    return in_chs if block == "er" and se_position == "before_dw" else mid_chs
+    return "in" if block == "er" and se_position == "before_dw" else "mid"
+
+
+def se_channels(block: str, in_chs: int, mid_chs: int, se_position: str) -> int:
+    """The number of channels a block's SE gates (see `se_site`)."""
+    return in_chs if se_site(block, se_position) == "in" else mid_chs
+
+
+def se_step(layout: tuple[Step, ...]) -> Step | None:
+    """The SE step of a layout (None: no SE)."""
+    return next((s for s in layout if s.kind == "se"), None)
 
 
 def block_layout(
@@ -90,7 +102,8 @@ def block_layout(
     se: tuple[Step, ...] = ()
     if se_chs:
         on = se_channels(block, in_chs, mid, se_position)
-        se = (Step("se", "se", on, on, act=se_act or act, rd_chs=se_chs, gate=se_gate),)
+        se = (Step("se", "se", on, on, act=se_act or act, rd_chs=se_chs, gate=se_gate,
+                   gates=se_site(block, se_position)),)
     before, after = (se, ()) if se_position == "before_dw" else ((), se)
     project = (Step("project", "conv", mid, out_chs, 1, 1, 1, project_act),)
     if block == "er":
