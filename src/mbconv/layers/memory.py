@@ -252,7 +252,9 @@ def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True
             se, proj = getattr(block, "se", None), getattr(block, "project", None)
             if not isinstance(se, SqueezeExcite) or isinstance(se, DeferredSE) or not isinstance(proj, ConvNormAct):
                 continue
-            if getattr(block, "se_position", "after_dw") != "after_dw" or not isinstance(proj.pad, nn.Identity):
+            steps = tuple(getattr(block, "steps", ()))
+            feeds_project = "se" in steps and steps[steps.index("se") + 1:][:1] == ("project",)  # from the layout
+            if not feeds_project or not isinstance(proj.pad, nn.Identity):
                 continue
             if type(proj.conv) not in _GATED:
                 continue
