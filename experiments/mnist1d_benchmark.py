@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402  (experiments/ is on sys.path when a script runs)
+# experiments/ is on sys.path when a script runs
+from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402
 
 from mbconv import zoo_nd  # noqa: E402
 from mbconv.chapters.signals import fit_spec  # noqa: E402
