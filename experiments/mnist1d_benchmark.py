@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402
 
 from mbconv import zoo_nd  # noqa: E402
-from mbconv.chapters.signals import fit_spec  # noqa: E402
 from mbconv.data_nd import load_signal_task  # noqa: E402
 from mbconv.report import plt, savefig, write_json  # noqa: E402
+from mbconv.workflow import fit_spec  # noqa: E402
 
 CNN_WIDTHS = (0.25, 0.5, 1.0)
 TARGET = 0.993

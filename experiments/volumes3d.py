@@ -37,11 +37,12 @@ sys.path.insert(0, str(ROOT / "src"))
 from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402
 
 from mbconv import zoo_nd  # noqa: E402
-from mbconv.chapters.signals import fit_spec, separable_ratio_rows  # noqa: E402
+from mbconv.chapters.signals import separable_ratio_rows  # noqa: E402
 from mbconv.cost import compare_layer, module_cost  # noqa: E402
 from mbconv.data_nd import load_volumes  # noqa: E402
 from mbconv.report import plt, savefig, write_json  # noqa: E402
 from mbconv.scaling import scale_spec  # noqa: E402
+from mbconv.workflow import fit_spec  # noqa: E402
 
 CNN_WIDTHS = (0.25, 0.5, 1.0)
 MBCONV_WIDTHS = (1.0, 1.5, 2.0)

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import SequentialSampler
 
 from mbconv import data as D
+from mbconv.data import image_folder, loading, sources
 
 # name -> (n_train, n_test, sample shape, num_classes)
 EXPECTED = {
@@ -86,7 +87,7 @@ def test_mnist1d_uses_the_package_split():
 
 def test_textures_train_and_test_come_from_disjoint_image_regions():
     tr, te = D.load_dataset("textures", "train"), D.load_dataset("textures", "test")
-    assert D._TEXTURE_IMAGES == tr.classes
+    assert sources.TEXTURE_IMAGES == tr.classes
     # pool order: image, patch row, patch column (16 x 16 grid of 32-px patches)
     assert (tr.indices % 16 < 13).all() and (te.indices % 16 >= 13).all()
     assert (tr.indices // 256 == tr.y.numpy()).all()
@@ -96,9 +97,9 @@ def test_mnist1d_generation_is_deterministic_and_leaves_global_rngs_alone():
     np.random.seed(7)
     random.seed(7)
     np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
-    fresh = D._load_mnist1d.__wrapped__()  # bypass the cache: really regenerate
+    fresh = sources.DATASET_LOADERS["mnist1d"].__wrapped__()  # bypass the cache: really regenerate
     assert np.array_equal(np.random.get_state()[1], np_before) and random.getstate() == py_before
-    cached = D._load_mnist1d()
+    cached = sources.DATASET_LOADERS["mnist1d"]()
     assert np.array_equal(fresh.x, cached.x) and np.array_equal(fresh.y, cached.y)
 
 
@@ -107,7 +108,7 @@ def test_cached_pool_is_read_only_and_not_shared():
     ds.x.add_(100.0)  # mutating a returned dataset must not corrupt later loads
     assert abs(D.load_dataset("digits8", "train").x.mean().item()) < 1e-4
     with pytest.raises(ValueError):
-        D._load_digits8().x[0, 0, 0, 0] = 1.0
+        sources.DATASET_LOADERS["digits8"]().x[0, 0, 0, 0] = 1.0
 
 
 # ------------------------------------------------------------------------------------ normalise / resize
@@ -120,7 +121,7 @@ def test_train_statistics_normalise_both_splits(name):
     assert torch.allclose(tr.x.std(dim=(0, *range(2, tr.x.ndim)), correction=0), torch.ones(1), atol=1e-4)
     assert torch.equal(tr.mean, te.mean) and torch.equal(tr.std, te.std)
     # test = (raw - train mean) / train std, not standardised with its own statistics
-    raw = torch.from_numpy(D._get_source(name).x[te.indices])
+    raw = torch.from_numpy(loading.get_source(name).x[te.indices])
     assert torch.allclose(te.x * te.std.item() + te.mean.item(), raw, atol=1e-4)
     assert abs(te.x.mean().item()) > 1e-4
 
@@ -169,14 +170,14 @@ def test_bad_split_and_unknown_name():
 
 def test_missing_optional_package_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"mbconv\[data\]"):
-        D._import_optional("mbconv_surely_missing_module", "missing")
+        sources.import_optional("mbconv_surely_missing_module", "missing")
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
-    D._load_digits8.cache_clear()
+    sources.DATASET_LOADERS["digits8"].cache_clear()
     try:
         with pytest.raises(ImportError, match=r"scikit-learn.*mbconv\[data\]"):
             D.load_dataset("digits8")
     finally:
-        D._load_digits8.cache_clear()
+        sources.DATASET_LOADERS["digits8"].cache_clear()
 
 
 # ---------------------------------------------------------------------------------------- augmentation
@@ -250,43 +251,43 @@ def _epochs(loader, n=2):
 
 def test_loader_order_is_deterministic_per_seed():
     ds = D.load_dataset("digits8", "train")
-    a, b = D.make_loader(ds, 64, True, seed=5), D.make_loader(ds, 64, True, seed=5)
+    a, b = D.make_epoch_loader(ds, 64, True, seed=5), D.make_epoch_loader(ds, 64, True, seed=5)
     ea, eb = _epochs(a), _epochs(b)
     ya = [torch.cat([y for _, y in ep]) for ep in ea]
     assert all(torch.equal(x1, x2) for e1, e2 in zip(ea, eb) for (x1, _), (x2, _) in zip(e1, e2))
     assert not torch.equal(ya[0], ya[1])  # a new order each epoch
     assert sorted(ya[0].tolist()) == sorted(ds.y.tolist())
-    yc = torch.cat([y for _, y in D.make_loader(ds, 64, True, seed=6)])
+    yc = torch.cat([y for _, y in D.make_epoch_loader(ds, 64, True, seed=6)])
     assert not torch.equal(ya[0], yc)
-    ys = torch.cat([y for _, y in D.make_loader(ds, 64, False, seed=0)])
+    ys = torch.cat([y for _, y in D.make_epoch_loader(ds, 64, False, seed=0)])
     assert torch.equal(ys, ds.y)
 
 
 def test_loader_options():
     ds = D.load_dataset("digits8", "test")
-    assert len(D.make_loader(ds, 100, True, 0, drop_last=True)) == len(ds) // 100
-    assert len(D.make_loader(ds, 100, True, 0)) == -(-len(ds) // 100)
-    loader = D.make_loader(ds, 50, False, 0, sampler=SequentialSampler(ds))
+    assert len(D.make_epoch_loader(ds, 100, True, 0, drop_last=True)) == len(ds) // 100
+    assert len(D.make_epoch_loader(ds, 100, True, 0)) == -(-len(ds) // 100)
+    loader = D.make_epoch_loader(ds, 50, False, 0, sampler=SequentialSampler(ds))
     assert torch.equal(torch.cat([y for _, y in loader]), ds.y)
     with pytest.raises(ValueError, match="sampler"):
-        D.make_loader(ds, 50, True, 0, sampler=SequentialSampler(ds))
+        D.make_epoch_loader(ds, 50, True, 0, sampler=SequentialSampler(ds))
     with pytest.raises(ValueError, match="batch_size"):
-        D.make_loader(ds, 0, True, 0)
+        D.make_epoch_loader(ds, 0, True, 0)
 
 
 def test_augmented_loader_reproducible_and_independent_of_workers():
     full = D.load_dataset("digits8", "train", augment=True, seed=1)
     ds = D.ArrayDataset(full.x[:256], full.y[:256], full.info, full.transform, seed=1)
-    e0 = _epochs(D.make_loader(ds, 32, True, seed=2))
-    e2 = _epochs(D.make_loader(ds, 32, True, seed=2, num_workers=2))
+    e0 = _epochs(D.make_epoch_loader(ds, 32, True, seed=2))
+    e2 = _epochs(D.make_epoch_loader(ds, 32, True, seed=2, num_workers=2))
     for ep0, ep2 in zip(e0, e2):
         assert all(torch.equal(x0, x2) and torch.equal(y0, y2) for (x0, y0), (x2, y2) in zip(ep0, ep2))
     # each pass advances the augmentation epoch: same order would still give different pixels
-    ordered = _epochs(D.make_loader(ds, 256, False, seed=0))
+    ordered = _epochs(D.make_epoch_loader(ds, 256, False, seed=0))
     assert not torch.equal(ordered[0][0][0], ordered[1][0][0])
     # also through a Subset wrapper
     sub = torch.utils.data.Subset(ds, range(64))
-    ordered = _epochs(D.make_loader(sub, 64, False, seed=0))
+    ordered = _epochs(D.make_epoch_loader(sub, 64, False, seed=0))
     assert not torch.equal(ordered[0][0][0], ordered[1][0][0])
 
 
@@ -344,7 +345,7 @@ def test_image_folder_colour_and_mixed_sizes(tmp_path):
         _write(root / "b" / f"{i}.jpg", np.full((8, 8), 150))
     _write(root / "b" / "colour.png", np.dstack([np.full((8, 8), v) for v in (255, 0, 0)]))
     _write(root / "b" / "big.png", np.full((16, 20), 150))  # odd size: resized to the common 8x8
-    src = D._get_source(str(root))
+    src = loading.get_source(str(root))
     assert src.x.shape == (8, 3, 8, 8) and src.info.in_chans == 3
     gray = src.x[src.y == 0]
     assert np.array_equal(gray[:, 0], gray[:, 1]) and np.array_equal(gray[:, 0], gray[:, 2])
@@ -380,8 +381,8 @@ def test_skimage_reader_agrees_with_pil(tmp_path):
     _write(tmp_path / "c.png", rgb)
     _write(tmp_path / "g.png", rgb[..., 0])
     for name in ("c.png", "g.png"):
-        a, ca = D._read_with_skimage(tmp_path / name)
-        b, cb = D._read_image(tmp_path / name)
+        a, ca = image_folder._read_with_skimage(tmp_path / name)
+        b, cb = D.read_image(tmp_path / name)
         assert ca == cb and np.array_equal(a, b)
 
 

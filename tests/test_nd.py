@@ -148,20 +148,6 @@ def test_train_steps_via_trainer(name, dims, tmp_path):
     assert (tmp_path / "last" / "meta.json").exists()
 
 
-def test_fit_spec_caches(tmp_path):
-    from mbconv.chapters.signals import fit_spec
-
-    ds = _tiny(1, n=24)
-    r1 = fit_spec(zoo_nd.mbconv1d_se4_spec(), ds, ds, tmp_path / "run", epochs=1, batch_size=8)
-    assert r1["epochs_done"] == 1 and r1["params"] == spec_cost(get_spec("mbconv1d_se4", num_classes=3)).params
-    r2 = fit_spec(zoo_nd.mbconv1d_se4_spec(), ds, ds, tmp_path / "run", epochs=1, batch_size=8)
-    assert r2 == r1  # read back, not retrained
-    # another configuration in the same folder trains from scratch instead of resuming the old checkpoint
-    r3 = fit_spec(zoo_nd.mbconv1d_se4_spec(), ds, ds, tmp_path / "run", epochs=1, batch_size=8, seed=1)
-    assert r3["seed"] == 1 and r3["epochs_done"] == 1
-    assert r3["history"][0]["train_loss"] != r1["history"][0]["train_loss"]
-
-
 @pytest.mark.parametrize("name, size", [("efficientnet1d_b2", (64,)), ("efficientnet3d_b0", (16, 16, 16)),
                                         ("mbconv3d_small", (8, 8, 8)), ("cnn3d_plain", (8, 8, 8))])
 def test_fuse_bn_1d_3d(name, size):

@@ -29,9 +29,9 @@ from mbconv.train import (
     cosine_warmup_lambda,
     evaluate,
     init_distributed,
-    make_loader,
     make_optimizer,
     make_scheduler,
+    make_shard_loader,
     param_groups_weight_decay,
     train_one_epoch,
 )
@@ -136,7 +136,7 @@ def test_label_smoothing_reaches_the_loss():
     # with lr=0 the model is unchanged, so the epoch loss is exactly smoothed CE of the fixed model
     m = net(cls=TinyMLP)
     opt = torch.optim.SGD(m.parameters(), lr=0.0)
-    loader = make_loader(TRAIN, 16, train=True, seed=0)
+    loader = make_shard_loader(TRAIN, 16, train=True, seed=0)
     out = train_one_epoch(m, loader, opt, criterion=nn.CrossEntropyLoss(label_smoothing=0.25))
     x, y = TRAIN.tensors
     with torch.no_grad():
@@ -169,7 +169,7 @@ def test_grad_clip_limits_the_update():
     m = net(cls=TinyMLP)
     start = [p.detach().clone() for p in m.parameters()]
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    loader = make_loader(TRAIN, 64, train=True, seed=0)
+    loader = make_shard_loader(TRAIN, 64, train=True, seed=0)
     train_one_epoch(m, loader, opt, grad_clip=1e-3)
     delta = torch.sqrt(sum(((p - s) ** 2).sum() for p, s in zip(m.parameters(), start)))
     assert 0 < delta <= 1e-3 * (1 + 1e-4)
@@ -190,7 +190,7 @@ def test_bf16_autocast_is_used():
 
 def test_data_order_is_a_function_of_seed_and_epoch():
     def order(seed, epoch, skip=0, rank=0, world=1, bs=8):
-        loader = make_loader(TRAIN, bs, train=True, seed=seed, rank=rank, world_size=world)
+        loader = make_shard_loader(TRAIN, bs, train=True, seed=seed, rank=rank, world_size=world)
         loader.sampler.set_epoch(epoch)
         loader.sampler.skip = skip
         return [y.tolist() for _, y in loader]

@@ -1,5 +1,8 @@
 """Runs: train a named model on a named dataset, and load a trained run back for evaluation or prediction.
 
+`fit_spec` is the cached train-and-measure step for a spec on in-memory datasets, shared by `mbconv signals`, the
+tour's signals chapter and the experiments.
+
 A run directory holds the trainer's checkpoints (`last/`, `best/`, see `mbconv.checkpoint`) and
 `metrics.jsonl`. Each checkpoint's meta stores `{"net": NetSpec dict, "data": {...}}`, so a run can be rebuilt
 and its inputs preprocessed exactly as in training without any pickled object.
@@ -7,6 +10,9 @@ and its inputs preprocessed exactly as in training without any pickled object.
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cost import spec_cost
+from .files import write_json
 from .net import MBConvNet
 from .spec import NetSpec
 from .zoo import get_spec
@@ -60,10 +68,10 @@ def build_for_data(model: str | NetSpec, data_info: Any, resolution: int, width_
     if seed is None:
         net = MBConvNet(spec, init=init)
     else:
-        from .train import _derive_seed
+        from .train import derive_seed
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_derive_seed(seed, "init"))
+            torch.manual_seed(derive_seed(seed, "init"))
             net = MBConvNet(spec, init=init)
     # TF's dense init (uniform +-1/sqrt(out)) targets 1000 classes; with few classes it starts with huge
     # logits and trains slowly (docs/architecture.md), so the recipe zero-inits the classifier weight.
@@ -91,6 +99,65 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
                        **cfg.extra_train)
     meta = {"net": model.spec.to_dict(), "data": data_meta(train_ds, cfg.data, res)}
     return Trainer(model, train_ds, test_ds, tcfg, spec=meta).fit()
+
+
+# The recipe of `fit_spec` (small nets on small datasets; `RunConfig`'s defaults are the same optimizer settings).
+FIT_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1, batch_size=64)
+
+
+def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs: int, seed: int = 0,
+             max_steps: int = 0, progress: str = "none", batch_size: int = 64, lr: float = 3e-3,
+             warmup_epochs: float = 1.0) -> dict[str, Any]:
+    """Train `spec` (adapted to the data's channels/classes/dims) on `train_ds`, evaluating on `test_ds` each epoch.
+
+    Cached: the run lives in `out` (trainer checkpoints + ``metrics.jsonl``) and its summary in
+    ``out/result.json``; a finished run with the same spec, epochs, seed and steps is not retrained, an
+    interrupted one resumes. Returns ``{final_acc, best_acc, final_loss, params, macs, epochs, seed,
+    train_seconds, history, ...}``. ``final_acc`` (last epoch) is the unbiased number; ``best_acc`` picks the best
+    epoch on the test split and is reported only as a secondary figure.
+    """
+    from .train import TrainConfig, Trainer, evaluate
+
+    out = Path(out)
+    info = train_ds.info
+    size = tuple(train_ds.x.shape[2:])
+    model = build_for_data(spec, info, size[0], seed=seed)  # the initialisation differs per seed too
+    if info.dims == 3:
+        model = model.to(memory_format=torch.channels_last_3d)  # ~2x faster depthwise 3-D convs on CPU
+    key = {"spec": model.spec.to_dict(), "epochs": epochs, "seed": seed, "init": "derived", "max_steps": max_steps,
+           "batch_size": batch_size, "lr": lr, "n_train": len(train_ds), "data": info.name}
+    res_path = out / "result.json"
+    if res_path.exists():
+        cached = json.loads(res_path.read_text())
+        if cached.get("key") == key:
+            return cached
+        # the folder holds a run of another configuration: its checkpoints must not be resumed as this one
+        for name in ("last", "last.prev", "best", "best.prev"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "result.json"):
+            (out / name).unlink(missing_ok=True)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=FIT_RECIPE["optimizer"],
+                      weight_decay=FIT_RECIPE["weight_decay"], warmup_epochs=min(warmup_epochs, epochs / 4),
+                      label_smoothing=FIT_RECIPE["label_smoothing"], seed=seed, out_dir=str(out), resume=True,
+                      progress=progress, max_steps=max_steps, save_best=False)
+    meta = {"net": model.spec.to_dict(), "data": {"name": info.name, "resolution": size[0], "dims": info.dims,
+                                                  "in_chans": info.in_chans}}
+    t0 = time.perf_counter()
+    Trainer(model, train_ds, test_ds, cfg, spec=meta).fit()
+    seconds = time.perf_counter() - t0
+    final = evaluate(model, test_ds)  # also defined when max_steps stopped the run before an epoch ended
+    metrics = out / "metrics.jsonl"
+    hist = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    cost = spec_cost(model.spec, size)
+    accs = [h["test_acc"] for h in hist if h.get("test_acc") is not None] + [final["acc"]]
+    result = {"key": key, "name": model.spec.name, "final_acc": final["acc"], "final_loss": final["loss"],
+              "best_acc": max(accs),
+              "epochs_done": len(hist), "params": cost.params, "macs": cost.macs, "seed": seed, "epochs": epochs,
+              "train_seconds": seconds, "history": [{k: h.get(k) for k in ("epoch", "train_loss", "train_acc",
+                                                                          "test_loss", "test_acc", "seconds")}
+                                                    for h in hist]}
+    write_json(res_path, result)
+    return result
 
 
 def data_meta(ds: Any, name: str, resolution: int) -> dict[str, Any]:
@@ -185,9 +252,9 @@ def read_input(path: str | Path, data: dict[str, Any]) -> torch.Tensor:
         if a.ndim == data["dims"]:
             a = a[None]
     else:
-        from .data import _read_image
+        from .data import read_image
 
-        a, colour = _read_image(p)
+        a, colour = read_image(p)
         a = a.transpose(2, 0, 1) if colour else a[None]
         if colour and data["in_chans"] == 1:
             a = a.mean(0, keepdims=True)

@@ -1,7 +1,7 @@
 """Tour chapter "signals": the same MBConv code on 1-D signals and 3-D volumes.
 
-Also home of :func:`fit_spec`, the cached train-and-measure step shared by this chapter, ``mbconv signals`` and
-``experiments/mnist1d_benchmark.py`` / ``experiments/volumes3d.py``.
+Its nets are trained by :func:`mbconv.workflow.fit_spec`, the cached train-and-measure step it shares with
+``mbconv signals`` and ``experiments/mnist1d_benchmark.py`` / ``experiments/volumes3d.py``.
 
 Budget: about 90 s in full mode (small nets, a few epochs each) and about 10 s with ``--quick`` (a few steps per
 net; accuracies are then meaningless and not asserted).
@@ -9,76 +9,13 @@ net; accuracies are then meaningless and not asserted).
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..cost import compare_layer, spec_cost
 from ..report import plt, savefig, write_json
-from ..spec import NetSpec
+from ..workflow import fit_spec
 from .context import TourContext
-
-RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1, batch_size=64)
-
-
-def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs: int, seed: int = 0,
-             max_steps: int = 0, progress: str = "none", batch_size: int = 64, lr: float = 3e-3,
-             warmup_epochs: float = 1.0) -> dict[str, Any]:
-    """Train `spec` (adapted to the data's channels/classes/dims) on `train_ds`, evaluating on `test_ds` each epoch.
-
-    Cached: the run lives in `out` (trainer checkpoints + ``metrics.jsonl``) and its summary in
-    ``out/result.json``; a finished run with the same spec, epochs, seed and steps is not retrained, an
-    interrupted one resumes. Returns ``{final_acc, best_acc, final_loss, params, macs, epochs, seed,
-    train_seconds, history, ...}``. ``final_acc`` (last epoch) is the unbiased number; ``best_acc`` picks the best
-    epoch on the test split and is reported only as a secondary figure.
-    """
-    from ..train import TrainConfig, Trainer, evaluate
-    from ..workflow import build_for_data
-
-    out = Path(out)
-    info = train_ds.info
-    size = tuple(train_ds.x.shape[2:])
-    model = build_for_data(spec, info, size[0], seed=seed)  # the initialisation differs per seed too
-    if info.dims == 3:
-        model = model.to(memory_format=torch.channels_last_3d)  # ~2x faster depthwise 3-D convs on CPU
-    key = {"spec": model.spec.to_dict(), "epochs": epochs, "seed": seed, "init": "derived", "max_steps": max_steps,
-           "batch_size": batch_size, "lr": lr, "n_train": len(train_ds), "data": info.name}
-    res_path = out / "result.json"
-    if res_path.exists():
-        cached = json.loads(res_path.read_text())
-        if cached.get("key") == key:
-            return cached
-        # the folder holds a run of another configuration: its checkpoints must not be resumed as this one
-        for name in ("last", "last.prev", "best", "best.prev"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("metrics.jsonl", "result.json"):
-            (out / name).unlink(missing_ok=True)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=RECIPE["optimizer"],
-                      weight_decay=RECIPE["weight_decay"], warmup_epochs=min(warmup_epochs, epochs / 4),
-                      label_smoothing=RECIPE["label_smoothing"], seed=seed, out_dir=str(out), resume=True,
-                      progress=progress, max_steps=max_steps, save_best=False)
-    meta = {"net": model.spec.to_dict(), "data": {"name": info.name, "resolution": size[0], "dims": info.dims,
-                                                  "in_chans": info.in_chans}}
-    t0 = time.perf_counter()
-    Trainer(model, train_ds, test_ds, cfg, spec=meta).fit()
-    seconds = time.perf_counter() - t0
-    final = evaluate(model, test_ds)  # also defined when max_steps stopped the run before an epoch ended
-    metrics = out / "metrics.jsonl"
-    hist = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
-    cost = spec_cost(model.spec, size)
-    accs = [h["test_acc"] for h in hist if h.get("test_acc") is not None] + [final["acc"]]
-    result = {"key": key, "name": model.spec.name, "final_acc": final["acc"], "final_loss": final["loss"],
-              "best_acc": max(accs),
-              "epochs_done": len(hist), "params": cost.params, "macs": cost.macs, "seed": seed, "epochs": epochs,
-              "train_seconds": seconds, "history": [{k: h.get(k) for k in ("epoch", "train_loss", "train_acc",
-                                                                          "test_loss", "test_acc", "seconds")}
-                                                    for h in hist]}
-    write_json(res_path, result)
-    return result
 
 
 def separable_ratio_rows(cout_list: tuple[int, ...] = (16, 32, 64, 128, 256), kernel: int = 3) -> list[list[Any]]:

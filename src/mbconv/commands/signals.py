@@ -17,7 +17,7 @@ def cmd_signals(args: argparse.Namespace) -> int:
     import torch
 
     from .. import zoo_nd
-    from ..chapters.signals import fit_spec
+    from ..workflow import fit_spec
     from ..data_nd import load_eeg_electrodes, load_signal_task, load_volumes, signal_sources
 
     if args.threads:

