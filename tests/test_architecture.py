@@ -20,7 +20,7 @@ LAYERS: list[list[str]] = [
     ["mbconv.layers"],                                                              # 0 building blocks
     ["mbconv.spec"],                                                                # 1 what a network is
     ["mbconv.scaling", "mbconv.zoo", "mbconv.zoo_nd", "mbconv.net", "mbconv.cost",  # 2 networks and their cost
-     "mbconv.inference", "mbconv.plotting"],
+     "mbconv.inference", "mbconv.plotting", "mbconv.efficientnet"],
     ["mbconv.compat", "mbconv.data", "mbconv.data_nd", "mbconv.checkpoint",         # 3 weights, data, files
      "mbconv.files"],
     ["mbconv.train", "mbconv.workflow"],                                            # 4 training and runs

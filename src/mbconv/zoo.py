@@ -1,4 +1,5 @@
-"""Named specs: EfficientNet B0-B8/L2 (+ tf_ variants), Lite0-4, EfficientNetV2 S/M/L, MobileNetV2/V3.
+"""Named specs: EfficientNet B0-B8/L2 (+ tf_ variants), Lite0-4, EfficientNetV2 S/M/L, MobileNetV2/V3, and the
+1-D/3-D families of `mbconv.zoo_nd`; `get_spec`, `create_model` and `list_models` look names up here.
 
 Every B-model is compound-scaled from the single B0 spec by the official (width, depth, resolution) triple;
 parameter counts equal timm's same-named models (tests/test_zoo.py checks every entry).
@@ -10,17 +11,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from .efficientnet import EFFICIENTNET_B0_BLOCKS, EFFICIENTNET_PARAMS, efficientnet_b0_spec
 from .net import MBConvNet
 from .scaling import scale_spec
 from .spec import NetSpec, parse_arch
+from .zoo_nd import ND_MODELS
 
-# Tan & Le 2019 / tensorflow/tpu efficientnet_builder.efficientnet_params: width, depth, resolution, dropout.
-EFFICIENTNET_PARAMS: dict[str, tuple[float, float, int, float]] = {
-    "b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3),
-    "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
-    "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5), "b8": (2.2, 3.6, 672, 0.5),
-    "l2": (4.3, 5.3, 800, 0.5),
-}
 LITE_PARAMS: dict[str, tuple[float, float, int, float]] = {
     "lite0": (1.0, 1.0, 224, 0.2), "lite1": (1.0, 1.1, 240, 0.2), "lite2": (1.1, 1.2, 260, 0.3),
     "lite3": (1.2, 1.4, 280, 0.3), "lite4": (1.4, 1.8, 300, 0.3),
@@ -31,21 +27,8 @@ PAPER_B_SERIES: dict[str, tuple[float, float]] = {
     "b6": (43, 19), "b7": (66, 37),
 }
 
-# The original TF block strings of EfficientNet-B0 (tensorflow/tpu _DEFAULT_BLOCKS_ARGS).
-EFFICIENTNET_B0_BLOCKS = [
-    "r1_k3_s11_e1_i32_o16_se0.25", "r2_k3_s22_e6_i16_o24_se0.25", "r2_k5_s22_e6_i24_o40_se0.25",
-    "r3_k3_s22_e6_i40_o80_se0.25", "r3_k5_s11_e6_i80_o112_se0.25", "r4_k5_s22_e6_i112_o192_se0.25",
-    "r1_k3_s11_e6_i192_o320_se0.25",
-]
-
 TF_BN = dict(norm_eps=1e-3, norm_momentum=0.01)  # TF BN momentum 0.99 == PyTorch 0.01
 TF_STYLE = dict(padding="same", **TF_BN)
-
-
-def efficientnet_b0_spec() -> NetSpec:
-    """The one B0 spec from which the whole B-series (and any phi) is scaled."""
-    return NetSpec(stages=parse_arch([[b] for b in EFFICIENTNET_B0_BLOCKS]), name="efficientnet_b0",
-                   stem_chs=32, head_chs=1280, act="swish", se_base="in", drop_rate=0.2, resolution=224)
 
 
 def efficientnet_spec(variant: str, tf: bool = False) -> NetSpec:
@@ -134,6 +117,7 @@ def _registry() -> dict[str, Callable[[], NetSpec]]:
     for v in MOBILENETV3_ARCH:
         reg[f"mobilenetv3_{v}_100"] = lambda v=v: mobilenetv3_spec(v)
         reg[f"tf_mobilenetv3_{v}_100"] = lambda v=v: mobilenetv3_spec(v, tf=True)
+    reg.update(ND_MODELS)  # the 1-D and 3-D families
     return reg
 
 
@@ -141,7 +125,7 @@ _MODELS = _registry()
 
 
 def register_model(name: str, fn: Callable[[], NetSpec]) -> None:
-    """Add a named spec factory (used by the 1-D/3-D families and by users)."""
+    """Add a named spec factory (for users' own families; replaces a registered name)."""
     _MODELS[name] = fn
 
 
@@ -191,17 +175,3 @@ def get_spec(name: str | NetSpec, **overrides: Any) -> NetSpec:
 def create_model(name: str | NetSpec, init: str = "tf", **overrides: Any) -> MBConvNet:
     """Build a model: `create_model('efficientnet_b0', num_classes=10)`; see `get_spec` for the overrides."""
     return MBConvNet(get_spec(name, **overrides), init=init)
-
-
-def _register_nd_families() -> None:
-    """1-D and 3-D families live in `zoo_nd` (they register themselves); absent while being built."""
-    import importlib
-
-    try:
-        importlib.import_module("mbconv.zoo_nd")
-    except ModuleNotFoundError as e:
-        if e.name != "mbconv.zoo_nd":
-            raise
-
-
-_register_nd_families()

@@ -1,8 +1,8 @@
 """1-D and 3-D model families: EfficientNet-style nets for signals and volumes, plus their plain-CNN baselines.
 
 In mbconv the dimension is one field of the spec (`NetSpec.dims`), so every model here is built, costed,
-trained, analysed and exported by the same code as the 2-D zoo. Importing this module registers the names
-below with `mbconv.zoo.register_model` (so `create_model`, `get_spec` and `list_models` see them):
+trained, analysed and exported by the same code as the 2-D zoo. `ND_MODELS` maps the names below to their spec
+factories; `mbconv.zoo` registers them (so `create_model`, `get_spec` and `list_models` see them):
 
 =============================== ==== ============ ===============================================================
 name                            dims default size what it is
@@ -36,9 +36,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from .efficientnet import EFFICIENTNET_PARAMS, efficientnet_b0_spec
 from .scaling import compound_scale, scale_spec
 from .spec import NetSpec, parse_arch
-from .zoo import EFFICIENTNET_PARAMS, efficientnet_b0_spec, register_model
 
 __all__ = [
     "EFFICIENTNET1D_B0_BLOCKS", "EFFICIENTNET1D_BASE_LENGTH", "EFFICIENTNET3D_BASE_SIZE", "MBCONV1D_SE4_ARCH",
@@ -168,6 +168,5 @@ def _models() -> dict[str, Callable[[], NetSpec]]:
     return reg
 
 
+#: name -> spec factory of every 1-D/3-D model; `mbconv.zoo` adds them to its registry.
 ND_MODELS = _models()
-for _name, _fn in ND_MODELS.items():
-    register_model(_name, _fn)
