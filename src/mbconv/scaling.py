@@ -1,6 +1,6 @@
 """How big: width/depth/resolution scaling of a spec (EfficientNet compound scaling and explicit triples).
 
-Rules follow the TF reference exactly (anchors §1.0): channels are rounded to a multiple of 8 and never below
+Rules follow the TF reference (tensorflow/tpu) exactly: channels are rounded to a multiple of 8 and never below
 90 % of the target (`round_channels`); repeats are scaled per stage with `ceil` and distributed over the
 stage's block definitions last-first (timm's rule, identical to TF for one definition per stage); resolution is
 carried in the spec, not applied by the model.

@@ -251,7 +251,7 @@ class StageSpec:
 class NetSpec:
     """A whole network: stem, stages, head, classifier, and the conventions that make it exact.
 
-    Conventions that differ between TF, timm and torchvision are explicit fields (see anchors §1.7):
+    Conventions that differ between TF, timm and torchvision are explicit fields (docs/architecture.md):
     `se_base` ('in': squeeze width from block input channels, TF EfficientNet; 'mid': from expanded channels,
     MobileNetV3), `se_divisor` (1: floor as TF; 8: round to multiple of 8 as MobileNetV3), `padding`
     ('symmetric' (k-1)//2 or TF 'same'), BN eps/momentum in PyTorch convention (momentum 0.01 == TF 0.99).

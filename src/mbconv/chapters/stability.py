@@ -167,7 +167,7 @@ def chapter_stability(ctx: TourContext) -> None:
         return
     rows = verdicts(ctx.results)
     if rows:
-        ch.table("Experiments D and E: outcome of the pre-registered rules (science.md §4-5); the verdicts with "
+        ch.table("Experiments D and E: outcome of the pre-registered rules (docs/claims/); the verdicts with "
                  "their caveats are in docs/claims.md", ["claim", "mode", "rule outcome", "results"], rows)
     else:
         ch.text(f"Experiments D and E have no results in {ctx.results} (experiments/scaling_stability.py, "
