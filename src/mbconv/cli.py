@@ -22,10 +22,11 @@ from .cli_args import (
     nonnegative_float,
     positive_float,
     positive_int,
+    text,
 )
 from .commands import deploy, gates, prune, quant, roofline, signals, stability
 from .cost import compare_layer, spec_cost
-from .model_source import spec_from_name
+from .model_source import ModelOverrides, check_size, spec_from_name
 from .spec import NetSpec, feature_levels
 
 # Each module adds its sub-commands with `register(add)`, in this order (the order of `mbconv --help`).
@@ -196,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         over["se_position"] = args.se_position
     if args.drop_path is not None:
         over["drop_path_rate"] = args.drop_path
+    # a bad model fails here, in a second, not after the data are loaded
+    check_size(spec_from_name(args.model, ModelOverrides(se_position=args.se_position)))
     cfg = RunConfig(model=args.model, data=args.data, out=args.out, resolution=args.resolution,
                     width_mult=args.width_mult, depth_mult=args.depth_mult, overrides=over, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -211,9 +214,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .workflow import evaluate_run
+    from .model_source import model_from_source, run_dataset
+    from .train import evaluate
 
-    r = evaluate_run(args.checkpoint, args.data)
+    src = model_from_source(checkpoint=args.checkpoint)
+    ds = run_dataset(src.run or {}, args.data, "test")
+    r = {"checkpoint": src.description, "data": args.data or src.run["data"]["name"], **evaluate(src.model, ds)}
     if args.json:
         print(json.dumps(r))
     else:
@@ -225,12 +231,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .workflow import load_run, predict, preprocess, read_input
+    from .model_source import model_from_source
+    from .workflow import predict, preprocess, read_input
 
-    model, run, _ = load_run(args.checkpoint)
-    data = run["data"]
+    src = model_from_source(checkpoint=args.checkpoint)
+    data = (src.run or {}).get("data")
+    if not data or "classes" not in data:
+        raise ValueError(f"{src.description} records no data (classes, normalisation): cannot preprocess inputs")
     x = torch.cat([read_input(p, data) for p in args.inputs])
-    for path, top in zip(args.inputs, predict(model, preprocess(x, data), data["classes"], args.top_k)):
+    for path, top in zip(args.inputs, predict(src.model, preprocess(x, data), data["classes"], args.top_k)):
         print(f"{path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
     return 0
 
@@ -276,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resolution", type=positive_int, default=56)
     sp.add_argument("--t", type=positive_float, default=6.0)
     sp = add("scale", cmd_scale, "compound-scale a base model (phi, alpha/beta/gamma) or by an explicit triple")
-    sp.add_argument("--base", default="efficientnet_b0")
+    sp.add_argument("--base", type=text, default="efficientnet_b0")
     sp.add_argument("--phi", type=phi_range)
     sp.add_argument("--alpha", type=positive_float, default=1.2)
     sp.add_argument("--beta", type=positive_float, default=1.1)
     sp.add_argument("--gamma", type=positive_float, default=1.15)
     sp.add_argument("--search", action="store_true",
                     help="grid-search alpha/beta/gamma with alpha*beta^2*gamma^2 ~ 2 on a proxy task")
-    sp.add_argument("--data", default="mnist5k", help="proxy dataset for --search")
+    sp.add_argument("--data", type=text, default="mnist5k", help="proxy dataset for --search")
     sp.add_argument("--quick", action="store_true", help="smallest --search grid")
     sp.add_argument("--width", type=multiplier)
     sp.add_argument("--depth", type=multiplier)
@@ -293,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=positive_int, default=1, help="threads for --latency-ms")
     sp.add_argument("--json", action="store_true")
     sp = add("train", cmd_train, "train a model on a bundled dataset (or an image folder) with checkpoints")
-    sp.add_argument("--model", default="efficientnet_b0", help="zoo name or block strings")
-    sp.add_argument("--data", default="mnist5k", help="mnist5k | digits8 | mnist1d | textures | PATH")
-    sp.add_argument("--out", default="results/run")
+    sp.add_argument("--model", type=text, default="efficientnet_b0", help="zoo name or block strings")
+    sp.add_argument("--data", type=text, default="mnist5k", help="mnist5k | digits8 | mnist1d | textures | PATH")
+    sp.add_argument("--out", type=text, default="results/run")
     sp.add_argument("--epochs", type=positive_int, default=10)
     sp.add_argument("--batch-size", type=positive_int, default=64)
     sp.add_argument("--lr", type=positive_float, default=3e-3)
@@ -314,19 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
     sp.add_argument("--deterministic", action="store_true")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
-    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    sp.add_argument("--data", help="another dataset with the same classes")
+    sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--data", type=text, help="another dataset with the same classes")
     sp.add_argument("--json", action="store_true")
     sp = add("predict", cmd_predict, "top-k classes for image files or .npy arrays")
-    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--checkpoint", type=text, required=True)
     sp.add_argument("--top-k", type=positive_int, default=3)
-    sp.add_argument("inputs", nargs="+")
+    sp.add_argument("inputs", type=text, nargs="+")
     sp = add("tour", cmd_tour, "the whole story on bundled data, with a report (results/tour/report.html)")
-    sp.add_argument("--out", default="results/tour")
+    sp.add_argument("--out", type=text, default="results/tour")
     sp.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
-    sp.add_argument("--chapters", default=None, help="comma-separated subset of chapters")
-    sp.add_argument("--results", default=None, help="folder of committed experiment results whose verdicts the "
-                                                    "tour shows (e.g. experiments/results); skipped without it")
+    sp.add_argument("--chapters", type=text, default=None, help="comma-separated subset of chapters")
+    sp.add_argument("--results", type=text, default=None,
+                    help="folder of committed experiment results whose verdicts the tour shows (e.g. "
+                         "experiments/results); skipped without it")
     for module in COMMAND_MODULES:
         module.register(add)
     return p
@@ -338,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         return int(args.fn(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, KeyError) as e:
+    except (CliError, ValueError, OSError, KeyError) as e:  # OSError: unreadable paths (missing, a folder, ...)
         if os.environ.get("MBCONV_DEBUG"):
             raise
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -14,9 +14,16 @@ from collections.abc import Callable
 
 from .model_source import ModelOverrides, ModelSource, model_from_source
 
-__all__ = ["integer", "positive_int", "nonnegative_int", "finite_float", "positive_float", "nonnegative_float",
+__all__ = ["text", "integer", "positive_int", "nonnegative_int", "finite_float", "positive_float", "nonnegative_float",
            "probability", "fraction", "float_range", "int_list", "add_model_arguments", "model_overrides",
            "model_from_args"]
+
+
+def text(s: str) -> str:
+    """A non-empty string (a path, a name): an empty value is a slip, not a request for the default."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f"must not be empty: {s!r}")
+    return s
 
 
 def integer(s: str) -> int:
@@ -97,11 +104,11 @@ def add_model_arguments(sp: argparse.ArgumentParser, name: str = "positional", c
     --num-classes, --in-chans, --dims, --se-position, --width-mult."""
     help_name = "zoo name (see `mbconv list`) or block strings 'ir_r1_k3_s1_e6_c16;...'"
     if name == "positional":
-        sp.add_argument("model", help=help_name)
+        sp.add_argument("model", type=text, help=help_name)
     elif name == "optional":
-        sp.add_argument("model", nargs="?", help=help_name)
+        sp.add_argument("model", nargs="?", type=text, help=help_name)
     if checkpoint:
-        sp.add_argument("--checkpoint", help="a trained run or checkpoint directory instead of a NAME")
+        sp.add_argument("--checkpoint", type=text, help="a trained run or checkpoint directory instead of a NAME")
     sp.add_argument("--num-classes", type=positive_int, help="classifier outputs (NAME only)")
     sp.add_argument("--in-chans", type=positive_int, help="input channels (NAME only)")
     sp.add_argument("--dims", type=int, choices=(1, 2, 3), help="spatial dimensions (NAME only)")

@@ -17,9 +17,11 @@ from typing import Any
 from .net import MBConvNet
 from .spec import NetSpec
 
-__all__ = ["ModelOverrides", "ModelSource", "spec_from_name", "model_from_source", "run_dataset"]
+__all__ = ["ModelOverrides", "ModelSource", "spec_from_name", "check_size", "check_run", "model_from_source",
+           "run_dataset", "MAX_PARAMS"]
 
 SE_POSITIONS = ("after_dw", "before_dw")
+MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights: a larger spec is a typo (c99999...), not a model to build
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,38 @@ def spec_from_name(name: str, overrides: ModelOverrides | None = None) -> NetSpe
     return get_spec(name, **(overrides or ModelOverrides()).given())
 
 
+def check_size(spec: NetSpec) -> NetSpec:
+    """`spec` unchanged if its weights fit in `MAX_PARAMS`; otherwise a ValueError naming it (before torch tries
+    to allocate them)."""
+    from .cost import spec_cost
+
+    n = spec_cost(spec).params
+    if n > MAX_PARAMS:
+        raise ValueError(f"model {spec.name!r} has {n:.3g} parameters, more than the {MAX_PARAMS:.0e} mbconv builds")
+    return spec
+
+
+def check_run(model: MBConvNet, run: dict[str, Any], where: str) -> None:
+    """ValueError when a run's data record does not describe its network's input and output (a corrupt or
+    hand-edited meta.json)."""
+    d = run.get("data")
+    if d is None:
+        return
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: the data record in meta.json is {type(d).__name__}, not a mapping")
+    for key in ("dims", "in_chans"):
+        if key in d and d[key] != getattr(model.spec, key):
+            raise ValueError(f"{where}: its data record has {key}={d[key]!r} but the network takes "
+                             f"{key}={getattr(model.spec, key)}")
+    classes = d.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != model.spec.num_classes):
+        raise ValueError(f"{where}: its data record names {len(classes) if isinstance(classes, list) else classes!r}"
+                         f" classes but the network has {model.spec.num_classes} outputs")
+    res = d.get("resolution")
+    if res is not None and (not isinstance(res, int) or res < 1):
+        raise ValueError(f"{where}: its data record has resolution={res!r}; expected an integer >= 1")
+
+
 def model_from_source(name: str | None = None, checkpoint: str | Path | None = None,
                       overrides: ModelOverrides | None = None, resolution: int | None = None,
                       seed: int | None = None) -> ModelSource:
@@ -103,9 +137,10 @@ def model_from_source(name: str | None = None, checkpoint: str | Path | None = N
         from .workflow import load_run
 
         model, run, ck = load_run(checkpoint)
+        check_run(model, run, str(ck))
         res = resolution or (run.get("data") or {}).get("resolution") or model.spec.resolution
         return ModelSource(model.eval(), int(res), str(ck), run, Path(ck))
-    spec = spec_from_name(str(name), overrides)
+    spec = check_size(spec_from_name(str(name), overrides))
     if seed is not None:
         import torch
 

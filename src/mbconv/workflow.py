@@ -260,8 +260,10 @@ def read_input(path: str | Path, data: dict[str, Any]) -> torch.Tensor:
             a = a.mean(0, keepdims=True)
         elif not colour and data["in_chans"] == 3:
             a = np.repeat(a, 3, 0)
+    if a.dtype.kind not in "biuf":  # strings, complex numbers: not pixel values
+        raise ValueError(f"input {p} holds {a.dtype} values; expected real numbers")
     x = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
-    if x.ndim != data["dims"] + 1 or x.shape[0] != data["in_chans"]:
+    if x.ndim != data["dims"] + 1 or x.shape[0] != data["in_chans"] or x.numel() == 0:
         raise ValueError(f"input {p} has shape {tuple(x.shape)}; this run expects {data['in_chans']} channel(s) "
-                         f"and {data['dims']} spatial dim(s)")
+                         f"and {data['dims']} non-empty spatial dim(s)")
     return x[None]

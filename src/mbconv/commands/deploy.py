@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import add_model_arguments, model_from_args, nonnegative_float, positive_int
+from ..cli_args import add_model_arguments, model_from_args, nonnegative_float, positive_int, text
 
 BACKENDS = ("eager", "compile", "onnx", "int8")
 
@@ -118,13 +118,13 @@ def register(add: Any) -> None:
                                    "Runtime against PyTorch")
     add_model_arguments(sp, name="optional", resolution=True)
     sp.add_argument("--threads", type=positive_int, default=1)
-    sp.add_argument("--out", help="output .onnx file")
-    sp.add_argument("--onnx", help="same as --out")
+    sp.add_argument("--out", type=text, help="output .onnx file")
+    sp.add_argument("--onnx", type=text, help="same as --out")
     sp.add_argument("--opset", type=positive_int, default=17)
     sp.add_argument("--static-batch", action="store_true", help="batch axis fixed to 1 (default: dynamic)")
     sp.add_argument("--tol", type=nonnegative_float, default=1e-4, help="max abs diff allowed between ORT and PyTorch")
     sp.add_argument("--int8", action="store_true", help="also quantize to int8 (ORT static QDQ; mbconv.quant)")
-    sp.add_argument("--data", help="calibration dataset for --int8")
+    sp.add_argument("--data", type=text, help="calibration dataset for --int8")
     sp.add_argument("--calib-samples", type=positive_int, default=256)
     sp = add("bench", cmd_bench, "quick inference latency of one model on one backend (see `make bench` for the "
                                  "comparison against timm and ONNX Runtime)")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import finite_float, positive_int
+from ..cli_args import finite_float, positive_int, text
 from ..model_source import model_from_source, run_dataset
 
 
@@ -54,12 +54,12 @@ def cmd_gates(args: argparse.Namespace) -> int:
 def register(add: Any) -> None:
     """Add `gates` to the mbconv CLI."""
     sp = add("gates", cmd_gates, "SE gate statistics of a trained run: per-block table and figures")
-    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    sp.add_argument("--data", help="dataset (default: the run's own)")
+    sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--data", type=text, help="dataset (default: the run's own)")
     sp.add_argument("--split", choices=("test", "train"), default="test")
     sp.add_argument("--max-inputs", type=positive_int, default=None)
     sp.add_argument("--low", type=finite_float, default=0.05, help="suppressed: p99 of the gate below this")
     sp.add_argument("--high", type=finite_float, default=0.95, help="saturated: p1 of the gate above this")
-    sp.add_argument("--out", help="folder for gates.json and figures (default: RUN/gates)")
+    sp.add_argument("--out", type=text, help="folder for gates.json and figures (default: RUN/gates)")
     sp.add_argument("--no-figures", action="store_true")
     sp.add_argument("--json", action="store_true")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import fraction, integer, nonnegative_int, positive_float, positive_int
+from ..cli_args import fraction, integer, nonnegative_int, positive_float, positive_int, text
 from ..model_source import model_from_source, run_dataset
 from ..prune import CRITERIA
 
@@ -96,7 +96,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def register(add: Any) -> None:
     """Add `prune` to the mbconv CLI."""
     sp = add("prune", cmd_prune, "remove expanded channels of MBConv blocks; writes a smaller run")
-    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
     sp.add_argument("--criterion", choices=CRITERIA, required=True)
     sp.add_argument("--ratio", type=fraction, required=True, help="fraction of expanded channels to remove")
     g = sp.add_mutually_exclusive_group()
@@ -112,4 +112,4 @@ def register(add: Any) -> None:
     sp.add_argument("--compensate", action="store_true",
                     help="fold the removed channels' mean contribution into the project BN and SE bias")
     sp.add_argument("--seed", type=integer, default=0)
-    sp.add_argument("--out", required=True, help="new run directory for the pruned model")
+    sp.add_argument("--out", type=text, required=True, help="new run directory for the pruned model")

@@ -16,6 +16,7 @@ from ..cli_args import (
     nonnegative_int,
     positive_float,
     positive_int,
+    text,
 )
 from ..model_source import ModelSource
 
@@ -137,7 +138,7 @@ def cmd_quant_noise(args: argparse.Namespace) -> int:
     import torch
 
     from ..quant.figures import fig_block_sqnr
-    from ..quant.model import compare
+    from ..quant.noise_model import compare
     from ..quant.ptq import ptq
 
     torch.set_num_threads(args.threads)
@@ -238,8 +239,8 @@ def random_model(src: ModelSource) -> tuple[Any, Any, dict]:
 
 # -- registration ------------------------------------------------------------------------------------------
 def _quant_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    sp.add_argument("--data", help="dataset (default: the run's own)")
+    sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--data", type=text, help="dataset (default: the run's own)")
     sp.add_argument("--wbits", type=_bits, default=8, help="weight bits (2-8)")
     sp.add_argument("--abits", type=_bits, default=8, help="activation bits (2-8)")
     sp.add_argument("--per-channel", action="store_true",
@@ -266,21 +267,23 @@ def register(add: Any) -> None:
     sp.add_argument("--qat-epochs", type=nonnegative_int, default=0,
                     help="quantization-aware fine-tuning epochs after PTQ")
     sp.add_argument("--qat-lr", type=positive_float, default=2e-4)
-    sp.add_argument("--out", default="results/quantize", help="folder for JSON and figures")
-    sp.add_argument("--export", metavar="MODEL.onnx", help="also export ORT int8 (QDQ) and time it vs ORT fp32")
+    sp.add_argument("--out", type=text, default="results/quantize", help="folder for JSON and figures")
+    sp.add_argument("--export", type=text, metavar="MODEL.onnx",
+                    help="also export ORT int8 (QDQ) and time it vs ORT fp32")
     sp = add("quant-noise", cmd_quant_noise, "predicted (analytic model, Hutchinson noise gains) vs measured "
                                              "SQNR per block")
     _quant_args(sp)
     sp.add_argument("--no-gains", action="store_true", help="skip the Hutchinson-gain prediction (slow)")
     sp.add_argument("--gain-samples", type=positive_int, default=32)
-    sp.add_argument("--out", default="results/quant_noise")
+    sp.add_argument("--out", type=text, default="results/quant_noise")
     sp = add("int8", cmd_int8, "export to ONNX, quantize to int8 with ONNX Runtime (QDQ, u8/s8, per-channel), "
                                "time ORT int8 vs ORT fp32 (and accuracy for a trained run)")
-    sp.add_argument("--checkpoint", help="trained run (accuracy is measured on its test split)")
-    sp.add_argument("--model", default="efficientnet_b0", help="zoo model with random weights (no --checkpoint)")
+    sp.add_argument("--checkpoint", type=text, help="trained run (accuracy is measured on its test split)")
+    sp.add_argument("--model", type=text, default="efficientnet_b0",
+                    help="zoo model with random weights (no --checkpoint)")
     add_model_arguments(sp, name="none", checkpoint=False, resolution=True)
-    sp.add_argument("--data", help="dataset (default: the run's own)")
-    sp.add_argument("--out", default="results/int8/model.onnx", help="int8 model path (fp32 next to it)")
+    sp.add_argument("--data", type=text, help="dataset (default: the run's own)")
+    sp.add_argument("--out", type=text, default="results/int8/model.onnx", help="int8 model path (fp32 next to it)")
     sp.add_argument("--calib", choices=("minmax", "percentile", "entropy"), default="minmax")
     sp.add_argument("--calib-samples", type=positive_int, default=256)
     sp.add_argument("--batch-sizes", type=int_list, default=(1, 16), help="comma-separated, e.g. 1,16")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import add_model_arguments, model_from_args, positive_int
+from ..cli_args import add_model_arguments, model_from_args, positive_int, text
 
 
 def cmd_roofline(args: argparse.Namespace) -> int:
@@ -82,5 +82,6 @@ def register(add: Any) -> None:
     sp.add_argument("--batch", type=positive_int, default=1)
     sp.add_argument("--rounds", type=positive_int, default=10, help="timed runs (median)")
     sp.add_argument("--top", type=positive_int, default=25, help="rows to print, slowest first")
-    sp.add_argument("--out", help="folder for roofline.json and fig_roofline.png (default results/roofline/NAME)")
+    sp.add_argument("--out", type=text,
+                    help="folder for roofline.json and fig_roofline.png (default results/roofline/NAME)")
 

@@ -8,7 +8,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..cli_args import add_model_arguments, integer, model_from_args, nonnegative_int, positive_float, positive_int
+from ..cli_args import (
+    add_model_arguments,
+    integer,
+    model_from_args,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    text,
+)
 from ..model_source import run_dataset
 
 COLUMNS = (("index", "#", "d"), ("name", "block", ""), ("type", "type", ""), ("in_shape", "in", ""),
@@ -99,8 +107,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("stability", cmd_stability, "per-block gradient norms and Jacobians, and the condition number of a "
                                          "zoo model (at init) or a trained run")
     src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="zoo name or block strings (random inputs, fresh init)")
-    src.add_argument("--checkpoint", help="run or checkpoint directory (its own test data)")
+    src.add_argument("--model", type=text, help="zoo name or block strings (random inputs, fresh init)")
+    src.add_argument("--checkpoint", type=text, help="run or checkpoint directory (its own test data)")
     add_model_arguments(sp, name="none", checkpoint=False, resolution=True)
     sp.add_argument("--batch", type=positive_int, default=8, help="samples for the gradient profile")
     sp.add_argument("--iters", type=positive_int, default=20, help="Lanczos steps where J is too big to build")
@@ -111,8 +119,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     sp = add("scale-search", cmd_scale_search, "EfficientNet step 1: grid-search alpha/beta/gamma under "
                                                "alpha*beta^2*gamma^2 ~ 2 on a proxy task (trains every candidate)")
-    sp.add_argument("--base", default="efficientnet_b0")
-    sp.add_argument("--data", default="mnist5k")
+    sp.add_argument("--base", type=text, default="efficientnet_b0")
+    sp.add_argument("--data", type=text, default="mnist5k")
     sp.add_argument("--quick", action="store_true", help="6-candidate grid, 2 epochs, 1 seed")
     sp.add_argument("--epochs", type=positive_int)
     sp.add_argument("--seeds", type=positive_int)
@@ -120,6 +128,6 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--proxy-width", type=positive_float, default=0.25)
     sp.add_argument("--resolution", type=positive_int, help="proxy input size (default: the data's)")
     sp.add_argument("--tol", type=positive_float, default=0.08, help="allowed relative error of the exact MAC ratio")
-    sp.add_argument("--out", help="run cache (default results/scale_search/...)")
+    sp.add_argument("--out", type=text, help="run cache (default results/scale_search/...)")
     sp.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     sp.add_argument("--json", action="store_true")
