@@ -181,7 +181,7 @@ def test_missing_extra_and_wrong_shape_in_one_error(tmp_path, b0_pair) -> None:
     assert str(path) in msg
     assert "missing (1)" in msg and "stages.1.0.depthwise.bn.running_var" in msg and "blocks.1.0.bn2" in msg
     assert "unexpected (1)" in msg and "blocks.9.0.conv_pw.weight" in msg
-    assert "shape mismatch (1)" in msg and "classifier.weight: ours (10, 1280) vs file (7, 1280)" in msg
+    assert "shape mismatch (1)" in msg and "classifier.weight: ours (10, 1280) vs source (7, 1280)" in msg
     # Nothing was loaded: a failed load leaves the model as it was.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -194,7 +194,7 @@ def test_strict_false_tolerates_missing_and_extra_but_not_shapes(b0_pair) -> Non
     model = load_timm_weights(create_model("tf_efficientnet_b0", num_classes=10), sd, strict=False)
     assert torch.equal(model.stem.conv.weight, ours.stem.conv.weight)
     sd["classifier.bias"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"classifier\.bias: ours \(10,\) vs file \(3,\)"):
+    with pytest.raises(ValueError, match=r"classifier\.bias: ours \(10,\) vs source \(3,\)"):
         load_timm_weights(create_model("tf_efficientnet_b0", num_classes=10), sd, strict=False)
 
 

@@ -1,0 +1,38 @@
+"""Weights from the implementations users have: timm, torchvision, efficientnet_pytorch (and the Lite packages
+built on it), and mbconv's own; their evaluation configs; ImageNet class names.
+
+`load_weights(model, source)` is the one entry point: it recognises the scheme from the keys and maps them by
+the model's structure. One module per scheme holds that scheme's names (`timm_scheme`, `torchvision_scheme`,
+`efficientnet_pytorch_scheme`), each with the other library's models that equal a zoo model ("twins") and what
+differs from the zoo entry. The library needs only torch; timm, torchvision and safetensors are imported when a
+function needs them.
+"""
+
+from __future__ import annotations
+
+from .efficientnet_pytorch_scheme import EFFICIENTNET_PYTORCH
+from .imagenet import imagenet_classes
+from .keymap import KeyMap, Scheme, Twin
+from .loading import load_timm_weights, load_weights, match_twins, resolve_scheme, verify_conventions
+from .pretrained import PretrainedConfig, get_pretrained_config, list_pretrained_configs, resize_crop
+from .schemes import SCHEMES, detect_scheme, find_twin, get_scheme, same_structure, twin_spec
+from .sources import WeightSource, read_state_dict
+from .timm_models import from_timm
+from .timm_scheme import (
+    TIMM,
+    TIMM_CONV_NAMES,
+    mbconv_to_timm_state_dict,
+    module_name_map,
+    timm_block_class,
+    timm_to_mbconv_state_dict,
+)
+from .torchvision_scheme import TORCHVISION
+
+__all__ = [
+    "EFFICIENTNET_PYTORCH", "SCHEMES", "TIMM", "TIMM_CONV_NAMES", "TORCHVISION", "KeyMap", "PretrainedConfig",
+    "Scheme", "Twin", "WeightSource", "detect_scheme", "find_twin", "from_timm", "get_pretrained_config",
+    "get_scheme", "imagenet_classes", "list_pretrained_configs", "load_timm_weights", "load_weights",
+    "match_twins", "mbconv_to_timm_state_dict", "module_name_map", "read_state_dict", "resize_crop",
+    "resolve_scheme", "same_structure", "timm_block_class", "timm_to_mbconv_state_dict", "twin_spec",
+    "verify_conventions",
+]

@@ -1,0 +1,82 @@
+"""Where weights come from: a model object, a state dict, or a file (.pth/.pt/.bin read with weights_only=True,
+.safetensors), unwrapped to one flat {name: tensor} dict.
+
+Training checkpoints wrap the state dict ('state_dict', 'model', 'model_state_dict') and wrapped models prefix
+every key ('module.' from DataParallel/DDP, '_orig_mod.' from torch.compile); both are undone here. `safetensors`
+is imported only for .safetensors files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["WeightSource", "read_state_dict", "read_weights_file", "unwrap_state_dict"]
+
+WeightSource = nn.Module | Mapping[str, Any] | str | os.PathLike
+
+# Keys that wrap the real state dict in training checkpoints (timm's train.py writes 'state_dict').
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+# Prefixes added by DataParallel/DDP and torch.compile; a checkpoint saved from a wrapped model carries them.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_weights_file(path: Path) -> Any:
+    """Load a .safetensors file or a torch checkpoint without running pickled code."""
+    if not path.is_file():
+        raise ValueError(f"cannot read weights from {str(path)!r}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise ImportError("reading .safetensors files needs the 'safetensors' package "
+                              "(pip install safetensors)") from e
+        loader = lambda: load_file(str(path), device="cpu")  # noqa: E731
+    else:
+        # weights_only=True: a checkpoint can hold only tensors and plain containers, never code.
+        loader = lambda: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
+    try:
+        return loader()
+    except Exception as e:  # any reader failure means the file is not usable weights; say which file
+        raise ValueError(f"cannot read weights from {str(path)!r}: {type(e).__name__}: {e}") from e
+
+
+def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
+    """The flat {name: tensor} dict inside a checkpoint (which may wrap it in 'state_dict'/'model')."""
+    for _ in range(4):  # wrappers nest at most a few levels deep
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping) or all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{origin} holds a {type(obj).__name__}, not a state dict of tensors")
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"{origin} is not a state dict of tensors: non-tensor entries {bad}")
+    sd = dict(obj)
+    for prefix in WRAPPER_PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_state_dict(source: WeightSource) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, description for error messages) from a module, a mapping or a file path."""
+    if isinstance(source, nn.Module):
+        return unwrap_state_dict(source, f"module {type(source).__name__}"), f"module {type(source).__name__}"
+    if isinstance(source, Mapping):
+        return unwrap_state_dict(source, "the given state dict"), "the given state dict"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        origin = f"{str(path)!r}"
+        return unwrap_state_dict(read_weights_file(path), origin), origin
+    raise TypeError(f"source must be a model, a state dict or a file path, not {type(source).__name__}")
