@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 from torch import nn
+from twin_check import TOL, randomise_
 
 from mbconv.compat import (
     from_timm,
@@ -22,25 +23,6 @@ timm = pytest.importorskip("timm")
 # One representative per timm family (V2-S at 64 px is the largest; all run in a few seconds on 2 cores).
 FAMILIES = ["efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0", "tf_efficientnetv2_s",
             "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100"]
-TOL = 1e-4
-
-
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN affine params and running stats (and conv biases), so that a BN mapped to the wrong layer,
-    a wrong eps or unused running stats change the output. Ranges keep a random-init net's activations O(1)
-    (with gamma ~ U(0.5, 1.5) V2-S features reach 1e5 and an absolute tolerance would mean nothing)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.3, 0.8, generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-                m.running_mean.normal_(0.0, 0.1, generator=g)
-                m.running_var.uniform_(0.05, 1.5, generator=g)  # small variances make eps errors visible
-                m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.normal_(0.0, 0.1, generator=g)
-    return model
 
 
 def timm_model(name: str, **kw) -> nn.Module:
