@@ -24,13 +24,13 @@ from .cli_args import (
     positive_int,
     text,
 )
-from .commands import deploy, gates, prune, quant, roofline, signals, stability
+from .commands import convert, deploy, gates, prune, quant, roofline, signals, stability
 from .cost import compare_layer, spec_cost
 from .model_source import ModelOverrides, check_size, spec_from_name
 from .spec import NetSpec, feature_levels
 
 # Each module adds its sub-commands with `register(add)`, in this order (the order of `mbconv --help`).
-COMMAND_MODULES = (gates, prune, quant, stability, deploy, signals, roofline)
+COMMAND_MODULES = (gates, prune, quant, stability, deploy, signals, roofline, convert)
 
 
 class CliError(Exception):

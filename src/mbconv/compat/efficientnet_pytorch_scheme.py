@@ -64,10 +64,11 @@ def detect(keys: Collection[str]) -> str | None:
 _DROP_CONNECT = {"drop_path_rate": 0.2}  # TF's drop_connect_rate, training only
 TWINS = tuple(
     [Twin(f"efficientnet-b{i}", f"tf_efficientnet_b{i}", _DROP_CONNECT, f"timm:tf_efficientnet_b{i}.aa_in1k",
-          "TF 'same' padding and TF BN (eps 1e-3) as our tf_ models")
+          f"tf_efficientnet_b{i} (TF 'same' padding, BN eps 1e-3) with stochastic depth 0.2 (training only)")
      for i in range(8)]
     + [Twin(f"efficientnet-lite{i}", f"tf_efficientnet_lite{i}", _DROP_CONNECT, f"timm:tf_efficientnet_lite{i}.in1k",
-            "TF 'same' padding and TF BN (eps 1e-3) as our tf_ models; ReLU6, no SE")
+            f"tf_efficientnet_lite{i} (TF 'same' padding, BN eps 1e-3, ReLU6, no SE) with stochastic depth 0.2 "
+            "(training only)")
        for i in range(5)]
 )
 

@@ -75,7 +75,7 @@ class Twin:
 
     `name`: the other library's model name; `zoo`: our zoo name; `overrides`: NetSpec fields that differ from the
     zoo entry (BN eps/momentum, dropout, stochastic depth); `pretrained`: the key of its evaluation config
-    (`mbconv.compat.pretrained`); `note`: what differs from the zoo entry and why, for messages and docs.
+    (`mbconv.compat.pretrained`); `note`: the zoo entry and what differs from it, for messages and docs.
     """
 
     name: str

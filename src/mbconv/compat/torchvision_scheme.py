@@ -89,15 +89,16 @@ _SD = {"drop_path_rate": 0.2}  # torchvision's stochastic_depth_prob
 _TF_BN = {"norm_eps": 1e-3, "norm_momentum": 0.01}
 TWINS = tuple(
     [Twin(f"efficientnet_b{i}", f"efficientnet_b{i}", _SD, f"torchvision:efficientnet_b{i}",
-          "stochastic depth 0.2 (training only)") for i in range(5)]
+          f"efficientnet_b{i} with stochastic depth 0.2 (training only)") for i in range(5)]
     + [Twin(f"efficientnet_b{i}", f"efficientnet_b{i}", {**_TF_BN, **_SD}, f"torchvision:efficientnet_b{i}",
-            "BN eps 1e-3, momentum 0.01; stochastic depth 0.2") for i in range(5, 8)]
+            f"efficientnet_b{i} with BN eps 1e-3, momentum 0.01; stochastic depth 0.2") for i in range(5, 8)]
     + [Twin(f"efficientnet_v2_{v}", f"efficientnetv2_{v}", {"norm_eps": 1e-3, **_SD, "drop_rate": d},
-            f"torchvision:efficientnet_v2_{v}", f"BN eps 1e-3; dropout {d}; stochastic depth 0.2")
+            f"torchvision:efficientnet_v2_{v}",
+            f"efficientnetv2_{v} with BN eps 1e-3; dropout {d}; stochastic depth 0.2")
        for v, d in (("s", 0.2), ("m", 0.3), ("l", 0.4))]
-    + [Twin("mobilenet_v2", "mobilenetv2_100", {}, "torchvision:mobilenet_v2", "same as the zoo entry")]
+    + [Twin("mobilenet_v2", "mobilenetv2_100", {}, "torchvision:mobilenet_v2", "mobilenetv2_100 as it is")]
     + [Twin(f"mobilenet_v3_{v}", f"mobilenetv3_{v}_100", _TF_BN, f"torchvision:mobilenet_v3_{v}",
-            "BN eps 1e-3, momentum 0.01") for v in ("large", "small")]
+            f"mobilenetv3_{v}_100 with BN eps 1e-3, momentum 0.01") for v in ("large", "small")]
 )
 
 TORCHVISION = Scheme("torchvision", detect, key_map, TWINS)
