@@ -238,7 +238,8 @@ def predict(model: nn.Module, x: torch.Tensor, classes: list[str], top_k: int = 
 
 def read_input(path: str | Path, data: dict[str, Any]) -> torch.Tensor:
     """One input for a run as a (1, C, *spatial) tensor: an image file (png/jpg/...) for 2-D runs, or a .npy
-    array of shape (C, *spatial) or (*spatial) in the training data's raw units for any run."""
+    array of shape (C, *spatial) or (*spatial) in the training data's raw units for any run. A converted pretrained
+    run (`mbconv convert`) resizes and centre-crops it by its evaluation config."""
     import numpy as np
 
     p = Path(path)
@@ -266,4 +267,8 @@ def read_input(path: str | Path, data: dict[str, Any]) -> torch.Tensor:
     if x.ndim != data["dims"] + 1 or x.shape[0] != data["in_chans"] or x.numel() == 0:
         raise ValueError(f"input {p} has shape {tuple(x.shape)}; this run expects {data['in_chans']} channel(s) "
                          f"and {data['dims']} non-empty spatial dim(s)")
+    if data.get("pretrained"):  # a converted pretrained network: its own resize and crop (`preprocess` normalises)
+        from .compat import PretrainedConfig, resize_crop
+
+        return resize_crop(x[None], PretrainedConfig.from_dict(data["pretrained"]))
     return x[None]
