@@ -49,17 +49,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what: str) -> int:
     import torch
 
-    from ..export import export_int8
-
     if args.data:
         from ..data import load_dataset
 
         ds = load_dataset(args.data, "train", resolution=res)
+        if ds.info.in_chans != model.spec.in_chans:  # else ONNX Runtime fails deep inside calibration
+            raise ValueError(f"dataset {args.data!r} has {ds.info.in_chans} channel(s) but {what} takes "
+                             f"{model.spec.in_chans} (in_chans): calibrate on data with {model.spec.in_chans}")
         n = min(len(ds), args.calib_samples)
         calib = torch.stack([ds[i][0] for i in range(n)])
     else:
         calib = torch.randn(args.calib_samples, model.spec.in_chans, *([res] * model.spec.dims))
         print("warning: no --data: calibrating on random inputs (fine for timing, not for accuracy)")
+    from ..export import export_int8
+
     fp32 = export_int8(model, out, calib, res)["path"]
     print(f"{what} -> {fp32} (fp32) -> {out} (int8 QDQ, calibrated on {len(calib)} "
           f"{'samples of ' + args.data if args.data else 'random inputs'})")
