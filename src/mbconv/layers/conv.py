@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .depthwise import DEPTHWISE_CONV
+
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -109,7 +111,9 @@ class ConvNormAct(nn.Module):
         dynamic = opts.padding == "same" and (stride > 1 or kernel % 2 == 0)
         self.pad = SamePad(kernel, stride, opts.dims) if dynamic else nn.Identity()
         padding = 0 if dynamic else (kernel - 1) // 2
-        self.conv = CONV[opts.dims](in_chs, out_chs, kernel, stride, padding, groups=groups, bias=bias)
+        # depthwise layers get the nn.ConvNd subclass with the fast CPU training backward (layers/depthwise.py)
+        conv_cls = DEPTHWISE_CONV[opts.dims] if groups == in_chs == out_chs else CONV[opts.dims]
+        self.conv = conv_cls(in_chs, out_chs, kernel, stride, padding, groups=groups, bias=bias)
         self.bn = NORM[opts.dims](out_chs, eps=opts.norm_eps, momentum=opts.norm_momentum) if norm else nn.Identity()
         self.act = create_act(act)
 

@@ -1,0 +1,346 @@
+"""Depthwise convolution (groups == in == out channels) with its own backward, for training on CPU.
+
+ATen's CPU depthwise backward is the bottleneck of a training step: its weight gradient costs 5-200x the forward
+for 5-tap kernels, and for any kernel on 1x1 / 2x2 maps (measured in `benchmarks/depthwise.py`, numbers in
+docs/bench/depthwise.md). `DepthwiseConv1d/2d/3d` are nn.Conv1d/2d/3d subclasses (same parameters, state-dict
+keys, isinstance checks, surgery and export); when autograd records a CPU training step they run
+`DepthwiseConvFunction`, otherwise the plain `F.convNd` (inference, torch.compile, tracing and ONNX export see
+the ordinary op).
+
+`DepthwiseConvFunction`:
+- crops the kernel to the taps that ever touch the input (a 5-tap kernel on a 1x1 map has one live tap, on a
+  2x2 map three), with padding adjusted so the output is unchanged: the forward and both gradients run a
+  smaller convolution and the dead taps get a zero gradient, exactly what they would get from ATen;
+- grad_input: for stride 1 the forward convolution of grad_output with the flipped kernel (ATen's forward
+  kernels are fast, and its stride-1 input gradient is slower); for stride > 1 ATen's input gradient;
+- grad_weight by `weight_grad_method`: ATen for <= 3-tap kernels on maps of at least 4 per axis (fast there);
+  a single live tap as one product-sum; everything else as one depthwise convolution with batch x channels
+  folded into the groups and grad_output as the per-group kernel, reduced over the batch.
+
+`use_fast_backward(False)` (a context manager) or `set_fast_backward(False)` switches back to ATen's backward, for
+benchmarks and checks on the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+LAST_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+WEIGHT_GRAD_METHODS = ("aten", "fold", "taps")
+INPUT_GRAD_METHODS = ("aten", "flip")
+
+_state = {"enabled": True}
+
+
+# -- the switch ------------------------------------------------------------------------------------------------
+def fast_backward_enabled() -> bool:
+    """Whether depthwise layers use `DepthwiseConvFunction` when training (the default) or ATen's backward."""
+    return _state["enabled"]
+
+
+def set_fast_backward(enabled: bool) -> bool:
+    """Switch the depthwise backward for the whole process; returns the previous setting."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"invalid enabled={enabled!r}: expected True or False")
+    previous, _state["enabled"] = _state["enabled"], enabled
+    return previous
+
+
+@contextlib.contextmanager
+def use_fast_backward(enabled: bool = True) -> Iterator[None]:
+    """Within the block, depthwise layers use our backward (True) or ATen's (False); restored on exit."""
+    previous = set_fast_backward(enabled)
+    try:
+        yield
+    finally:
+        set_fast_backward(previous)
+
+
+# -- geometry: which taps are live -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DepthwisePlan:
+    """The convolution actually run for one input size: per spatial axis the live taps [lo, hi) of the kernel,
+    the input padding (before, after) for that cropped kernel (after < 0 drops unread trailing input), and
+    whether symmetric conv padding (`conv_padding`) gives the same output as that padding."""
+
+    taps: tuple[tuple[int, int], ...]
+    pads: tuple[tuple[int, int], ...]
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    cropped: bool
+    symmetric: bool
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return tuple(hi - lo for lo, hi in self.taps)
+
+    @property
+    def conv_padding(self) -> tuple[int, ...]:
+        return tuple(p[0] for p in self.pads) if self.symmetric else (0,) * len(self.pads)
+
+    def tap_slices(self) -> tuple[slice, ...]:
+        """Index of the live taps in a (C, 1, *kernel) weight."""
+        return (slice(None), slice(None), *(slice(lo, hi) for lo, hi in self.taps))
+
+
+def plan_depthwise(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                   padding: Sequence[int]) -> DepthwisePlan:
+    """The cropped convolution equal to a depthwise conv (dilation 1, symmetric zero `padding`) on `in_size`."""
+    if not len(in_size) == len(kernel) == len(stride) == len(padding):
+        raise ValueError(f"invalid geometry: in_size={tuple(in_size)}, kernel={tuple(kernel)}, "
+                         f"stride={tuple(stride)}, padding={tuple(padding)} must have one entry per axis")
+    taps, pads, out = [], [], []
+    for n, k, s, p in zip(in_size, kernel, stride, padding):
+        o = (n + 2 * p - k) // s + 1
+        if o < 1:
+            raise ValueError(f"invalid input size {tuple(in_size)} for kernel={tuple(kernel)} "
+                             f"padding={tuple(padding)}: the output would be empty")
+        # output i reads input i*s + t - p: tap t is live if that lies in [0, n) for some output i
+        lo, hi = max(0, p - (o - 1) * s), min(k, p + n)
+        if lo >= hi:  # every tap reads padding only (stride > kernel): keep the kernel, nothing to gain
+            lo, hi = 0, k
+        before = p - lo
+        after = (o - 1) * s + (hi - lo) - n - before
+        taps.append((lo, hi))
+        pads.append((before, after))
+        out.append(o)
+    # symmetric padding `before` on both sides gives the same output if the extra right padding is < stride
+    symmetric = all(0 <= b - a < s for (b, a), s in zip(pads, stride))
+    cropped = any((lo, hi) != (0, k) for (lo, hi), k in zip(taps, kernel))
+    return DepthwisePlan(tuple(taps), tuple(pads), tuple(in_size), tuple(out), tuple(stride), cropped, symmetric)
+
+
+def pad_input(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """`x` with explicit zero padding (before, after) per spatial axis; negative `after` drops trailing input."""
+    flat = [v for pair in reversed(pads) for v in pair]  # F.pad wants the last axis first
+    return F.pad(x, flat) if any(flat) else x
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D/5-D tensor laid out channels_last (and not also plain contiguous)."""
+    fmt = LAST_FORMAT.get(x.dim() - 2)
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+# -- the per-shape rules ---------------------------------------------------------------------------------------
+def weight_grad_method(plan: DepthwisePlan) -> str:
+    """'taps' for a single live tap; 'aten' for <= 3-tap (cropped) kernels on maps of >= 4 per axis, where ATen's
+    kernel is fast; 'fold' otherwise. The measurements behind it: docs/bench/depthwise.md."""
+    if math.prod(plan.kernel) == 1:
+        return "taps"
+    if max(plan.kernel) <= 3 and min(plan.in_size) >= 4:
+        return "aten"
+    return "fold"
+
+
+def input_grad_method(plan: DepthwisePlan) -> str:
+    """'flip' (forward conv of grad_output with the flipped kernel) for stride 1, else ATen's input gradient."""
+    return "flip" if all(s == 1 for s in plan.stride) else "aten"
+
+
+# -- the gradients ---------------------------------------------------------------------------------------------
+def conv_input(x: torch.Tensor, plan: DepthwisePlan) -> torch.Tensor:
+    """The tensor the cropped conv reads with `plan.conv_padding`: `x` itself or `x` padded explicitly."""
+    return x if plan.symmetric else pad_input(x, plan.pads)
+
+
+def folded_input(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """`x` (N, C, *S) zero-padded by `pads` as one sample of N*C channels (n major), in one copy. channels_last
+    input gives a channels_last (1, N*C, *S) whose batch stride is the whole tensor: oneDNN took a 10-30x slower
+    kernel for the same layout reached by unsqueezing an (N*C, *S) view."""
+    n, ch, sizes = x.shape[0], x.shape[1], x.shape[2:]
+    padded = [size + b + a for size, (b, a) in zip(sizes, pads)]
+    src = x[(slice(None), slice(None), *(slice(0, size + min(a, 0)) for size, (_, a) in zip(sizes, pads)))]
+    dst = tuple(slice(b, b + size + min(a, 0)) for size, (b, a) in zip(sizes, pads))
+    if is_channels_last(x):
+        buf = x.new_zeros(1, *padded, n, ch)
+        buf[(0, *dst)] = src.movedim(0, -1).movedim(0, -1)  # (*S, N, C)
+        return buf.reshape(1, *padded, n * ch).movedim(-1, 1)
+    return pad_input(x, pads).reshape(1, n * ch, *padded)
+
+
+def input_grad(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: DepthwisePlan,
+               method: str) -> torch.Tensor:
+    """d loss / d x for the cropped conv (weight `w` already cropped to the live taps)."""
+    dims, ch = x.dim() - 2, x.shape[1]
+    if method == "flip":
+        if any(s != 1 for s in plan.stride):
+            raise ValueError(f"invalid method='flip' for stride={plan.stride}: it needs stride 1")
+        # x[u] receives g[u + before - t] * w[t]: a conv of g (padded k-1-before, n-o+before) with w flipped
+        gpads = [(k - 1 - b, n - o + b) for k, (b, _), n, o in zip(plan.kernel, plan.pads, plan.in_size,
+                                                                   plan.out_size)]
+        wf = w.flip(list(range(2, 2 + dims)))
+        if all(a == b >= 0 for a, b in gpads):
+            return CONV_FN[dims](grad_out, wf, None, 1, tuple(a for a, _ in gpads), 1, ch)
+        return CONV_FN[dims](pad_input(grad_out, gpads), wf, None, 1, 0, 1, ch)
+    if method == "aten":
+        xin = conv_input(x, plan)
+        gx = torch.ops.aten.convolution_backward(grad_out, xin, w, None, list(plan.stride),
+                                                 list(plan.conv_padding), [1] * dims, False, [0] * dims, ch,
+                                                 [True, False, False])[0]
+        return gx if plan.symmetric else pad_input(gx, [(-b, -a) for b, a in plan.pads])
+    raise ValueError(f"invalid method={method!r}: expected one of {INPUT_GRAD_METHODS}")
+
+
+def weight_grad(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: DepthwisePlan,
+                method: str) -> torch.Tensor:
+    """d loss / d w for the cropped conv, shaped like the cropped weight `w` (C, 1, *plan.kernel)."""
+    dims, n, ch = x.dim() - 2, x.shape[0], x.shape[1]
+    if method == "aten":
+        return torch.ops.aten.convolution_backward(grad_out, conv_input(x, plan), w, None, list(plan.stride),
+                                                   list(plan.conv_padding), [1] * dims, False, [0] * dims, ch,
+                                                   [False, True, False])[1]
+    if method == "fold":
+        # dW[c, t] = sum_b sum_i xp[b, c, i*s + t] g[b, c, i]: a conv over (b, c) groups whose kernel is g,
+        # dilated by the stride, reduced over b
+        gk = grad_out.reshape(n * ch, 1, *grad_out.shape[2:])
+        o = CONV_FN[dims](folded_input(x, plan.pads), gk, None, 1, 0, plan.stride, n * ch)
+        o = o[(slice(None), slice(None), *(slice(0, k) for k in plan.kernel))]
+        return o.reshape(n, ch, *plan.kernel).sum(0).unsqueeze(1)
+    xp = pad_input(x, plan.pads)  # exactly (o - 1) * s + k long per axis
+    if method == "taps":
+        red = (0, *range(2, 2 + dims))
+        out = grad_out.new_empty(ch, *plan.kernel)
+        for tap in itertools.product(*(range(k) for k in plan.kernel)):
+            view = xp[(slice(None), slice(None), *(slice(t, t + (o - 1) * s + 1, s) for t, o, s in
+                                                   zip(tap, plan.out_size, plan.stride)))]
+            out[(slice(None), *tap)] = (view * grad_out).sum(red)
+        return out.unsqueeze(1)
+    raise ValueError(f"invalid method={method!r}: expected one of {WEIGHT_GRAD_METHODS}")
+
+
+class DepthwiseConvFunction(torch.autograd.Function):
+    """y = depthwise conv(x, weight, bias) with the cropped forward and the per-shape backward above. Written in
+    the torch.func style (forward without ctx, `setup_context`, `jvp`, generated vmap rule), so torch.func.vjp /
+    vmap / jvp and forward-mode AD work through it too."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, ...],
+                padding: tuple[int, ...]) -> torch.Tensor:
+        plan = plan_depthwise(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding)
+        w = weight[plan.tap_slices()] if plan.cropped else weight
+        return CONV_FN[x.dim() - 2](conv_input(x, plan), w, bias, plan.stride, plan.conv_padding, 1, x.shape[1])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, bias, stride, padding = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.plan = plan_depthwise(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding)
+        ctx.padding = tuple(padding)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: torch.Tensor | None, w_t: torch.Tensor | None, b_t: torch.Tensor | None,
+            *_: Any) -> torch.Tensor:
+        """Forward-mode derivative: the conv is bilinear in (x, weight), so dy = conv(dx, w) + conv(x, dw) + db."""
+        x, weight = ctx.saved_tensors
+        conv, stride, padding, ch = CONV_FN[x.dim() - 2], ctx.plan.stride, ctx.padding, x.shape[1]
+        if x_t is None and w_t is None:  # a bias tangent only
+            return conv(x, torch.zeros_like(weight), b_t, stride, padding, 1, ch)
+        out = conv(x_t, weight, b_t, stride, padding, 1, ch) if x_t is not None else None
+        if w_t is not None:
+            t = conv(x, w_t, b_t if out is None else None, stride, padding, 1, ch)
+            out = t if out is None else out + t
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        plan: DepthwisePlan = ctx.plan
+        w = weight[plan.tap_slices()] if plan.cropped else weight
+        fmt = LAST_FORMAT.get(x.dim() - 2)
+        if fmt is not None and is_channels_last(x) and not grad_out.is_contiguous(memory_format=fmt):
+            grad_out = grad_out.contiguous(memory_format=fmt)  # keep the layout the kernels were chosen for
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = input_grad(grad_out, x, w, plan, input_grad_method(plan))
+        if ctx.needs_input_grad[1]:
+            gw_live = weight_grad(grad_out, x, w, plan, weight_grad_method(plan))
+            if plan.cropped:
+                gw = weight.new_zeros(weight.shape)
+                gw[plan.tap_slices()] = gw_live
+            else:
+                gw = gw_live
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad_out.sum((0, *range(2, grad_out.dim())))
+        return gx, gw, gb, None, None
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
+                   padding: Sequence[int]) -> torch.Tensor:
+    """Depthwise conv (dilation 1, zero `padding` per axis) of a batched (N, C, *S) `x` through
+    `DepthwiseConvFunction`; `weight` is (C, 1, *kernel)."""
+    dims = x.dim() - 2
+    if dims not in CONV_FN or weight.shape[:2] != (x.shape[1], 1) or weight.dim() != x.dim():
+        raise ValueError(f"invalid depthwise shapes: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    return DepthwiseConvFunction.apply(x, weight, bias, tuple(stride), tuple(padding))
+
+
+# -- the modules -----------------------------------------------------------------------------------------------
+def is_depthwise(conv: nn.Module) -> bool:
+    """An nn.ConvNd whose every channel is its own group (groups == in == out channels)."""
+    return isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and \
+        conv.groups == conv.in_channels == conv.out_channels
+
+
+def exporting_or_compiling() -> bool:
+    """True while torch.jit, torch.compile / torch.export or the ONNX exporter traces the model."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+
+def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `conv(x)` should run `DepthwiseConvFunction`: switch on, a batched CPU float input, a depthwise
+    conv with dilation 1 and numeric zero padding, and autograd recording a gradient for x or the weight."""
+    return (_state["enabled"] and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.dim() == weight.dim() and is_depthwise(conv) and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and all(d == 1 for d in conv.dilation)
+            and not exporting_or_compiling())
+
+
+class DepthwiseForward:
+    """Mixin for the nn.ConvNd subclasses below: training steps go through `DepthwiseConvFunction`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.ConvNd's argument name)
+        if torch.jit.is_scripting():
+            return self._conv_forward(input, self.weight, self.bias)
+        weight = self.weight  # read once: a parametrization (fake quantization) computes it on access
+        if not fast_path_applies(self, input, weight):
+            return self._conv_forward(input, weight, self.bias)
+        return self.fast_forward(input, weight)
+
+    @torch.jit.unused
+    def fast_forward(self, input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        return depthwise_conv(input, weight, self.bias, self.stride, self.padding)
+
+
+class DepthwiseConv1d(DepthwiseForward, nn.Conv1d):
+    """nn.Conv1d whose depthwise training step uses `DepthwiseConvFunction` (see the module docstring)."""
+
+
+class DepthwiseConv2d(DepthwiseForward, nn.Conv2d):
+    """nn.Conv2d whose depthwise training step uses `DepthwiseConvFunction` (see the module docstring)."""
+
+
+class DepthwiseConv3d(DepthwiseForward, nn.Conv3d):
+    """nn.Conv3d whose depthwise training step uses `DepthwiseConvFunction` (see the module docstring)."""
+
+
+DEPTHWISE_CONV = {1: DepthwiseConv1d, 2: DepthwiseConv2d, 3: DepthwiseConv3d}
