@@ -77,6 +77,7 @@ def convert_weights(source: WeightSource, out: str | Path, model: str | None = N
     """
     sd, origin = read_state_dict(source)
     sch, variant = resolve_scheme(sd, scheme, origin)
+    sd = sch.torch_form(sd)
     spec, twin = _choose_spec(sd, sch, variant, model, origin)
     net = load_state(MBConvNet(spec), sd, origin, sch, variant).eval()
     notes = []

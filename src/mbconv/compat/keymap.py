@@ -90,7 +90,9 @@ class Scheme:
     """A weight-naming scheme: how to recognise its state dicts and how it names the modules of a spec.
 
     `detect(keys)` returns a variant string ('' when the scheme has one layout) or None when the keys are not
-    this scheme's; `key_map(spec, variant)` builds the map; `twins` lists the other library's models by name.
+    this scheme's; `key_map(spec, variant)` builds the map; `twins` lists the other library's models by name;
+    `prepare` turns a detected state dict into torch's layout and leaf names first (Keras: kernels transposed,
+    gamma/beta/moving_* renamed), None when it already is.
     """
 
     name: str
@@ -99,3 +101,8 @@ class Scheme:
     twins: tuple[Twin, ...] = ()
     # Spec fields the weights fix that the keys cannot show (checked against a twin when one matches).
     conventions: tuple[str, ...] = ("padding", "norm_eps", "act", "se_act", "se_gate", "se_position")
+    prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+    def torch_form(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict with torch's tensor layouts and leaf names (see `prepare`)."""
+        return self.prepare(state_dict) if self.prepare else state_dict

@@ -89,12 +89,13 @@ def load_weights(model: MBConvNet, source: WeightSource, strict: bool = True, sc
     """
     sd, origin = read_state_dict(source)
     sch, variant = resolve_scheme(sd, scheme, origin)
-    return load_state(model, sd, origin, sch, variant, strict, check_conventions)
+    return load_state(model, sch.torch_form(sd), origin, sch, variant, strict, check_conventions)
 
 
 def load_state(model: MBConvNet, sd: dict[str, torch.Tensor], origin: str, sch: Scheme, variant: str,
                strict: bool = True, check_conventions: bool = True) -> MBConvNet:
-    """`load_weights` for a state dict already read (`origin` names it in messages) of a known scheme."""
+    """`load_weights` for a state dict already read (`origin` names it in messages) of a known scheme, in torch's
+    form (`Scheme.torch_form`)."""
     spec: NetSpec = model.spec
     km = sch.key_map(spec, variant)
     converted = km.to_ours(sd)
@@ -148,8 +149,8 @@ def io_sizes(sd: dict[str, torch.Tensor], km: KeyMap) -> dict[str, int]:
 
 
 def match_twins(sd: dict[str, torch.Tensor], scheme: Scheme, variant: str) -> list[tuple[Twin, NetSpec]]:
-    """The scheme's twins whose keys and shapes equal the state dict's exactly, each with its spec (num_classes
-    and in_chans taken from the weights)."""
+    """The scheme's twins whose keys and shapes equal the state dict's (in torch's form, `Scheme.torch_form`)
+    exactly, each with its spec (num_classes and in_chans taken from the weights)."""
     modules = {k.rpartition(".")[0] for k in sd}
     out = []
     for twin in scheme.twins:

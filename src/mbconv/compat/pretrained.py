@@ -2,9 +2,10 @@
 
 Values are timm's `pretrained_cfg` (timm 1.0.31) for every zoo name timm knows (its default tag, plus the
 AutoAugment tags `tf_efficientnet_b*.aa_in1k` that efficientnet_pytorch's B weights are), and torchvision's
-`ImageClassification` transforms of each model's DEFAULT weights (torchvision 0.29). They are copied here so the
-library needs neither package; tests/test_pretrained.py checks every row against the installed timm and
-torchvision. `resize` is the shorter side before the centre crop: timm's floor(input_size / crop_pct), or
+`ImageClassification` transforms of each model's DEFAULT weights (torchvision 0.29), and TF-slim's evaluation
+preprocessing for Keras' MobileNetV2. They are copied here so the library needs neither package;
+tests/compat/test_pretrained.py checks every timm and torchvision row against the installed packages. `resize` is
+the shorter side before the centre crop: timm's floor(input_size / crop_pct), or
 torchvision's `resize_size`.
 
 `resize_crop` + `normalize` (= `eval_transform`) reproduce the transform on (N, C, H, W) tensors in [0, 1] with
@@ -153,6 +154,9 @@ _CONFIGS = (
     _row("torchvision:mobilenet_v2.IMAGENET1K_V2", 224, 232, "center", "bilinear"),
     _row("torchvision:mobilenet_v3_large.IMAGENET1K_V2", 224, 232, "center", "bilinear"),
     _row("torchvision:mobilenet_v3_small.IMAGENET1K_V1", 224, 256, "center", "bilinear"),
+    # Keras' MobileNetV2 ImageNet weights come from TF-slim, evaluated with its inception preprocessing: central
+    # crop 0.875, bilinear, pixels scaled to [-1, 1] (keras.applications.mobilenet_v2.preprocess_input).
+    _row("keras:mobilenet_v2", 224, 256, "center", "bilinear", *HALF),
 )
 CONFIGS: dict[str, PretrainedConfig] = {c.key: c for c in _CONFIGS}
 # zoo name -> its timm default tag's config

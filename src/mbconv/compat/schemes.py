@@ -1,7 +1,7 @@
 """The weight-naming schemes mbconv reads, how a state dict's scheme is recognised, and the other libraries'
 models that equal our zoo models (twins), with the spec that reproduces each one exactly.
 
-Schemes: 'mbconv' (our own names), 'timm', 'torchvision', 'efficientnet_pytorch'. A scheme is recognised from
+Schemes: 'mbconv' (our own names), 'timm', 'torchvision', 'efficientnet_pytorch', 'keras'. A scheme is recognised from
 its keys alone (`detect_scheme`); which model of that library the weights belong to is found by structure
 (`mbconv.compat.loading.match_twins`), never from a file name.
 """
@@ -13,6 +13,7 @@ from collections.abc import Collection
 from ..spec import NetSpec, plan_blocks
 from ..zoo import get_spec
 from .efficientnet_pytorch_scheme import EFFICIENTNET_PYTORCH
+from .keras_scheme import KERAS
 from .keymap import KeyMap, Scheme, Twin
 from .timm_scheme import TIMM
 from .torchvision_scheme import TORCHVISION
@@ -26,7 +27,7 @@ def _detect_mbconv(keys: Collection[str]) -> str | None:
 
 MBCONV = Scheme("mbconv", _detect_mbconv, lambda spec, variant: KeyMap({}), conventions=())
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (MBCONV, TIMM, TORCHVISION, EFFICIENTNET_PYTORCH)}
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (MBCONV, TIMM, TORCHVISION, EFFICIENTNET_PYTORCH, KERAS)}
 
 
 def get_scheme(name: str) -> Scheme:

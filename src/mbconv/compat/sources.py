@@ -1,5 +1,5 @@
 """Where weights come from: a model object, a state dict, or a file (.pth/.pt/.bin read with weights_only=True,
-.safetensors), unwrapped to one flat {name: tensor} dict.
+.safetensors, a Keras .h5), unwrapped to one flat {name: tensor} dict.
 
 Training checkpoints wrap the state dict ('state_dict', 'model', 'model_state_dict') and wrapped models prefix
 every key ('module.' from DataParallel/DDP, '_orig_mod.' from torch.compile); both are undone here. `safetensors`
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["WeightSource", "packaged_weights", "read_state_dict", "read_weights_file", "unwrap_state_dict"]
+__all__ = ["WeightSource", "packaged_weights", "read_keras_h5", "read_state_dict", "read_weights_file",
+           "unwrap_state_dict"]
 
 WeightSource = nn.Module | Mapping[str, Any] | str | os.PathLike
 
@@ -30,7 +31,9 @@ def read_weights_file(path: Path) -> Any:
     """Load a .safetensors file or a torch checkpoint without running pickled code."""
     if not path.is_file():
         raise ValueError(f"cannot read weights from {str(path)!r}: no such file")
-    if path.suffix == ".safetensors":
+    if path.suffix in (".h5", ".hdf5"):
+        loader = lambda: read_keras_h5(path)  # noqa: E731
+    elif path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as e:
@@ -44,6 +47,29 @@ def read_weights_file(path: Path) -> Any:
         return loader()
     except Exception as e:  # any reader failure means the file is not usable weights; say which file
         raise ValueError(f"cannot read weights from {str(path)!r}: {type(e).__name__}: {e}") from e
+
+
+def read_keras_h5(path: Path) -> dict[str, torch.Tensor]:
+    """{'layer/var': tensor} from a Keras HDF5 file that names its layers (`model.save('m.h5')`, Keras 2
+    `save_weights('w.h5')`, the keras.applications ImageNet files). Keras 3's `.weights.h5` names layers by class
+    and creation order, not by the model's layer names, so it cannot be mapped without the Keras model."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise ImportError("reading Keras .h5 files needs h5py (pip install h5py)") from e
+    with h5py.File(path, "r") as f:
+        g = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in g.attrs:
+            raise ValueError("a Keras 3 .weights.h5 names layers by class, not by name: load it into its Keras "
+                             "model (model.load_weights) and pass the model")
+        out = {}
+        for layer in g.attrs["layer_names"]:
+            layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+            for wn in g[layer].attrs.get("weight_names", []):
+                wn = wn.decode() if isinstance(wn, bytes) else str(wn)
+                var = wn.rsplit("/", 1)[-1].split(":")[0]  # 'stem_conv/kernel:0' -> 'kernel'
+                out[f"{layer}/{var}"] = torch.as_tensor(g[layer][wn][()])
+        return out
 
 
 def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
@@ -69,7 +95,7 @@ def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".h5")
 
 
 def packaged_weights(package: str) -> Path:
@@ -94,6 +120,12 @@ def packaged_weights(package: str) -> Path:
 
 def read_state_dict(source: WeightSource) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, description for error messages) from a module, a mapping or a file path."""
+    if type(source).__module__.startswith("keras") and hasattr(source, "weights"):
+        # A Keras model (a torch module on the torch backend, whose state dict also holds RNG states): its
+        # variables by path, 'layer/var', on any backend.
+        sd = {w.path: (w.value.detach().clone() if isinstance(w.value, torch.Tensor) else torch.as_tensor(w.numpy()))
+              for w in source.weights}
+        return sd, f"Keras model {source.name!r}"
     if isinstance(source, nn.Module):
         return unwrap_state_dict(source, f"module {type(source).__name__}"), f"module {type(source).__name__}"
     if isinstance(source, Mapping):
