@@ -170,3 +170,49 @@ def test_library_never_reads_the_repository() -> None:
             if needle in text:
                 bad.append(f"{name}: {needle}")
     assert not bad, "library code that reaches into the repository:\n" + "\n".join(bad)
+
+
+# -- the picture in docs/architecture.md ------------------------------------------------------------------------
+DOC = PKG.parents[1] / "docs" / "architecture.md"
+BEGIN, END = "<!-- import-arrows:begin -->", "<!-- import-arrows:end -->"
+
+
+def room(name: str) -> str:
+    """A module's room: its first name below mbconv (a top-level module or a sub-package)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "mbconv"
+
+
+def import_arrows() -> str:
+    """The rooms layer by layer (highest first), each with the rooms it imports (its arrows point down)."""
+    mods = modules()
+    arrows: dict[str, set[str]] = {}
+    for src, dst, _, _ in imports(mods):
+        a, b = room(src), room(dst)
+        if a != b and a != "mbconv" and b != "mbconv":
+            arrows.setdefault(a, set()).add(b)
+    rooms_by_layer: dict[int, set[str]] = {}
+    for m in mods:
+        if room(m) != "mbconv":
+            rooms_by_layer.setdefault(layer_of(m), set()).add(room(m))
+    lines = ["```"]
+    for layer in sorted(rooms_by_layer, reverse=True):
+        for r in sorted(rooms_by_layer[layer]):
+            down = ", ".join(sorted(arrows.get(r, ())))
+            lines.append(f"{layer:>2}  {r:<15}" + (f" -> {down}" if down else "").rstrip())
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def test_architecture_doc_shows_the_current_import_arrows() -> None:
+    text = DOC.read_text()
+    assert BEGIN in text and END in text, f"{DOC} needs the markers {BEGIN} / {END}"
+    shown = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert shown == import_arrows(), "docs/architecture.md is stale: run `python tests/test_architecture.py`"
+
+
+if __name__ == "__main__":  # rewrite the picture in docs/architecture.md
+    text = DOC.read_text()
+    head, rest = text.split(BEGIN, 1)
+    DOC.write_text(head + BEGIN + "\n" + import_arrows() + "\n" + END + rest.split(END, 1)[1])
+    print(import_arrows())
