@@ -22,6 +22,7 @@ from mbconv.layers.depthwise import (
     depthwise_conv,
     fast_backward_enabled,
     input_grad,
+    input_grad_method,
     is_depthwise,
     plan_depthwise,
     set_fast_backward,
@@ -160,6 +161,9 @@ def test_plan_crops_dead_taps():
     assert not big.cropped and big.symmetric and big.conv_padding == (1, 1) and big.out_size == (4, 4)
     assert weight_grad_method(one) == "taps" and weight_grad_method(big) == "aten"
     assert weight_grad_method(plan_depthwise((8, 8), (5, 5), (1, 1), (2, 2))) == "fold"
+    assert weight_grad_method(two) == "fold" and weight_grad_method(two, channels_last=True) == "taps"
+    assert input_grad_method(big) == "aten" and input_grad_method(two) == "flip"
+    assert input_grad_method(strided) == "aten"
 
 
 def test_plan_rejects_bad_geometry():
@@ -181,7 +185,7 @@ def test_dead_taps_get_zero_gradient():
 
 # -- the module --------------------------------------------------------------------------------------------------
 def test_training_uses_our_function_and_switch_restores_aten():
-    conv = DepthwiseConv2d(4, 4, 3, padding=1, groups=4)
+    conv = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     assert type(conv(x).grad_fn).__name__ == "DepthwiseConvFunctionBackward"
     assert fast_backward_enabled()
@@ -192,6 +196,25 @@ def test_training_uses_our_function_and_switch_restores_aten():
     assert set_fast_backward(False) is True and set_fast_backward(True) is False
     with pytest.raises(ValueError, match="invalid enabled='no'"):
         set_fast_backward("no")
+
+
+def test_shapes_where_aten_does_everything_take_the_plain_conv():
+    """k <= 3 on maps >= 4 and nothing to crop: ATen's backward is the rule's pick, so no Function overhead."""
+    conv = DepthwiseConv2d(4, 4, 3, padding=1, groups=4)
+    assert type(conv(torch.randn(2, 4, 6, 6, requires_grad=True)).grad_fn).__name__ == "ConvolutionBackward0"
+    small = conv(torch.randn(2, 4, 2, 2, requires_grad=True))  # 2x2 map: the weight gradient is ours
+    assert type(small.grad_fn).__name__ == "DepthwiseConvFunctionBackward"
+    with pytest.raises(RuntimeError):  # too small for the kernel: nn.ConvNd's own error
+        DepthwiseConv2d(4, 4, 5, groups=4)(torch.randn(1, 4, 3, 3, requires_grad=True))
+
+
+def test_double_backward():
+    torch.manual_seed(0)
+    for k, stride, size in ((5, 1, 4), (5, 2, 5), (3, 1, 2), (5, 1, 1)):
+        x = torch.randn(2, 2, size, size, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(2, 1, k, k, dtype=torch.float64, requires_grad=True)
+        fn = functools.partial(ours_fn, stride=(stride,) * 2, pad=((k - 1) // 2,) * 2)
+        assert torch.autograd.gradgradcheck(fn, (x, w, None), eps=1e-6, atol=1e-5)
 
 
 def test_weight_only_and_input_only_gradients():
@@ -268,8 +291,8 @@ def test_parametrized_weight_trains_through_ours():
         def forward(self, w):
             return w * 0.5
 
-    conv = DepthwiseConv2d(4, 4, 3, padding=1, groups=4)
-    ref = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    conv = DepthwiseConv2d(4, 4, 5, padding=2, groups=4)
+    ref = nn.Conv2d(4, 4, 5, padding=2, groups=4)
     ref.load_state_dict(conv.state_dict())
     parametrize.register_parametrization(conv, "weight", Half())
     parametrize.register_parametrization(ref, "weight", Half())

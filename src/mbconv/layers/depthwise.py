@@ -24,6 +24,7 @@ benchmarks and checks on the same weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 LAST_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
@@ -123,6 +123,9 @@ def plan_depthwise(in_size: Sequence[int], kernel: Sequence[int], stride: Sequen
     return DepthwisePlan(tuple(taps), tuple(pads), tuple(in_size), tuple(out), tuple(stride), cropped, symmetric)
 
 
+cached_plan = functools.lru_cache(maxsize=512)(plan_depthwise)  # for hashable (tuple) arguments
+
+
 def pad_input(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
     """`x` with explicit zero padding (before, after) per spatial axis; negative `after` drops trailing input."""
     flat = [v for pair in reversed(pads) for v in pair]  # F.pad wants the last axis first
@@ -136,22 +139,49 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 # -- the per-shape rules ---------------------------------------------------------------------------------------
-def weight_grad_method(plan: DepthwisePlan) -> str:
-    """'taps' for a single live tap; 'aten' for <= 3-tap (cropped) kernels on maps of >= 4 per axis, where ATen's
-    kernel is fast; 'fold' otherwise. The measurements behind it: docs/bench/depthwise.md."""
-    if math.prod(plan.kernel) == 1:
+def weight_grad_method(plan: DepthwisePlan, channels_last: bool = False) -> str:
+    """'taps' (one product-sum per live tap) for a single live tap, or channels_last maps of <= 2 per axis;
+    'aten' for <= 3-tap (cropped) kernels on maps of >= 4 per axis, where ATen's kernel is fast; 'fold' (one
+    depthwise conv over batch x channel groups) otherwise. Measured in docs/bench/depthwise.md."""
+    if math.prod(plan.kernel) == 1 or (channels_last and max(plan.in_size) <= 2):
         return "taps"
     if max(plan.kernel) <= 3 and min(plan.in_size) >= 4:
         return "aten"
     return "fold"
 
 
-def input_grad_method(plan: DepthwisePlan) -> str:
-    """'flip' (forward conv of grad_output with the flipped kernel) for stride 1, else ATen's input gradient."""
-    return "flip" if all(s == 1 for s in plan.stride) else "aten"
+def own_backward(plan: DepthwisePlan, channels_last: bool = False) -> bool:
+    """Whether `DepthwiseConvFunction` differs from ATen for this plan: a cropped kernel or a weight gradient not
+    by ATen. Otherwise the module runs plain nn.ConvNd (the Function's Python would cost ~0.1 ms a layer)."""
+    return plan.cropped or weight_grad_method(plan, channels_last) != "aten"
+
+
+def input_grad_method(plan: DepthwisePlan, channels_last: bool = False) -> str:
+    """'flip' (forward conv of grad_output with the flipped kernel) for stride 1, else ATen's input gradient
+    (faster here than a zero-inserted or per-phase stride-1 conv); also ATen's where ATen computes the weight
+    gradient, so that one ATen call gives both (a conv call's fixed cost is of the order of a small layer)."""
+    if all(s == 1 for s in plan.stride) and weight_grad_method(plan, channels_last) != "aten":
+        return "flip"
+    return "aten"
 
 
 # -- the gradients ---------------------------------------------------------------------------------------------
+def dw_conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int] | int,
+            padding: Sequence[int] | int) -> torch.Tensor:
+    """Depthwise F.convNd; a single-tap kernel as a per-channel multiply (ATen sends 1x1 depthwise convs with
+    batch < 16 on one thread to its slow per-group kernel: 27 ms for 8 x 96 x 56 x 56, 1.4 ms as a multiply)."""
+    dims = x.dim() - 2
+    if any(k != 1 for k in w.shape[2:]):
+        return CONV_FN[dims](x, w, bias, stride, padding, 1, x.shape[1])
+    stride = (stride,) * dims if isinstance(stride, int) else tuple(stride)
+    padding = (padding,) * dims if isinstance(padding, int) else tuple(padding)
+    xs = pad_input(x, [(p, p) for p in padding])
+    if any(st != 1 for st in stride):
+        xs = xs[(slice(None), slice(None), *(slice(None, None, st) for st in stride))]
+    y = xs * w.reshape(1, -1, *[1] * dims)
+    return y if bias is None else y + bias.reshape(1, -1, *[1] * dims)
+
+
 def conv_input(x: torch.Tensor, plan: DepthwisePlan) -> torch.Tensor:
     """The tensor the cropped conv reads with `plan.conv_padding`: `x` itself or `x` padded explicitly."""
     return x if plan.symmetric else pad_input(x, plan.pads)
@@ -172,10 +202,22 @@ def folded_input(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tens
     return pad_input(x, pads).reshape(1, n * ch, *padded)
 
 
+def aten_grads(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: DepthwisePlan, need_x: bool,
+               need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """ATen's (grad_input, grad_weight) of the cropped conv, each only if asked for."""
+    dims = x.dim() - 2
+    gx, gw, _ = torch.ops.aten.convolution_backward(grad_out, conv_input(x, plan), w, None, list(plan.stride),
+                                                    list(plan.conv_padding), [1] * dims, False, [0] * dims,
+                                                    x.shape[1], [need_x, need_w, False])
+    if gx is not None and not plan.symmetric:  # drop the explicit padding again
+        gx = pad_input(gx, [(-b, -a) for b, a in plan.pads])
+    return gx, gw
+
+
 def input_grad(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: DepthwisePlan,
                method: str) -> torch.Tensor:
     """d loss / d x for the cropped conv (weight `w` already cropped to the live taps)."""
-    dims, ch = x.dim() - 2, x.shape[1]
+    dims = x.dim() - 2
     if method == "flip":
         if any(s != 1 for s in plan.stride):
             raise ValueError(f"invalid method='flip' for stride={plan.stride}: it needs stride 1")
@@ -184,14 +226,10 @@ def input_grad(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: D
                                                                    plan.out_size)]
         wf = w.flip(list(range(2, 2 + dims)))
         if all(a == b >= 0 for a, b in gpads):
-            return CONV_FN[dims](grad_out, wf, None, 1, tuple(a for a, _ in gpads), 1, ch)
-        return CONV_FN[dims](pad_input(grad_out, gpads), wf, None, 1, 0, 1, ch)
+            return dw_conv(grad_out, wf, None, 1, tuple(a for a, _ in gpads))
+        return dw_conv(pad_input(grad_out, gpads), wf, None, 1, 0)
     if method == "aten":
-        xin = conv_input(x, plan)
-        gx = torch.ops.aten.convolution_backward(grad_out, xin, w, None, list(plan.stride),
-                                                 list(plan.conv_padding), [1] * dims, False, [0] * dims, ch,
-                                                 [True, False, False])[0]
-        return gx if plan.symmetric else pad_input(gx, [(-b, -a) for b, a in plan.pads])
+        return aten_grads(grad_out, x, w, plan, True, False)[0]
     raise ValueError(f"invalid method={method!r}: expected one of {INPUT_GRAD_METHODS}")
 
 
@@ -200,9 +238,7 @@ def weight_grad(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: 
     """d loss / d w for the cropped conv, shaped like the cropped weight `w` (C, 1, *plan.kernel)."""
     dims, n, ch = x.dim() - 2, x.shape[0], x.shape[1]
     if method == "aten":
-        return torch.ops.aten.convolution_backward(grad_out, conv_input(x, plan), w, None, list(plan.stride),
-                                                   list(plan.conv_padding), [1] * dims, False, [0] * dims, ch,
-                                                   [False, True, False])[1]
+        return aten_grads(grad_out, x, w, plan, False, True)[1]
     if method == "fold":
         # dW[c, t] = sum_b sum_i xp[b, c, i*s + t] g[b, c, i]: a conv over (b, c) groups whose kernel is g,
         # dilated by the stride, reduced over b
@@ -223,27 +259,20 @@ def weight_grad(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, plan: 
 
 
 class DepthwiseConvFunction(torch.autograd.Function):
-    """y = depthwise conv(x, weight, bias) with the cropped forward and the per-shape backward above. Written in
-    the torch.func style (forward without ctx, `setup_context`, `jvp`, generated vmap rule), so torch.func.vjp /
-    vmap / jvp and forward-mode AD work through it too."""
-
-    generate_vmap_rule = True
+    """y = depthwise conv(x, weight, bias) with the cropped forward and the per-shape backward above, plus a `jvp`
+    for forward-mode AD. Old-style (forward takes ctx): a `setup_context` Function binds its arguments through
+    inspect.signature on every call (+40 us per layer measured); torch.func transforms get the plain conv
+    instead (`fast_path_applies`)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, ...],
-                padding: tuple[int, ...]) -> torch.Tensor:
-        plan = plan_depthwise(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding)
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: tuple[int, ...], padding: tuple[int, ...]) -> torch.Tensor:
+        plan = cached_plan(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding)
         w = weight[plan.tap_slices()] if plan.cropped else weight
-        return CONV_FN[x.dim() - 2](conv_input(x, plan), w, bias, plan.stride, plan.conv_padding, 1, x.shape[1])
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, weight, bias, stride, padding = inputs
         ctx.save_for_backward(x, weight)
         ctx.save_for_forward(x, weight)
-        ctx.plan = plan_depthwise(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding)
-        ctx.padding = tuple(padding)
-        ctx.has_bias = bias is not None
+        ctx.plan, ctx.padding, ctx.has_bias = plan, padding, bias is not None
+        return dw_conv(conv_input(x, plan), w, bias, plan.stride, plan.conv_padding)
 
     @staticmethod
     def jvp(ctx: Any, x_t: torch.Tensor | None, w_t: torch.Tensor | None, b_t: torch.Tensor | None,
@@ -260,19 +289,22 @@ class DepthwiseConvFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         plan: DepthwisePlan = ctx.plan
         w = weight[plan.tap_slices()] if plan.cropped else weight
-        fmt = LAST_FORMAT.get(x.dim() - 2)
-        if fmt is not None and is_channels_last(x) and not grad_out.is_contiguous(memory_format=fmt):
-            grad_out = grad_out.contiguous(memory_format=fmt)  # keep the layout the kernels were chosen for
+        last = is_channels_last(x)
+        if last and not grad_out.is_contiguous(memory_format=LAST_FORMAT[x.dim() - 2]):
+            grad_out = grad_out.contiguous(memory_format=LAST_FORMAT[x.dim() - 2])  # the layout the rule assumes
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = input_grad(grad_out, x, w, plan, input_grad_method(plan))
-        if ctx.needs_input_grad[1]:
-            gw_live = weight_grad(grad_out, x, w, plan, weight_grad_method(plan))
+        need_x, need_w = ctx.needs_input_grad[:2]
+        wm, im = weight_grad_method(plan, last), input_grad_method(plan, last)
+        if need_x and need_w and wm == im == "aten":
+            gx, gw_live = aten_grads(grad_out, x, w, plan, True, True)  # one ATen call for both
+        else:
+            gx = input_grad(grad_out, x, w, plan, im) if need_x else None
+            gw_live = weight_grad(grad_out, x, w, plan, wm) if need_w else None
+        if need_w:
             if plan.cropped:
                 gw = weight.new_zeros(weight.shape)
                 gw[plan.tap_slices()] = gw_live
@@ -300,9 +332,18 @@ def is_depthwise(conv: nn.Module) -> bool:
         conv.groups == conv.in_channels == conv.out_channels
 
 
-def exporting_or_compiling() -> bool:
-    """True while torch.jit, torch.compile / torch.export or the ONNX exporter traces the model."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+def exporting_or_transforming() -> bool:
+    """True while torch.jit, torch.compile / torch.export or the ONNX exporter traces the model, or inside a
+    torch.func transform (vjp, vmap, jacrev, ...)."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+                or functorch_active())
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform is running (torch has no public query; True if the query is missing, so
+    an unknown torch takes the plain conv)."""
+    query = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if query is None else bool(query())
 
 
 def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -312,23 +353,30 @@ def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) ->
             and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and x.dim() == weight.dim() and is_depthwise(conv) and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and all(d == 1 for d in conv.dilation)
-            and not exporting_or_compiling())
+            and not exporting_or_transforming())
 
 
 class DepthwiseForward:
-    """Mixin for the nn.ConvNd subclasses below: training steps go through `DepthwiseConvFunction`."""
+    """Mixin for the nn.ConvNd subclasses below: training steps go through `DepthwiseConvFunction` where it
+    changes something (`own_backward`); everything else is nn.ConvNd's forward."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.ConvNd's argument name)
         if torch.jit.is_scripting():
             return self._conv_forward(input, self.weight, self.bias)
-        weight = self.weight  # read once: a parametrization (fake quantization) computes it on access
-        if not fast_path_applies(self, input, weight):
-            return self._conv_forward(input, weight, self.bias)
-        return self.fast_forward(input, weight)
+        return self.eager_forward(input)
 
     @torch.jit.unused
-    def fast_forward(self, input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: A002
-        return depthwise_conv(input, weight, self.bias, self.stride, self.padding)
+    def eager_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        weight = self.weight  # read once: a parametrization (fake quantization) computes it on access
+        if fast_path_applies(self, input, weight):
+            try:
+                plan = cached_plan(tuple(input.shape[2:]), self.kernel_size, self.stride, self.padding)
+            except ValueError:  # input too small for the kernel: let nn.ConvNd raise its usual error
+                plan = None
+            if plan is not None and own_backward(plan, is_channels_last(input)):
+                # shapes are the module's own: straight to the Function (its Python costs add up over a net)
+                return DepthwiseConvFunction.apply(input, weight, self.bias, self.stride, self.padding)
+        return self._conv_forward(input, weight, self.bias)
 
 
 class DepthwiseConv1d(DepthwiseForward, nn.Conv1d):

@@ -1,0 +1,355 @@
+"""Depthwise training speed on CPU: our depthwise backward (`mbconv.layers.depthwise`) against ATen's, per layer
+and per training step, and the training step against timm's same network.
+
+    .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2] [--sections layers,methods,step]
+                                             [--models tour,b0,mnist1d] [--out results/bench/depthwise.json]
+
+Sections (each model: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64, channels_last; b0 = B0 at
+224 px, batch 8, channels_last; mnist1d = the MNIST-1D net `mbconv1d_se4`, length 40, batch 64):
+
+- layers: every distinct depthwise layer of the model (input shape, kernel, stride as in the network), forward +
+  backward of one `DepthwiseConvNd` module with the fast backward on (ours) and off (ATen, same weights), and
+  ATen's forward alone for scale;
+- methods: per layer, each weight-gradient method (aten / fold / taps) and input-gradient method (aten / flip)
+  of the cropped convolution alone, with the one `weight_grad_method` / `input_grad_method` picks: the
+  measurements behind the per-shape rule;
+- step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours,
+  ours with ATen's depthwise backward (`use_fast_backward(False)`, a deep copy with the same weights), and for
+  tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`).
+
+Every timing is interleaved: each round runs every variant once (`inner` calls), in an order rotated by one each
+round, so machine noise hits all variants alike. Ratios are per round (theirs / ours; > 1: ours faster), shown as
+median (min-max). Every sample is printed (ms) and written to the JSON file.
+
+On a shared machine pin the run to one core and one thread: `taskset -c 1 ... --threads 1`. `--quick` (few
+rounds) takes under 2 minutes on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import functools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.run import build_pair, ratio_stats
+from mbconv.layers.depthwise import (
+    DEPTHWISE_CONV,
+    INPUT_GRAD_METHODS,
+    WEIGHT_GRAD_METHODS,
+    input_grad,
+    input_grad_method,
+    is_channels_last,
+    is_depthwise,
+    plan_depthwise,
+    use_fast_backward,
+    weight_grad,
+    weight_grad_method,
+)
+
+MODELS: dict[str, dict[str, Any]] = {
+    "tour": dict(label="tour model (B0 x0.5, 1 ch, 32 px, batch 64)", name="efficientnet_b0", res=32,
+                 in_chans=1, classes=10, width=0.5, batch=64, dims=2, timm="tour"),
+    "b0": dict(label="EfficientNet-B0 (224 px, batch 8)", name="efficientnet_b0", res=224, in_chans=3,
+               classes=1000, width=1.0, batch=8, dims=2, timm="b0"),
+    "mnist1d": dict(label="MNIST-1D net mbconv1d_se4 (length 40, batch 64)", name="mbconv1d_se4", res=40,
+                    in_chans=1, classes=10, width=1.0, batch=64, dims=1, timm=None),
+    "mbconv3d": dict(label="3-D net mbconv3d_small (16^3, batch 8)", name="mbconv3d_small", res=16, in_chans=1,
+                     classes=10, width=1.0, batch=8, dims=3, timm=None),
+}
+LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+_layout = {"last": True}
+
+
+def build_ours(key: str) -> nn.Module:
+    """Our model for `key` (train mode, in the benchmark's layout), seeded."""
+    from mbconv import create_model
+
+    c = MODELS[key]
+    torch.manual_seed(0)
+    over = dict(width_mult=c["width"]) if c["width"] != 1.0 else {}
+    model = create_model(c["name"], num_classes=c["classes"], in_chans=c["in_chans"], **over)
+    return to_layout(model.train(), c["dims"])
+
+
+def to_layout(obj: Any, dims: int) -> Any:
+    """channels_last(_3d) for 2-D/3-D models and tensors (as the trainer runs 2-D ones) unless `--contiguous`."""
+    return obj.to(memory_format=LAST[dims]) if dims in LAST and _layout["last"] else obj
+
+
+def model_input(key: str, batch: int | None = None) -> torch.Tensor:
+    c = MODELS[key]
+    x = torch.randn(batch or c["batch"], c["in_chans"], *[c["res"]] * c["dims"])
+    return to_layout(x, c["dims"])
+
+
+def depthwise_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Distinct depthwise layer configurations met by a forward of `model` on `x`, in network order, with counts."""
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        key = (tuple(inp[0].shape), mod.kernel_size, mod.stride, mod.padding)
+        if key in seen:
+            seen[key]["count"] += 1
+        else:
+            seen[key] = dict(shape=tuple(inp[0].shape), kernel=mod.kernel_size, stride=mod.stride,
+                             padding=mod.padding, count=1)
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if is_depthwise(m) and m.groups > 1]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return list(seen.values())
+
+
+def layer_label(cfg: dict[str, Any]) -> str:
+    n, c, *sp = cfg["shape"]
+    return (f"N{n} C{c} {'x'.join(map(str, sp))} k{cfg['kernel'][0]} s{cfg['stride'][0]}"
+            + (f" (x{cfg['count']})" if cfg["count"] > 1 else ""))
+
+
+def layer_tensors(cfg: dict[str, Any], dims: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """(module, input requiring grad, grad_output) for one depthwise layer configuration."""
+    c = cfg["shape"][1]
+    m = DEPTHWISE_CONV[dims](c, c, cfg["kernel"], cfg["stride"], cfg["padding"], groups=c, bias=False)
+    m = to_layout(m, dims)
+    x = to_layout(torch.randn(cfg["shape"]), dims).requires_grad_()
+    with torch.no_grad():
+        g = torch.randn_like(m(x))
+    return m, x, g
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = {"name": "wall"}
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, inner: int, warmup: int = 2
+                ) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round; every round runs each variant `inner` times, in
+    an order rotated by one each round. The clock is `--clock`: wall time, or this process's CPU time (on a
+    shared core, time spent descheduled is not counted; with N threads it sums their CPU time)."""
+    clock = CLOCKS[_clock["name"]]
+    names = list(variants)
+    for _ in range(warmup):
+        for n in names:
+            variants[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            fn = variants[n]
+            t0 = clock()
+            for _ in range(inner):
+                fn()
+            times[n].append((clock() - t0) / inner)
+    return times
+
+
+def describe(key: str) -> str:
+    c = MODELS[key]
+    layout = "channels_last" if c["dims"] in LAST and _layout["last"] else "contiguous"
+    return f"{c['label']}, {layout}, {torch.get_num_threads()} thread(s), {_clock['name']} clock"
+
+
+def fmt_ms(ts: list[float]) -> str:
+    return " ".join(f"{t * 1e3:.2f}" for t in ts)
+
+
+def fmt_ratio(s: dict[str, float]) -> str:
+    return f"x{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+
+
+# -- sections --------------------------------------------------------------------------------------------------
+def time_layer(cfg: dict[str, Any], dims: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call: forward + backward with our backward ('ours') and ATen's ('aten'); ATen forward ('fwd')."""
+    m, x, g = layer_tensors(cfg, dims)
+
+    def step(fast: bool) -> None:
+        with use_fast_backward(fast):
+            x.grad = m.weight.grad = None
+            m(x).backward(g)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            m(x)
+
+    return interleaved({"ours": lambda: step(True), "aten": lambda: step(False), "fwd": fwd}, rounds,
+                       inner=inner_for(lambda: step(False)))
+
+
+def section_layers(key: str, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    c = MODELS[key]
+    rows = []
+    log(f"\n### per layer, forward + backward: {describe(key)}")
+    log("| layer | ATen fwd ms | ATen fwd+bwd ms | ours fwd+bwd ms | ATen/ours per round |")
+    log("|---|---|---|---|---|")
+    for cfg in depthwise_layers(build_ours(key), model_input(key)):
+        t = time_layer(cfg, c["dims"], rounds)
+        r = ratio_stats(t["aten"], t["ours"])
+        med = {k: statistics.median(v) for k, v in t.items()}
+        log(f"| {layer_label(cfg)} | {med['fwd'] * 1e3:.2f} | {med['aten'] * 1e3:.2f} | {med['ours'] * 1e3:.2f} "
+            f"| {fmt_ratio(r)} |")
+        rows.append(dict(cfg, shape=list(cfg["shape"]), times=t, ratio=r))
+    tot = {k: sum(statistics.median(row["times"][k]) * row["count"] for row in rows) for k in ("aten", "ours")}
+    log(f"sum over the network's depthwise layers (x count): ATen {tot['aten'] * 1e3:.1f} ms, ours "
+        f"{tot['ours'] * 1e3:.1f} ms, x{tot['aten'] / tot['ours']:.2f}")
+    return rows
+
+
+def time_methods(cfg: dict[str, Any], dims: int, rounds: int) -> tuple[Any, set[str], dict[str, list[float]]]:
+    """(plan, the rule's picks, seconds per call of every gradient method of the cropped conv: 'w_<method>',
+    'i_<method>')."""
+    m, x, g = layer_tensors(cfg, dims)
+    x = x.detach()
+    plan = plan_depthwise(tuple(x.shape[2:]), cfg["kernel"], cfg["stride"], cfg["padding"])
+    last = is_channels_last(x)
+    picks = {f"w_{weight_grad_method(plan, last)}", f"i_{input_grad_method(plan, last)}"}
+    w = m.weight.detach()[plan.tap_slices()]
+    v: dict[str, Callable[[], Any]] = {}
+    for k in WEIGHT_GRAD_METHODS:
+        v[f"w_{k}"] = functools.partial(weight_grad, g, x, w, plan, k)
+    for k in INPUT_GRAD_METHODS:
+        if k != "flip" or all(s == 1 for s in plan.stride):
+            v[f"i_{k}"] = functools.partial(input_grad, g, x, w, plan, k)
+    fns = list(v.values())
+    return plan, picks, interleaved(v, rounds, inner=inner_for(lambda: [f() for f in fns]))
+
+
+def method_cell(med: dict[str, float], k: str, picks: set[str]) -> str:
+    """One table cell: median ms, '*' when the rule picks it, bold when it is the fastest of its kind."""
+    if k not in med:
+        return "-"
+    best = min(v for n, v in med.items() if n[:2] == k[:2])
+    s = f"{med[k] * 1e3:.2f}" + ("*" if k in picks else "")
+    return f"**{s}**" if med[k] == best else s
+
+
+def section_methods(key: str, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    c = MODELS[key]
+    rows = []
+    log(f"\n### gradient methods of the cropped conv (ms, median): {describe(key)}; * = the rule's pick, "
+        "best in bold")
+    log("| layer | live kernel | " + " | ".join(f"dW {m}" for m in WEIGHT_GRAD_METHODS) + " | "
+        + " | ".join(f"dX {m}" for m in INPUT_GRAD_METHODS) + " |")
+    log("|---|---|" + "---|" * (len(WEIGHT_GRAD_METHODS) + len(INPUT_GRAD_METHODS)))
+    for cfg in depthwise_layers(build_ours(key), model_input(key)):
+        plan, picks, t = time_methods(cfg, c["dims"], rounds)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        cells = [method_cell(med, f"w_{k}", picks) for k in WEIGHT_GRAD_METHODS]
+        cells += [method_cell(med, f"i_{k}", picks) for k in INPUT_GRAD_METHODS]
+        log(f"| {layer_label(cfg)} | {'x'.join(map(str, plan.kernel))} | " + " | ".join(cells) + " |")
+        rows.append(dict(cfg, shape=list(cfg["shape"]), live_kernel=plan.kernel, times=t, picks=sorted(picks)))
+    return rows
+
+
+def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool | None) -> Callable[[], None]:
+    """One SGD step of `model`; `fast` sets our depthwise backward on/off for the step (None: leave it)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        with contextlib.nullcontext() if fast is None else use_fast_backward(fast):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+    return step
+
+
+def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    c = MODELS[key]
+    if c["timm"]:
+        ours, theirs = build_pair(c["timm"])  # same weights, outputs checked equal
+        theirs = to_layout(theirs.train(), c["dims"])
+        ours = to_layout(ours.train(), c["dims"])
+    else:
+        ours, theirs = build_ours(key), None
+    aten = copy.deepcopy(ours)
+    x = model_input(key)
+    y = torch.randint(0, c["classes"], (x.shape[0],))
+    v = {"ours": train_step_fn(ours, x, y, True), "ours, ATen depthwise": train_step_fn(aten, x, y, False)}
+    if theirs is not None:
+        v["timm"] = train_step_fn(theirs, x, y, None)
+    t = interleaved(v, rounds, inner=1, warmup=2)
+    log(f"\n### training step (SGD): {describe(key)}, {rounds} rounds")
+    for k, ts in t.items():
+        log(f"{k:>22}: median {statistics.median(ts) * 1e3:.1f} ms; samples {fmt_ms(ts)}")
+    ratios = {other: ratio_stats(t[other], t["ours"]) for other in t if other != "ours"}
+    for other, r in ratios.items():
+        log(f"{other} / ours per round: {fmt_ratio(r)}")
+    return dict(times=t, ratios=ratios)
+
+
+def inner_for(fn: Callable[[], Any], target_s: float = 0.01) -> int:
+    """Calls per timed sample so one sample lasts about `target_s` (small layers are otherwise timer noise)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return max(1, min(200, int(target_s / max(time.perf_counter() - t0, 1e-6))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="few rounds (under 2 minutes on one core)")
+    ap.add_argument("--threads", default="1", help="comma-separated thread counts, each run in turn (default 1)")
+    ap.add_argument("--sections", default="layers,methods,step")
+    ap.add_argument("--models", default="tour,b0,mnist1d", help=f"some of {sorted(MODELS)}")
+    ap.add_argument("--contiguous", action="store_true", help="NCHW models and inputs instead of channels_last")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per timing (default 15; 10 for steps)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time (default) or process CPU time (for one thread on a shared core)")
+    ap.add_argument("--out", default="results/bench/depthwise.json")
+    args = ap.parse_args(argv)
+    _clock["name"] = args.clock
+    _layout["last"] = not args.contiguous
+    sections = [s for s in args.sections.split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in ("layers", "methods", "step")]
+    if bad:
+        ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"invalid --threads {args.threads!r}: expected comma-separated integers")
+    lines: list[str] = []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    t_start = time.perf_counter()
+    log(f"# depthwise benchmark: torch {torch.__version__}, threads {threads}, clock {args.clock}, "
+        f"quick={args.quick}")
+    result: dict[str, Any] = {"torch": torch.__version__, "quick": args.quick, "clock": args.clock, "runs": {}}
+    for th in threads:
+        torch.set_num_threads(th)
+        for key in models:
+            run: dict[str, Any] = {}
+            if "layers" in sections:
+                run["layers"] = section_layers(key, args.rounds or (3 if args.quick else 15), log)
+            if "methods" in sections:
+                run["methods"] = section_methods(key, args.rounds or (3 if args.quick else 15), log)
+            if "step" in sections:
+                quick_rounds = 3 if key == "b0" else 5
+                run["step"] = section_step(key, args.rounds or (quick_rounds if args.quick else 10), log)
+            result["runs"][f"{key}@{th}"] = run
+    log(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.txt')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
