@@ -345,7 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mbconv` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        # argparse (3.11) turns the value of `--flag=--` into [] and skips its type check: refuse it here
+        dashes = next((a for a in argv if a.startswith("-") and a.endswith("=--")), None)
+        if dashes:
+            raise CliError(f"argument {dashes[:-3]}: expected a value, got '--'")
         args = parser.parse_args(argv)
         return int(args.fn(args) or 0)
     except (CliError, ValueError, OSError, KeyError) as e:  # OSError: unreadable paths (missing, a folder, ...)

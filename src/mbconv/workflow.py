@@ -195,10 +195,16 @@ def load_run(path: str | Path) -> tuple[MBConvNet, dict[str, Any], Path]:
 
     ck = find_checkpoint(path)
     meta = read_meta(ck)
-    run = meta.get("spec") or {}
-    if "net" not in run:
+    run = (meta.get("spec") if isinstance(meta, dict) else None) or {}
+    if not isinstance(run, dict) or "net" not in run:
         raise ValueError(f"{ck} has no network spec in meta.json: not an mbconv run checkpoint")
-    model = MBConvNet(NetSpec.from_dict(run["net"]))
+    if not isinstance(run["net"], dict):
+        raise ValueError(f"{ck}: the network spec in meta.json is a {type(run['net']).__name__}, not a mapping")
+    try:
+        spec = NetSpec.from_dict(run["net"])
+    except (TypeError, ValueError) as e:  # a hand-edited or corrupt meta.json: say which file
+        raise ValueError(f"{ck}: bad network spec in meta.json: {e}") from None
+    model = MBConvNet(spec)
     load_weights(ck, model)
     return model.eval(), run, ck
 
