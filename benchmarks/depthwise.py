@@ -93,16 +93,18 @@ def model_input(key: str, batch: int | None = None) -> torch.Tensor:
 
 
 def depthwise_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """Distinct depthwise layer configurations met by a forward of `model` on `x`, in network order, with counts."""
+    """Distinct depthwise layer configurations met by a forward of `model` on `x`, in network order, with counts
+    and the memory layout the input has there (a channels_last model's activations need not all be)."""
     seen: dict[tuple, dict[str, Any]] = {}
 
     def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        key = (tuple(inp[0].shape), mod.kernel_size, mod.stride, mod.padding)
+        last = is_channels_last(inp[0])
+        key = (tuple(inp[0].shape), mod.kernel_size, mod.stride, mod.padding, last)
         if key in seen:
             seen[key]["count"] += 1
         else:
             seen[key] = dict(shape=tuple(inp[0].shape), kernel=mod.kernel_size, stride=mod.stride,
-                             padding=mod.padding, count=1)
+                             padding=mod.padding, count=1, last=last)
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if is_depthwise(m) and m.groups > 1]
     with torch.no_grad():
@@ -114,7 +116,8 @@ def depthwise_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
 
 def layer_label(cfg: dict[str, Any]) -> str:
     n, c, *sp = cfg["shape"]
-    return (f"N{n} C{c} {'x'.join(map(str, sp))} k{cfg['kernel'][0]} s{cfg['stride'][0]}"
+    layout = "" if len(sp) == 1 or cfg["last"] == _layout["last"] else (" CL" if cfg["last"] else " NC")
+    return (f"N{n} C{c} {'x'.join(map(str, sp))} k{cfg['kernel'][0]} s{cfg['stride'][0]}{layout}"
             + (f" (x{cfg['count']})" if cfg["count"] > 1 else ""))
 
 
@@ -123,7 +126,8 @@ def layer_tensors(cfg: dict[str, Any], dims: int) -> tuple[nn.Module, torch.Tens
     c = cfg["shape"][1]
     m = DEPTHWISE_CONV[dims](c, c, cfg["kernel"], cfg["stride"], cfg["padding"], groups=c, bias=False)
     m = to_layout(m, dims)
-    x = to_layout(torch.randn(cfg["shape"]), dims).requires_grad_()
+    x = torch.randn(cfg["shape"])
+    x = (x.contiguous(memory_format=LAST[dims]) if cfg["last"] else x).requires_grad_()
     with torch.no_grad():
         g = torch.randn_like(m(x))
     return m, x, g

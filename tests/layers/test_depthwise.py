@@ -164,6 +164,8 @@ def test_plan_crops_dead_taps():
     assert weight_grad_method(two) == "fold" and weight_grad_method(two, channels_last=True) == "taps"
     assert input_grad_method(big) == "aten" and input_grad_method(two) == "flip"
     assert input_grad_method(strided) == "aten"
+    assert weight_grad_method(plan_depthwise((8,) * 3, (3,) * 3, (1,) * 3, (1,) * 3)) == "fold"
+    assert weight_grad_method(plan_depthwise((8,) * 3, (3,) * 3, (2,) * 3, (1,) * 3)) == "aten"
 
 
 def test_plan_rejects_bad_geometry():

@@ -141,10 +141,13 @@ def is_channels_last(x: torch.Tensor) -> bool:
 # -- the per-shape rules ---------------------------------------------------------------------------------------
 def weight_grad_method(plan: DepthwisePlan, channels_last: bool = False) -> str:
     """'taps' (one product-sum per live tap) for a single live tap, or channels_last maps of <= 2 per axis;
-    'aten' for <= 3-tap (cropped) kernels on maps of >= 4 per axis, where ATen's kernel is fast; 'fold' (one
-    depthwise conv over batch x channel groups) otherwise. Measured in docs/bench/depthwise.md."""
+    'aten' where ATen's kernel is fast: 1-D/2-D kernels of <= 3 taps on maps of >= 4 per axis, and strided 3-D
+    (where the fold's dilated 3-D conv is slow); 'fold' (one depthwise conv over batch x channel groups)
+    otherwise. Measured in docs/bench/depthwise.md (one thread)."""
     if math.prod(plan.kernel) == 1 or (channels_last and max(plan.in_size) <= 2):
         return "taps"
+    if len(plan.kernel) == 3:
+        return "aten" if any(s > 1 for s in plan.stride) else "fold"
     if max(plan.kernel) <= 3 and min(plan.in_size) >= 4:
         return "aten"
     return "fold"
