@@ -54,8 +54,8 @@ def _chapter_quant(ctx: TourContext) -> None:
     from ..export import int8_benchmark
     from ..quant.figures import fig_block_sqnr, fig_site_sqnr
     from ..quant.insert import QuantConfig
-    from ..quant.noise_model import compare
     from ..quant.noise import measure_sqnr
+    from ..quant.noise_model import compare
     from ..quant.ptq import ptq
     from ..train import evaluate
     from ..workflow import load_run
