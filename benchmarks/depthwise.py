@@ -2,27 +2,32 @@
 and per training step, and the training step against timm's same network.
 
     .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2] [--sections layers,methods,step]
-                                             [--models tour,b0,mnist1d] [--out results/bench/depthwise.json]
+        [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
-Sections (each model: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64, channels_last; b0 = B0 at
-224 px, batch 8, channels_last; mnist1d = the MNIST-1D net `mbconv1d_se4`, length 40, batch 64):
+Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
+batch 8; mnist1d = the MNIST-1D net `mbconv1d_se4`, length 40, batch 64; mbconv3d = `mbconv3d_small` at 16^3,
+batch 8 (not in the default list). 2-D/3-D models run channels_last as the trainer runs them (`--contiguous`:
+NCHW).
 
-- layers: every distinct depthwise layer of the model (input shape, kernel, stride as in the network), forward +
-  backward of one `DepthwiseConvNd` module with the fast backward on (ours) and off (ATen, same weights), and
-  ATen's forward alone for scale;
+Sections:
+- layers: every distinct depthwise layer of the model (input shape and layout as the network feeds it, kernel,
+  stride), forward + backward of one `DepthwiseConvNd` module with our backward on (ours) and off (ATen, same
+  weights), and ATen's forward alone for scale;
 - methods: per layer, each weight-gradient method (aten / fold / taps) and input-gradient method (aten / flip)
-  of the cropped convolution alone, with the one `weight_grad_method` / `input_grad_method` picks: the
-  measurements behind the per-shape rule;
+  of the cropped convolution alone, marked where the rule (`weight_grad_method` / `input_grad_method`) picks
+  it: the measurements behind the per-shape rule;
 - step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours,
   ours with ATen's depthwise backward (`use_fast_backward(False)`, a deep copy with the same weights), and for
-  tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`).
+  tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal).
 
 Every timing is interleaved: each round runs every variant once (`inner` calls), in an order rotated by one each
 round, so machine noise hits all variants alike. Ratios are per round (theirs / ours; > 1: ours faster), shown as
-median (min-max). Every sample is printed (ms) and written to the JSON file.
+median (min-max). Step samples are printed (ms); every sample goes to the JSON file, the printed tables to the
+.txt beside it.
 
-On a shared machine pin the run to one core and one thread: `taskset -c 1 ... --threads 1`. `--quick` (few
-rounds) takes under 2 minutes on one core.
+On a shared machine pin the run to one core and one thread and count CPU time (time spent descheduled is then
+not counted): `taskset -c 1 .venv/bin/python -m benchmarks.depthwise --threads 1 --clock cpu`. On a quiet machine
+use the wall clock (the default) and 2 threads. `--quick` (3-5 rounds) takes about a minute on one core.
 """
 
 from __future__ import annotations
