@@ -11,7 +11,7 @@ from typing import Any
 
 from ..cli_args import add_model_arguments, model_from_args, nonnegative_float, positive_int, text
 
-BACKENDS = ("eager", "compile", "onnx", "int8")
+BACKENDS = ("eager", "compile", "onnx", "int8", "executorch", "executorch-int8")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -21,12 +21,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     out = args.out or args.onnx
+    suffix = "." + args.format
     if not out:
-        raise ValueError("give the output file: --out model.onnx")
-    if not str(out).endswith(".onnx"):
-        raise ValueError(f"output {out} should end in .onnx")
+        raise ValueError(f"give the output file: --out model{suffix}")
+    if not str(out).endswith(suffix):
+        raise ValueError(f"output {out} should end in {suffix}")
     src = model_from_args(args)
     model, res, what = src.model, src.resolution, src.description
+    if args.format == "pte":
+        return _export_pte(args, model, res, out, what)
     if args.int8:
         return _export_int8(args, model, res, out, what)
     t0 = time.perf_counter()
@@ -46,7 +49,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what: str) -> int:
+def _calibration(args: argparse.Namespace, model: Any, res: int, what: str) -> Any:
+    """The --int8 calibration samples: --calib-samples of --data's train split, else random inputs (warned)."""
     import torch
 
     if args.data:
@@ -61,11 +65,55 @@ def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what:
     else:
         calib = torch.randn(args.calib_samples, model.spec.in_chans, *([res] * model.spec.dims))
         print("warning: no --data: calibrating on random inputs (fine for timing, not for accuracy)")
+    return calib
+
+
+def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what: str) -> int:
+    calib = _calibration(args, model, res, what)
     from ..export import export_int8
 
     fp32 = export_int8(model, out, calib, res)["path"]
     print(f"{what} -> {fp32} (fp32) -> {out} (int8 QDQ, calibrated on {len(calib)} "
           f"{'samples of ' + args.data if args.data else 'random inputs'})")
+    return 0
+
+
+def _need_phone() -> None:
+    """A missing `phone` extra as one error line (the CLI prints ValueErrors), not an ImportError traceback."""
+    from ..export.pte import need_executorch
+
+    try:
+        need_executorch()
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+
+
+def _export_pte(args: argparse.Namespace, model: Any, res: int, out: str, what: str) -> int:
+    """--format pte: an ExecuTorch program for XNNPACK (batch 1; int8 with --int8), run against PyTorch."""
+    import torch
+
+    from ..export.pte import agreement, export_pte, export_pte_int8, pte_logits, pte_method
+
+    _need_phone()
+    x = torch.randn(3, model.spec.in_chans, *([res] * model.spec.dims))
+    calib = _calibration(args, model, res, what) if args.int8 else None
+    info = export_pte_int8(model, out, calib, res) if args.int8 else export_pte(model, out, res)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    a = agreement(ref, pte_logits(pte_method(out), x))
+    left = ", ".join(f"{k} {v}" for k, v in info["portable_ops"].items()) or "none"
+    print(f"{what} -> {out} (ExecuTorch, XNNPACK {'int8' if args.int8 else 'fp32'}, {info['size_bytes'] / 2**20:.2f} "
+          f"MiB, input {info['input_shape']}, {info['seconds']:.1f} s; {info['delegate_calls']} delegate call(s), "
+          f"ops outside XNNPACK: {left})")
+    if args.int8:
+        print(f"ExecuTorch int8 vs PyTorch fp32 on {len(x)} random inputs: top-1 agreement {a['top1_agreement']:.2f}, "
+              f"logit SQNR {a['sqnr_db']:.1f} dB")
+        return 0
+    ok = a["max_abs_diff"] <= args.tol
+    print(f"ExecuTorch vs PyTorch on {len(x)} random inputs: max abs diff {a['max_abs_diff']:.2e} "
+          f"({'ok' if ok else 'FAILED'}, tolerance {args.tol:g})")
+    if not ok:
+        raise ValueError(f"ExecuTorch output differs from PyTorch by {a['max_abs_diff']:.2e} > {args.tol:g}")
     return 0
 
 
@@ -95,6 +143,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             def run() -> Any:
                 with torch.no_grad():
                     return net(xi)
+        elif args.backend.startswith("executorch"):
+            from ..export.pte import export_pte, export_pte_int8, pte_method, set_pte_threads
+
+            _need_phone()
+            pte = Path(tmp) / "model.pte"
+            if args.backend == "executorch":
+                export_pte(model, pte, res, batch=args.batch)
+            else:  # random calibration: a timing, not an accuracy
+                export_pte_int8(model, pte, torch.randn(64, *x.shape[1:]), res, batch=args.batch)
+            set_pte_threads(args.threads)
+            method = pte_method(pte)
+
+            def run() -> Any:
+                return method.execute([x])
         else:
             path = Path(tmp) / "model.onnx"
             if args.backend == "onnx":
@@ -121,12 +183,16 @@ def register(add: Any) -> None:
                                    "Runtime against PyTorch")
     add_model_arguments(sp, name="optional", resolution=True)
     sp.add_argument("--threads", type=positive_int, default=1)
-    sp.add_argument("--out", type=text, help="output .onnx file")
+    sp.add_argument("--format", choices=("onnx", "pte"), default="onnx",
+                    help="onnx (ONNX Runtime) or pte (ExecuTorch with XNNPACK, batch 1, for phones; needs "
+                         "pip install 'mbconv[phone]')")
+    sp.add_argument("--out", type=text, help="output .onnx (or .pte) file")
     sp.add_argument("--onnx", type=text, help="same as --out")
     sp.add_argument("--opset", type=positive_int, default=17)
     sp.add_argument("--static-batch", action="store_true", help="batch axis fixed to 1 (default: dynamic)")
     sp.add_argument("--tol", type=nonnegative_float, default=1e-4, help="max abs diff allowed between ORT and PyTorch")
-    sp.add_argument("--int8", action="store_true", help="also quantize to int8 (ORT static QDQ; mbconv.quant)")
+    sp.add_argument("--int8", action="store_true", help="also quantize to int8 (ORT static QDQ; with --format pte: "
+                                                         "PT2E with the XNNPACK quantizer)")
     sp.add_argument("--data", type=text, help="calibration dataset for --int8")
     sp.add_argument("--calib-samples", type=positive_int, default=256)
     sp = add("bench", cmd_bench, "quick inference latency of one model on one backend (see `make bench` for the "

@@ -1,0 +1,316 @@
+"""ExecuTorch (.pte) deployment for phones: XNNPACK-delegated programs in fp32 and int8, and their runtime.
+
+- fp32 (`export_pte`): `torch.export` of the inference module (`mbconv.inference.prepare_inference`, as every
+  export), lowered by `executorch.exir.to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`.
+- int8 (`export_pte_int8`): PT2E static quantization with ExecuTorch's `XNNPACKQuantizer` (symmetric int8
+  weights, per channel; affine int8 activations per tensor, histogram-calibrated on data), then the same
+  lowering. The quantizer annotates convs, adds, muls and the ops that share their input's scale (ReLU/ReLU6,
+  means, reshapes); sigmoid, SiLU and hard-swish stay fp32 inside the delegate, between a dequantize and a
+  quantize (XNNPACK's delegate takes them in fp32 only), so SiLU networks gain less from int8 than ReLU6 ones.
+- Spatial means (`rewrite_means`): XNNPACK lowers a mean only over the last two axes of a 4-D tensor with
+  keepdim, so the classifier's pooling (keepdim=False) and every 1-D mean (3-D tensors) are rewritten as such a
+  mean plus a reshape; otherwise they run as portable kernels between delegate calls.
+- 1-D nets lower completely (XNNPACK runs a 1-D conv as a 2-D one); 3-D nets do not: XNNPACK has no 3-D conv and
+  the portable convolution kernel takes only 3-D/4-D tensors, so `export_pte` refuses them.
+- Runtime: `executorch.runtime.Runtime` (`pte_method`, `pte_run`); the XNNPACK delegate's threads come from
+  ExecuTorch's process-wide threadpool (`set_pte_threads`).
+
+Programs have a static input shape (batch 1 by default: the phone case). Needs the `phone` extra (executorch,
+torchao): every import of it is inside a function, so the rest of mbconv works without it.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..quant.noise import sqnr_db
+from ..quant.ptq import iter_batches
+from .to_onnx import inference_graph_module
+
+PHONE_HINT = "pip install 'mbconv[phone]'"
+
+
+def need_executorch(module: str = "executorch") -> Any:
+    """Import `module` (executorch or torchao); a missing `phone` extra gives one ImportError line naming it."""
+    pytree_log = logging.getLogger("torch.utils._pytree")  # torchao's import logs a deprecation notice there
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # executorch's "experimental API" notices on import
+            return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"ExecuTorch export needs {module.split('.')[0]}: {PHONE_HINT}") from e
+    finally:
+        pytree_log.setLevel(level)
+
+
+# -- graph: torch.export of the inference module ---------------------------------------------------------------
+def rewrite_means(gm: torch.fx.GraphModule) -> int:
+    """Rewrite every mean over all spatial axes of a 3-D (1-D net) or 4-D (2-D net) tensor that XNNPACK cannot
+    lower (keepdim=False, or a 3-D input) as a keepdim mean over the last two axes of a 4-D tensor plus a reshape,
+    in place on an exported graph module. Returns how many were rewritten."""
+    aten = torch.ops.aten
+    g = gm.graph
+    count = 0
+    for n in list(g.nodes):
+        if n.op != "call_function" or n.target != aten.mean.dim:
+            continue
+        src = n.args[0]
+        val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keep = bool(n.args[2]) if len(n.args) > 2 else bool(n.kwargs.get("keepdim", False))
+        if val is None or val.dim() not in (3, 4) or dims is None or n.kwargs.get("dtype") is not None:
+            continue
+        rank = val.dim()
+        if sorted(int(d) % rank for d in dims) != list(range(2, rank)) or (rank == 4 and keep):
+            continue  # not a spatial pool, or already XNNPACK's form
+        steps = ([(aten.unsqueeze.default, (-1,))] if rank == 3 else []) + [(aten.mean.dim, ([2, 3], True))]
+        if not keep:
+            steps.append((aten.flatten.using_ints, (1,)))
+        elif rank == 3:  # a view, not a squeeze: XNNPACK lowers reshapes with one inferred axis
+            steps.append((aten.view.default, ([-1, int(val.shape[1]), 1],)))
+        out, v = src, val
+        with g.inserting_before(n):
+            for op, args in steps:
+                out = g.call_function(op, (out, *args))
+                with v.fake_mode:  # the quantizer and the lowering read every node's example value
+                    v = op(v, *args)
+                out.meta["val"] = v
+        n.replace_all_uses_with(out)
+        g.erase_node(n)
+        count += 1
+    if count:
+        g.lint()
+        gm.recompile()
+    return count
+
+
+def _refuse_3d(model: nn.Module) -> None:
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.dims == 3:
+        raise ValueError("ExecuTorch cannot run 3-D nets (dims=3): XNNPACK has no 3-D convolution and the "
+                         "portable kernel takes only 1-D/2-D convs")
+
+
+def phone_module(model: nn.Module, resolution: int | Sequence[int] | None = None,
+                 example: torch.Tensor | None = None, batch: int = 1) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    """(graph module, example input of `batch` samples): `torch.export` of the inference module of `model` (an
+    MBConv network through `prepare_inference`, any other module BN-folded; size from `example`, else
+    `resolution`, else the spec's) with its means rewritten for XNNPACK (`rewrite_means`)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"invalid batch={batch!r}: expected a positive int")
+    _refuse_3d(model)
+    net, x = inference_graph_module(model, example, resolution)
+    x = x.expand(batch, *x.shape[1:]).contiguous()
+    with torch.no_grad():
+        gm = torch.export.export(net, (x,)).module()
+    rewrite_means(gm)
+    return gm, x
+
+
+# -- int8: PT2E with the XNNPACK quantizer --------------------------------------------------------------------
+@torch.no_grad()
+def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] | None = None, *,
+                  example: torch.Tensor | None = None, per_channel: bool = True, num_samples: int | None = None,
+                  batch_size: int = 32) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    """(quantized graph module, batch-1 example): the PT2E int8 form of `model` that `export_pte_int8` lowers,
+    calibrated on `calib` (a tensor N, C, ..., a Dataset of (x, y) or an iterable of batches; `num_samples` of
+    them, all if None). Running the module in PyTorch gives the reference (quantize/dequantize) int8 outputs."""
+    need_executorch("torchao")
+    xq = need_executorch("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    _refuse_3d(model)
+    net, x1 = inference_graph_module(model, example, resolution)
+    # a dynamic batch axis for calibration (batches of any size), a static batch-1 program afterwards
+    x2 = x1.expand(2, *x1.shape[1:]).contiguous()
+    batch_dim = torch.export.Dim("batch", max=1 << 16)
+    gm = torch.export.export(net, (x2,), dynamic_shapes=({0: batch_dim},)).module()
+    rewrite_means(gm)
+    quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=per_channel))
+    # BN is folded before export, so the conv+BN patterns can never match; each is traced by dynamo on every call
+    # (seconds), so leave them out. Same annotations, same program.
+    quantizer.SUPPORTED_PATTERNS = [p for p in quantizer.SUPPORTED_PATTERNS if "_bn" not in p.name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchao's deprecation notices
+        prepared = prepare_pt2e(gm, quantizer)
+        n = 0
+        for x in iter_batches(calib, num_samples, batch_size):
+            if tuple(x.shape[1:]) != tuple(x1.shape[1:]):
+                raise ValueError(f"calibration samples of shape {tuple(x.shape[1:])} do not match the model input "
+                                 f"{tuple(x1.shape[1:])}")
+            prepared(x.float())
+            n += x.shape[0]
+        if n == 0:
+            raise ValueError("calibration data is empty")
+        return convert_pt2e(prepared), x1
+
+
+# -- lowering and files ------------------------------------------------------------------------------------------
+def delegation(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
+    """What a lowered edge graph runs where: number of XNNPACK delegate calls and the ops left to portable
+    kernels ({op name: count})."""
+    calls, portable = 0, collections.Counter()
+    for n in graph_module.graph.nodes:
+        if n.op != "call_function" or "getitem" in str(n.target):
+            continue
+        name = getattr(n.target, "__name__", str(n.target))
+        if "executorch_call_delegate" in name:
+            calls += 1
+        else:
+            m = re.match(r"<EdgeOpOverload: ([^>]+)>", str(n.target))
+            portable[m.group(1) if m else name] += 1
+    return {"delegate_calls": calls, "portable_ops": dict(portable)}
+
+
+def pte_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path; ValueError naming it unless it ends in .pte."""
+    if Path(path).suffix != ".pte":
+        raise ValueError(f"output {path} should end in .pte")
+    return Path(path)
+
+
+def lower_to_pte(graph: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> dict[str, Any]:
+    """Export `graph` on `example`, lower it to XNNPACK and write the ExecuTorch program to `path` atomically
+    (never a half-written file there). Returns path, input shape, size in bytes, delegation and seconds."""
+    need_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    path = pte_path(path)
+    t0 = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(graph, (example,))
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        where = delegation(edge.exported_program().graph_module)
+        program = edge.to_executorch()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(program.buffer)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(path), "input_shape": list(example.shape), "size_bytes": path.stat().st_size,
+            **where, "seconds": time.perf_counter() - t0}
+
+
+def export_pte(model: nn.Module, path: str | os.PathLike, resolution: int | Sequence[int] | None = None, *,
+               example: torch.Tensor | None = None, batch: int = 1) -> dict[str, Any]:
+    """Export a network to an fp32 ExecuTorch program (XNNPACK) at `path` (.pte) for inputs of `batch` samples
+    and return a summary (path, input shape, size_bytes, delegate_calls, portable_ops, seconds)."""
+    need_executorch()
+    pte_path(path)
+    gm, x = phone_module(model, resolution, example, batch)
+    return lower_to_pte(gm, x, path)
+
+
+def export_pte_int8(model: nn.Module, path: str | os.PathLike, calib: Any,
+                    resolution: int | Sequence[int] | None = None, *, example: torch.Tensor | None = None,
+                    per_channel: bool = True, num_samples: int | None = None,
+                    batch: int = 1) -> dict[str, Any]:
+    """Quantize `model` to int8 with PT2E and the XNNPACK quantizer, calibrated on `calib` (see `quantize_pt2e`),
+    and write the ExecuTorch program to `path` (.pte). Returns `lower_to_pte`'s summary plus `quantize_seconds`."""
+    pte_path(path)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"invalid batch={batch!r}: expected a positive int")
+    t0 = time.perf_counter()
+    qgm, x = quantize_pt2e(model, calib, resolution, example=example, per_channel=per_channel,
+                           num_samples=num_samples)
+    dt = time.perf_counter() - t0
+    return {**lower_to_pte(qgm, x.expand(batch, *x.shape[1:]).contiguous(), path), "quantize_seconds": dt}
+
+
+# -- runtime --------------------------------------------------------------------------------------------------
+def set_pte_threads(threads: int) -> int:
+    """Size ExecuTorch's process-wide threadpool (which the XNNPACK delegate runs on) to `threads`; returns the
+    count it reports afterwards. It applies to every program of the process, loaded before or after."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"invalid threads={threads!r}: expected a positive int")
+    lib = need_executorch("executorch.extension.pybindings.portable_lib")
+    # The only Python handle on the threadpool in executorch 1.5.1 is this underscore-named binding.
+    lib._unsafe_reset_threadpool(threads)
+    return int(lib._threadpool_get_thread_count())
+
+
+def pte_method(program: str | os.PathLike | bytes, method: str = "forward") -> Any:
+    """Load a .pte file (or its bytes) with `executorch.runtime.Runtime` and return its `method`."""
+    need_executorch()
+    from executorch.runtime import Runtime
+
+    if not isinstance(program, bytes) and not Path(program).exists():
+        raise FileNotFoundError(f"no such ExecuTorch program: {program}")
+    loaded = Runtime.get().load_program(program if isinstance(program, bytes) else Path(program))
+    m = loaded.load_method(method)
+    if m is None:
+        raise ValueError(f"program has no method {method!r}: it has {sorted(loaded.method_names)}")
+    return m
+
+
+def pte_run(method: Any, x: torch.Tensor) -> torch.Tensor:
+    """Run a one-input method on `x` (its exact static shape); returns a copy of the first output (the runtime
+    reuses its output buffer on the next call)."""
+    return method.execute([x.detach().float().cpu().contiguous()])[0].clone()
+
+
+@torch.no_grad()
+def pte_logits(method: Any, data: Any, batch: int = 1, num_samples: int | None = None) -> torch.Tensor:
+    """Logits of a static-batch method over `data` (tensor, Dataset of (x, y) or iterable of batches), `batch`
+    samples per call; a short last batch is padded with its last sample."""
+    outs = []
+    for x in iter_batches(data, num_samples, batch):
+        k = x.shape[0]
+        if k < batch:
+            x = torch.cat([x, x[-1:].expand(batch - k, *x.shape[1:])])
+        outs.append(pte_run(method, x)[:k])
+    if not outs:
+        raise ValueError("no samples to run")
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def check_pte(model: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> float:
+    """Max abs difference between the .pte at `path` (batch-1 program) on the samples `x` and `model.eval()(x)`."""
+    was = model.training
+    model.eval()
+    ref = model(x)
+    model.train(was)
+    out = pte_logits(pte_method(path), x)
+    if out.shape != ref.shape:
+        raise ValueError(f"ExecuTorch output shape {tuple(out.shape)} != PyTorch {tuple(ref.shape)}")
+    return float((out - ref).abs().max())
+
+
+def agreement(reference: torch.Tensor | np.ndarray, logits: torch.Tensor | np.ndarray,
+              confident: float | None = None) -> dict[str, float]:
+    """How well `logits` (e.g. int8) follow `reference` (fp32 logits of the same samples): top-1 agreement, logit
+    SQNR in dB, max abs diff, samples; with `confident`, also the top-1 agreement over the samples whose
+    reference top-class probability exceeds it (and how many there are)."""
+    ref = torch.as_tensor(reference).double()
+    out = torch.as_tensor(logits).double()
+    if ref.shape != out.shape or ref.ndim != 2 or ref.shape[0] == 0:
+        raise ValueError(f"logits of shape {tuple(out.shape)} and {tuple(ref.shape)}: expected equal (N, classes)")
+    same = ref.argmax(1) == out.argmax(1)
+    res = {"top1_agreement": float(same.double().mean()),
+           "sqnr_db": sqnr_db(float((ref ** 2).sum()), float(((ref - out) ** 2).sum())),
+           "max_abs_diff": float((ref - out).abs().max()), "samples": int(ref.shape[0])}
+    if confident is not None:
+        sure = ref.softmax(1).max(1).values > confident
+        res["confident_samples"] = int(sure.sum())
+        res["top1_agreement_confident"] = float(same[sure].double().mean()) if sure.any() else float("nan")
+    return res

@@ -1,0 +1,197 @@
+"""ExecuTorch (.pte) export for phones (mbconv.export.pte): the mean rewrite, fp32 parity and full XNNPACK
+delegation on every 2-D zoo family and a 1-D net, int8 (PT2E + XNNPACK quantizer) against fp32, against the PT2E
+reference and against our fake-quant, the runtime's thread count, the CLI, and the missing-extra message.
+
+The nets are tiny (one or two stages, width 0.25, 32 px): lowering time grows with the number of graph nodes.
+Tests that need executorch skip without the `phone` extra.
+"""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from mbconv import create_model
+from mbconv.cli import main
+from mbconv.export.pte import (
+    PHONE_HINT,
+    agreement,
+    export_pte,
+    export_pte_int8,
+    lower_to_pte,
+    need_executorch,
+    pte_logits,
+    pte_method,
+    quantize_pt2e,
+    rewrite_means,
+    set_pte_threads,
+)
+from mbconv.quant import QuantConfig, ptq
+from mbconv.zoo import get_spec
+
+# (zoo name, leading stages kept): each family's own blocks, activations, SE gate, padding and head.
+FAMILIES_2D = [
+    ("efficientnet_b0", 2),  # DS + IR with SE, SiLU, sigmoid gate
+    ("tf_efficientnet_b0", 1),  # TF 'same' pads (asymmetric StaticPad on the strided stem)
+    ("tf_efficientnet_lite0", 2),  # ReLU6, no SE, TF pads on a strided IR block
+    ("efficientnetv2_s", 2),  # Fused-MBConv (conv / fused-expand blocks)
+    ("mobilenetv2_100", 1),  # ReLU6 DS block, symmetric pads
+    ("tf_mobilenetv3_small_100", 1),  # hard-swish, ReLU SE with hard-sigmoid gate, pool-then-conv head
+]
+FAMILIES_1D = [("efficientnet1d_b0", 1)]  # 1-D convs and 1-D SE means
+SIZE = {1: 64, 2: 32}
+
+
+def tiny(name: str, stages: int) -> nn.Module:
+    """A few blocks of a zoo family with non-trivial BN statistics (a wrong fold or pad would show)."""
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, width_mult=0.25, depth_mult=0.1,
+                     stages=get_spec(name).stages[:stages]).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 1.5)
+            mod.weight.data.uniform_(0.5, 1.0)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m
+
+
+def inputs(m: nn.Module, n: int) -> torch.Tensor:
+    return torch.randn(n, m.spec.in_chans, *([SIZE[m.spec.dims]] * m.spec.dims))
+
+
+def heavy_ops_outside_xnnpack(info: dict) -> list[str]:
+    return [op for op in info["portable_ops"] if any(k in op for k in ("convolution", "mean", "mm", "mul", "add"))]
+
+
+# -- no executorch needed -------------------------------------------------------------------------------------
+class Pools(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:  # 1-D: an SE-style keepdim mean and a classifier-style pooled mean
+            return (x * x.mean(2, keepdim=True)).mean(-1)
+        return x.mean((2, 3)) + x.mean((-1, -2), keepdim=True).flatten(1)
+
+
+@pytest.mark.parametrize("shape,rewritten", [((2, 5, 6, 7), 1), ((2, 5, 9), 2)])
+def test_rewrite_means_gives_xnnpack_means_with_equal_outputs(shape, rewritten):
+    x = torch.randn(*shape)
+    gm = torch.export.export(Pools(), (x,)).module()
+    assert rewrite_means(gm) == rewritten
+    means = [n for n in gm.graph.nodes if n.target == torch.ops.aten.mean.dim]
+    assert means and all(n.args[0].meta["val"].dim() == 4 and n.args[2] is True for n in means)
+    torch.testing.assert_close(gm(x), Pools()(x))
+    assert rewrite_means(gm) == 0  # already XNNPACK's form
+
+
+def test_agreement_metrics():
+    ref = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.2, 0.1], [0.0, 0.0, 3.0]])
+    out = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.2], [0.0, 0.0, 3.0]])
+    a = agreement(ref, out, confident=0.5)
+    assert a["top1_agreement"] == pytest.approx(2 / 3) and a["samples"] == 3
+    assert a["confident_samples"] == 2 and a["top1_agreement_confident"] == 1.0  # the unsure row is the flip
+    assert a["max_abs_diff"] == pytest.approx(0.1)
+    assert a["sqnr_db"] == pytest.approx(10 * torch.log10(torch.tensor(25.05 / 0.02)).item(), rel=1e-6)
+    assert agreement(ref, ref)["sqnr_db"] == float("inf")
+    with pytest.raises(ValueError, match="expected equal"):
+        agreement(ref, out[:2])
+
+
+def test_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'mbconv\[phone\]'"):
+        need_executorch()
+    assert main(["export", "ds_r1_k3_s1_c8", "--resolution", "16", "--format", "pte",
+                 "--out", str(tmp_path / "m.pte")]) == 2
+    err = capsys.readouterr().err
+    assert PHONE_HINT in err and len(err.strip().splitlines()) == 1
+
+
+# -- with executorch ------------------------------------------------------------------------------------------
+@pytest.fixture
+def et():
+    return pytest.importorskip("executorch")
+
+
+@pytest.mark.parametrize("name,stages", FAMILIES_2D + FAMILIES_1D)
+def test_family_fp32_program_is_one_delegate_equal_to_pytorch(et, name, stages, tmp_path):
+    m = tiny(name, stages)
+    x = inputs(m, 6)
+    info = export_pte(m, tmp_path / "fp32.pte", SIZE[m.spec.dims])
+    assert info["delegate_calls"] == 1 and not heavy_ops_outside_xnnpack(info), info
+    assert info["input_shape"] == [1, *x.shape[1:]] and info["size_bytes"] > 0
+    with torch.no_grad():
+        ref = m(x)
+    out = pte_logits(pte_method(info["path"]), x)
+    assert float((out - ref).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+# int8 on the families whose quantized graphs differ: SiLU + sigmoid SE, ReLU6 + TF pads (quantized pad),
+# hard-swish + hard-sigmoid, 1-D convs and means (the others add no op the int8 path handles differently)
+@pytest.mark.parametrize("name,stages", [FAMILIES_2D[0], FAMILIES_2D[2], FAMILIES_2D[5], FAMILIES_1D[0]])
+def test_family_int8_program_follows_fp32_and_its_pt2e_reference(et, name, stages, tmp_path):
+    m = tiny(name, stages)
+    x = inputs(m, 6)
+    qgm, example = quantize_pt2e(m, inputs(m, 16), SIZE[m.spec.dims])
+    info = lower_to_pte(qgm, example, tmp_path / "int8.pte")
+    assert info["delegate_calls"] == 1 and not heavy_ops_outside_xnnpack(info), info
+    lq = pte_logits(pte_method(info["path"]), x)
+    with torch.no_grad():
+        ref, lref = m(x), qgm(x)
+    vs_fp32, vs_ref = agreement(ref, lq), agreement(lref, lq)
+    assert vs_fp32["max_abs_diff"] > 1e-5  # really quantized
+    assert 20 < vs_fp32["sqnr_db"] and 30 < vs_ref["sqnr_db"], (vs_fp32, vs_ref)
+
+
+def test_pt2e_int8_is_comparable_to_our_fake_quant(et):
+    m = tiny("efficientnet_b0", 2)
+    calib, x = inputs(m, 32), inputs(m, 32)
+    with torch.no_grad():
+        ref = m(x)
+        pt2e = quantize_pt2e(m, calib, 32)[0](x)
+        ours = ptq(m, QuantConfig(wbits=8, abits=8), calib)(x)
+    a_pt2e, a_ours = agreement(ref, pt2e), agreement(ref, ours)
+    assert a_pt2e["sqnr_db"] > 20 and a_ours["sqnr_db"] > 20
+    assert abs(a_pt2e["sqnr_db"] - a_ours["sqnr_db"]) < 12, (a_pt2e, a_ours)
+    assert agreement(ours, pt2e)["top1_agreement"] >= 0.8
+
+
+def test_int8_export_batch_and_errors(et, tmp_path):
+    torch.manual_seed(0)
+    m = create_model("ds_r1_k3_s1_c8", num_classes=10).eval()
+    info = export_pte_int8(m, tmp_path / "q.pte", inputs(m, 8), 32, batch=2)
+    assert info["input_shape"] == [2, 3, 32, 32] and info["quantize_seconds"] > 0
+    lq = pte_logits(pte_method(info["path"]), inputs(m, 3), batch=2)  # a short last batch is padded
+    assert lq.shape == (3, 10)
+    with pytest.raises(ValueError, match="should end in .pte"):
+        export_pte(m, tmp_path / "m.onnx", 32)
+    with pytest.raises(ValueError, match="calibration samples of shape"):
+        export_pte_int8(m, tmp_path / "q.pte", torch.randn(4, 3, 16, 16), 32)
+    with pytest.raises(ValueError, match="empty"):
+        export_pte_int8(m, tmp_path / "q.pte", torch.randn(0, 3, 32, 32), 32)
+    with pytest.raises(ValueError, match="dims=3"):
+        export_pte(create_model("mbconv3d_small"), tmp_path / "m.pte", 16)
+    with pytest.raises(ValueError, match="invalid batch"):
+        export_pte(m, tmp_path / "m.pte", 32, batch=0)
+    with pytest.raises(FileNotFoundError):
+        pte_method(tmp_path / "missing.pte")
+
+
+def test_threadpool_size_is_set(et):
+    assert set_pte_threads(2) == 2
+    assert set_pte_threads(1) == 1
+    with pytest.raises(ValueError, match="invalid threads"):
+        set_pte_threads(0)
+
+
+def test_cli_export_pte_and_bench_executorch(et, tmp_path, capsys):
+    out = tmp_path / "m.pte"
+    net = "ds_r1_k3_s1_c8"
+    assert main(["export", net, "--resolution", "32", "--num-classes", "5", "--format", "pte",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.exists() and "max abs diff" in text and "(ok," in text and "ops outside XNNPACK: none" in text
+    assert main(["bench", net, "--resolution", "32", "--rounds", "2", "--backend", "executorch"]) == 0
+    assert "executorch, 1 thread(s)" in capsys.readouterr().out
+    assert main(["export", net, "--format", "pte", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "should end in .pte" in capsys.readouterr().err
