@@ -100,6 +100,7 @@ def test_train_eval_predict(trained_run, capsys, tmp_path):
     rc, out, _ = run(capsys, "eval", "--checkpoint", str(trained_run), "--json")
     r = json.loads(out)
     assert rc == 0 and r["count"] == 359 and r["acc"] > 0.3
+    assert r["selection"].startswith("best/ (chosen on val_acc")  # test is reported; validation chose best/
     x = np.random.default_rng(0).uniform(0, 1, (8, 8)).astype("float32")  # digits8 scaled to [0, 1]
     np.save(tmp_path / "a.npy", x)
     rc, out, _ = run(capsys, "predict", "--checkpoint", str(trained_run), str(tmp_path / "a.npy"), "--top-k", "2")

@@ -19,13 +19,15 @@ from torch.utils.data import SequentialSampler
 from mbconv import data as D
 from mbconv.data import image_folder, loading, sources
 
-# name -> (n_train, n_test, sample shape, num_classes)
+# name -> (n_train, n_test, sample shape, num_classes); the validation split (tests/test_splits.py) is carved
+# from the original training split, so train here is what is left of it
 EXPECTED = {
-    "mnist5k": (4000, 1000, (1, 28, 28), 10),
-    "digits8": (1438, 359, (1, 8, 8), 10),
-    "mnist1d": (4000, 1000, (1, 40), 10),
-    "textures": (1040, 240, (1, 32, 32), 5),
+    "mnist5k": (3600, 1000, (1, 28, 28), 10),
+    "digits8": (1293, 359, (1, 8, 8), 10),
+    "mnist1d": (3601, 1000, (1, 40), 10),
+    "textures": (960, 240, (1, 32, 32), 5),
 }
+N_VAL = {"mnist5k": 400, "digits8": 145, "mnist1d": 399, "textures": 80}
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -64,20 +66,27 @@ def test_registry_dataset_shapes_counts_labels(name):
         assert ds.info == D.dataset_info(name) and len(ds.classes) == k
         x0, y0 = ds[0]
         assert x0.shape == shape and y0.dtype == torch.int64 and y0.ndim == 0
-    # disjoint, covering the pool, and identical on a second load
+    # disjoint, covering the pool with the validation split, and identical on a second load
+    va = D.load_dataset(name, "val")
+    assert len(va) == N_VAL[name]
     assert not set(tr.indices.tolist()) & set(te.indices.tolist())
-    assert sorted(tr.indices.tolist() + te.indices.tolist()) == list(range(n_train + n_test))
+    assert sorted(tr.indices.tolist() + va.indices.tolist() + te.indices.tolist()) == list(
+        range(n_train + N_VAL[name] + n_test))
     tr2 = D.load_dataset(name, "train", seed=123)  # seed must not move the split
     assert np.array_equal(tr.indices, tr2.indices) and torch.equal(tr.x, tr2.x) and torch.equal(tr.y, tr2.y)
 
 
 def test_stratified_counts_per_class():
-    assert D.load_dataset("mnist5k", "train").y.bincount().tolist() == [400] * 10
+    assert D.load_dataset("mnist5k", "train").y.bincount().tolist() == [360] * 10
+    assert D.load_dataset("mnist5k", "val").y.bincount().tolist() == [40] * 10
     assert D.load_dataset("mnist5k", "test").y.bincount().tolist() == [100] * 10
-    assert D.load_dataset("textures", "train").y.bincount().tolist() == [208] * 5
+    assert D.load_dataset("textures", "train").y.bincount().tolist() == [192] * 5
+    assert D.load_dataset("textures", "val").y.bincount().tolist() == [16] * 5
     assert D.load_dataset("textures", "test").y.bincount().tolist() == [48] * 5
     tr, te = D.load_dataset("digits8", "train").y.bincount(), D.load_dataset("digits8", "test").y.bincount()
-    assert torch.all((te.double() / (tr + te) - 0.2).abs() < 0.01)
+    va = D.load_dataset("digits8", "val").y.bincount()
+    assert torch.all((te.double() / (tr + va + te) - 0.2).abs() < 0.01)
+    assert torch.all((va.double() / (tr + va) - 0.1).abs() < 0.01)
 
 
 def test_mnist1d_uses_the_package_split():
@@ -88,8 +97,9 @@ def test_mnist1d_uses_the_package_split():
 def test_textures_train_and_test_come_from_disjoint_image_regions():
     tr, te = D.load_dataset("textures", "train"), D.load_dataset("textures", "test")
     assert sources.TEXTURE_IMAGES == tr.classes
-    # pool order: image, patch row, patch column (16 x 16 grid of 32-px patches)
-    assert (tr.indices % 16 < 13).all() and (te.indices % 16 >= 13).all()
+    # pool order: image, patch row, patch column (16 x 16 grid of 32-px patches); validation = column 12
+    va = D.load_dataset("textures", "val")
+    assert (tr.indices % 16 < 12).all() and (va.indices % 16 == 12).all() and (te.indices % 16 >= 13).all()
     assert (tr.indices // 256 == tr.y.numpy()).all()
 
 
@@ -158,8 +168,8 @@ def test_bad_resolution(resolution):
 
 
 def test_bad_split_and_unknown_name():
-    with pytest.raises(ValueError, match="'val'"):
-        D.load_dataset("digits8", "val")
+    with pytest.raises(ValueError, match="'valid'"):
+        D.load_dataset("digits8", "valid")
     with pytest.raises(ValueError, match="'no-such-set'") as err:
         D.load_dataset("no-such-set")
     for name in EXPECTED:
@@ -316,8 +326,9 @@ def test_image_folder_grayscale(gray_folder):
     te = D.load_dataset(str(gray_folder), "test")
     assert tr.classes == ("cat", "dog") and tr.info.num_classes == 2 and tr.info.name == "shapes"
     assert tr.info.in_chans == 1 and tr.info.dims == 2 and tr.info.native_size == (12, 10)
-    assert tr.x.shape == (16, 1, 12, 10) and te.x.shape == (4, 1, 12, 10)
-    assert tr.y.bincount().tolist() == [8, 8] and te.y.bincount().tolist() == [2, 2]
+    # 20 % of each class is test, then 10 % of the rest (0.8 -> 1 image) the carved validation split
+    assert tr.x.shape == (14, 1, 12, 10) and te.x.shape == (4, 1, 12, 10)
+    assert tr.y.bincount().tolist() == [7, 7] and te.y.bincount().tolist() == [2, 2]
     assert not set(tr.indices.tolist()) & set(te.indices.tolist())
     assert abs(tr.x.mean().item()) < 1e-4 and abs(tr.x.std(correction=0).item() - 1) < 1e-4
     for ds in (tr, te):  # labels follow folder names: cats are dark
@@ -331,11 +342,11 @@ def test_image_folder_grayscale(gray_folder):
 
 
 def test_image_folder_sees_changes(gray_folder):
-    assert len(D.load_dataset(str(gray_folder), "train")) == 16
+    assert len(D.load_dataset(str(gray_folder), "train")) == 14
     for i in range(5):
         _write(gray_folder / "emu" / f"{i}.png", np.full((12, 10), 128))
     tr = D.load_dataset(str(gray_folder), "train")
-    assert tr.classes == ("cat", "dog", "emu") and len(tr) == 20
+    assert tr.classes == ("cat", "dog", "emu") and len(tr) == 17
 
 
 def test_image_folder_colour_and_mixed_sizes(tmp_path):

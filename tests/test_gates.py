@@ -192,7 +192,7 @@ def test_cli_gates_table_json_and_figures(untrained_run, tmp_path, capsys):
     (["--data", "mnist1d"], "dims"),
     (["--data", "nosuchdata"], "nosuchdata"),
     (["--max-inputs", "0"], "must be >= 1"),
-    (["--split", "val"], "invalid choice"),
+    (["--split", "validation"], "invalid choice"),
 ])
 def test_cli_gates_bad_input(untrained_run, tmp_path, capsys, argv, needle):
     from mbconv.cli import main

@@ -302,7 +302,7 @@ def test_extrude_digits_geometry():
 
 def test_load_volumes():
     tr, te = load_volumes("digits8")
-    assert tr.x.shape == (1438, 1, 8, 8, 8) and te.x.shape == (359, 1, 8, 8, 8)
+    assert tr.x.shape == (1293, 1, 8, 8, 8) and te.x.shape == (359, 1, 8, 8, 8)
     assert tr.info.dims == 3 and "SYNTHETIC" in tr.info.description
     assert abs(float(tr.x.mean())) < 1e-3 and abs(float(tr.x.std()) - 1) < 1e-3
     tr.x.zero_()  # a returned dataset is a copy: the cache is unchanged

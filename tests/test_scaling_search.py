@@ -108,11 +108,15 @@ def test_search_coefficients_end_to_end_is_cached(tmp_path):
     assert [(r["alpha"], r["beta"]) for r in rows] == [(1.0, 1.0), (2.0, 1.0)]
     for r in rows:
         assert r["status"] == "trained" and len(r["accs"]) == 2 and 0 <= r["test_acc"] <= 1
+        assert len(r["val_accs"]) == 2 and 0 <= r["val_acc"] <= 1
         assert abs(r["ratio"] / 2 - 1) <= 0.3
     # resolution-only needs 11 px for x1.94; depth x2 is x1.71 at 8 px and x2.25 at 9 px (the closer one)
     assert (rows[0]["resolution"], rows[1]["resolution"], rows[1]["blocks"]) == (11, 9, 4)
     assert rows[1]["ratio"] == pytest.approx(2.25)
-    assert sum(r["chosen"] for r in rows) == 1 and "chosen: alpha=" in res["table"]
+    assert sum(r["chosen"] for r in rows) == 1 and "chosen on validation accuracy: alpha=" in res["table"]
+    chosen = next(r for r in rows if r["chosen"])  # the validation split chooses; test is only reported
+    assert chosen["val_acc"] == max(r["val_acc"] for r in rows) and res["chosen"]["val_acc"] == chosen["val_acc"]
+    assert res["settings"]["selection"]["split"] == "val"
     again = search_coefficients(tiny, **kw)  # resumed from the cached runs: same numbers
     assert [r["accs"] for r in again["rows"]] == [r["accs"] for r in rows]
     with pytest.raises(ValueError, match="tol"):

@@ -43,7 +43,7 @@ from ddp_train import ddp_config  # noqa: E402
 from ddp_train import model as ddp_model  # noqa: E402
 from tinytrain import TinyMLP, TinyNet, make_data  # noqa: E402
 
-TRAIN, TEST = make_data(64), make_data(32, seed=1)
+TRAIN, TEST, VAL = make_data(64), make_data(32, seed=1), make_data(24, seed=2)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -219,17 +219,18 @@ def test_evaluate_function_and_init_distributed(monkeypatch):
 def test_fit_logs_metrics_and_progress(tmp_path, capsys):
     calls = []
     t = Trainer(net(), TRAIN, TEST, cfg_for(tmp_path, epochs=2, progress="plain"), spec={"w": 8},
-                on_epoch_end=lambda tr, row: calls.append(row["epoch"]))
+                on_epoch_end=lambda tr, row: calls.append(row["epoch"]), val_ds=VAL)
     final = t.fit()
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    keys = {"epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "ema_test_acc", "lr",
-            "seconds"}
+    keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "test_loss",
+            "test_acc", "ema_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best", "lr", "seconds"}
     assert [r["epoch"] for r in lines] == [0, 1] and keys <= set(lines[0]) and calls == [0, 1]
     assert final["step"] == 16 and final["test_acc"] == lines[-1]["test_acc"]
     assert capsys.readouterr().out.count("epoch ") == 2
     meta = read_meta(tmp_path / "last")
     assert meta["spec"] == {"w": 8} and meta["epoch"] == 2 and meta["epoch_step"] == 0
     assert (tmp_path / "best").is_dir() and meta["config"]["lr"] == 0.1
+    assert meta["selection"]["split"] == "val" and meta["selection"]["metric"] == "val_acc"
     # a fresh (non-resume) run into the same dir starts over instead of mixing runs
     t2 = Trainer(net(), TRAIN, TEST, cfg_for(tmp_path, epochs=1, progress="none"),
                  on_epoch_end=lambda tr, row: True)

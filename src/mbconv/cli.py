@@ -216,15 +216,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .model_source import model_from_source, run_dataset
     from .train import evaluate
+    from .workflow import describe_selection
 
     src = model_from_source(checkpoint=args.checkpoint)
     ds = run_dataset(src.run or {}, args.data, "test")
-    r = {"checkpoint": src.description, "data": args.data or src.run["data"]["name"], **evaluate(src.model, ds)}
+    r = {"checkpoint": src.description, "data": args.data or src.run["data"]["name"],
+         "selection": describe_selection(src.checkpoint), **evaluate(src.model, ds)}
     if args.json:
         print(json.dumps(r))
-    else:
+    else:  # the test split is reported; how the checkpoint was chosen (validation split) says the rest
         print(f"{r['checkpoint']} on {r['data']} test: accuracy {100 * r['acc']:.2f} % "
-              f"loss {r['loss']:.4f} ({r['count']} samples)")
+              f"loss {r['loss']:.4f} ({r['count']} samples); checkpoint {r['selection']}")
     return 0
 
 

@@ -574,10 +574,11 @@ def ratio_for_macs(model: nn.Module, scores: dict[str, torch.Tensor], macs_remov
 def finetune(model: nn.Module, train_ds: Any, test_ds: Any, *, epochs: int = 2, lr: float = 1e-3,
              batch_size: int = 64, weight_decay: float = 0.05, warmup_epochs: float = 0.0,
              label_smoothing: float = 0.1, seed: int = 0, out_dir: str | Path | None = None,
-             meta: dict[str, Any] | None = None, progress: str = "none") -> dict[str, Any]:
+             meta: dict[str, Any] | None = None, progress: str = "none", val_ds: Any = None) -> dict[str, Any]:
     """A short AdamW + cosine fine-tune of a pruned model with the mbconv Trainer; returns the last epoch's row.
 
-    With `out_dir`, checkpoints (`best/`, `last/`) and metrics.jsonl go there with `meta` as their spec.
+    With `out_dir`, checkpoints (`last/`; `best/`, chosen on `val_ds`, when given) and metrics.jsonl go there with
+    `meta` as their spec. `test_ds` is evaluated for reporting only.
     """
     from .train import TrainConfig, Trainer
 
@@ -586,7 +587,7 @@ def finetune(model: nn.Module, train_ds: Any, test_ds: Any, *, epochs: int = 2, 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw", weight_decay=weight_decay,
                       warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed,
                       out_dir=None if out_dir is None else str(out_dir), progress=progress)
-    return Trainer(model, train_ds, test_ds, cfg, spec=meta).fit()
+    return Trainer(model, train_ds, test_ds, cfg, spec=meta, val_ds=val_ds).fit()
 
 
 def save_pruned(out: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:

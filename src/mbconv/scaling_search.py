@@ -225,10 +225,12 @@ def search_coefficients(base_spec: NetSpec | str, data: str = "mnist5k", *, quic
     gamma = 1) are skipped and listed. Every other candidate, and the proxy itself (phi = 0), is trained with
     `workflow.train_run` (AdamW 3e-3, wd 0.05, label smoothing 0.1, batch 64) for `epochs` (quick: 2, else 10)
     and `seeds` (quick: 1, else 2) seeds; runs are cached under `out` and resumed, so a rerun retrains nothing.
-    The chosen coefficients are those of the best mean final test accuracy.
+    The chosen coefficients are those of the best mean final *validation* accuracy (the dataset's val split); the
+    final test accuracy of every candidate is reported beside it and chooses nothing.
 
-    Returns a dict: 'table' (printable text), 'rows' (one per candidate), 'chosen' ({'alpha', 'beta', 'gamma',
-    'gamma_effective', 'resolution', 'test_acc'}), 'base' (the proxy's row) and 'settings'.
+    Returns a dict: 'table' (printable text), 'rows' (one per candidate: 'val_accs'/'val_acc' and 'accs'/'test_acc'
+    per seed and mean), 'chosen' ({'alpha', 'beta', 'gamma', 'gamma_effective', 'resolution', 'val_acc',
+    'test_acc'}), 'base' (the proxy's row) and 'settings' ('selection': the split and metric that chose).
     Raises ValueError for a bad dataset, grid or tolerance.
     """
     from .data import dataset_info
@@ -255,52 +257,61 @@ def search_coefficients(base_spec: NetSpec | str, data: str = "mnist5k", *, quic
     root = Path(out) if out else Path("results") / "scale_search" / f"{spec.name}_{data}_r{res0}"
     base_macs = spec_cost(spec).macs
 
-    def train(cand: NetSpec, res: int, tag: str) -> list[float]:
-        accs = []
+    def train(cand: NetSpec, res: int, tag: str) -> tuple[list[float], list[float]]:
+        """(final validation accuracies, final test accuracies), one per seed."""
+        vals, accs = [], []
         for seed in range(seeds):
             cfg = RunConfig(model=cand, data=data, out=str(root / f"{tag}_s{seed}"), resolution=res, epochs=epochs,
                             batch_size=64, lr=3e-3, weight_decay=0.05, warmup_epochs=min(1.0, epochs / 4),
                             label_smoothing=0.1, seed=seed, resume=True, progress="none",
                             extra_train={"max_steps": max_steps} if max_steps else {})
             row = train_run(cfg)
-            acc = row.get("test_acc")
-            if acc is None:  # stopped by max_steps inside an epoch: evaluate the checkpoint it left
-                acc = evaluate_run(cfg.out)["acc"]
+            val, acc = row.get("val_acc"), row.get("test_acc")
+            if val is None or acc is None:  # stopped by max_steps inside an epoch: evaluate the checkpoint it left
+                last = str(Path(cfg.out) / "last")
+                val, acc = evaluate_run(last, split="val")["acc"], evaluate_run(last)["acc"]
+            vals.append(float(val))
             accs.append(float(acc))
-        return accs
+        return vals, accs
 
     rows: list[dict[str, Any]] = []
     say(f"scale search: proxy {spec.name} ({base_macs / 1e6:.2f} M MACs at {res0} px) on {data}; "
         f"{len(grid)} candidates, {epochs} epoch(s) x {seeds} seed(s); runs in {root}")
-    base_acc = train(spec, res0, "base")
+    base_val, base_acc = train(spec, res0, "base")
     base_row = {"alpha": 1.0, "beta": 1.0, "gamma": 1.0, "gamma_effective": 1.0, "resolution": res0,
-                "blocks": spec.num_blocks, "macs": base_macs, "ratio": 1.0, "accs": base_acc,
-                "test_acc": statistics.mean(base_acc), "status": "base (phi=0)"}
-    say(f"  base: acc {100 * base_row['test_acc']:.2f} %")
+                "blocks": spec.num_blocks, "macs": base_macs, "ratio": 1.0, "val_accs": base_val,
+                "val_acc": statistics.mean(base_val), "accs": base_acc, "test_acc": statistics.mean(base_acc),
+                "status": "base (phi=0)"}
+    say(f"  base: val acc {100 * base_row['val_acc']:.2f} %, test acc {100 * base_row['test_acc']:.2f} %")
     for i, (a, b, g) in enumerate(grid):
         cand = dataclasses.replace(scale_spec(spec, width=b, depth=a), name=f"{spec.name}_a{a:g}_b{b:.3g}")
         res, macs = _closest_resolution(cand, res0, g, target * base_macs)
         ratio = macs / base_macs
         row = {"alpha": a, "beta": b, "gamma": g, "gamma_effective": res / res0, "resolution": res,
-               "blocks": cand.num_blocks, "macs": macs, "ratio": ratio, "accs": [], "test_acc": math.nan}
+               "blocks": cand.num_blocks, "macs": macs, "ratio": ratio, "val_accs": [], "val_acc": math.nan,
+               "accs": [], "test_acc": math.nan}
         if abs(ratio / target - 1) > tol:
             row["status"] = f"skipped: exact cost x{ratio:.2f} (rounding)"
         else:
-            row["accs"] = train(dataclasses.replace(cand, resolution=res), res, f"c{i}_a{a:g}_b{b:.3g}")
-            row["test_acc"] = statistics.mean(row["accs"])
+            row["val_accs"], row["accs"] = train(dataclasses.replace(cand, resolution=res), res,
+                                                 f"c{i}_a{a:g}_b{b:.3g}")
+            row["val_acc"], row["test_acc"] = statistics.mean(row["val_accs"]), statistics.mean(row["accs"])
             row["status"] = "trained"
         rows.append(row)
         say(f"  alpha {a:.3g} beta {b:.3g} gamma {g:.3g} -> {res} px, x{ratio:.3f} MACs: {row['status']}"
-            + (f", acc {100 * row['test_acc']:.2f} %" if row["accs"] else ""))
+            + (f", val acc {100 * row['val_acc']:.2f} %, test acc {100 * row['test_acc']:.2f} %"
+               if row["accs"] else ""))
     trained = [r for r in rows if r["accs"]]
     if not trained:
         raise ValueError(f"no candidate reaches {target}x MACs within tol={tol:.0%}; widen tol or the grid")
-    best = max(trained, key=lambda r: (r["test_acc"], -abs(r["ratio"] - target)))
+    best = max(trained, key=lambda r: (r["val_acc"], -abs(r["ratio"] - target)))  # the test split chooses nothing
     for r in rows:
         r["chosen"] = r is best
-    chosen = {k: best[k] for k in ("alpha", "beta", "gamma", "gamma_effective", "resolution", "test_acc")}
+    chosen = {k: best[k] for k in ("alpha", "beta", "gamma", "gamma_effective", "resolution", "val_acc",
+                                   "test_acc")}
     settings = {"proxy": spec.to_dict(), "data": data, "resolution": res0, "target": target, "epochs": epochs,
-                "seeds": seeds, "max_steps": max_steps, "tol": tol, "quick": quick, "out": str(root)}
+                "seeds": seeds, "max_steps": max_steps, "tol": tol, "quick": quick, "out": str(root),
+                "selection": {"split": "val", "metric": "mean final val_acc over seeds"}}
     result = {"rows": rows, "base": base_row, "chosen": chosen, "settings": settings}
     result["table"] = format_search_table(result)
     return result
@@ -312,16 +323,20 @@ def format_search_table(result: dict[str, Any]) -> str:
     lines = [f"EfficientNet step-1 search on {s['data']} (proxy at {s['resolution']} px, target x{s['target']:g} "
              f"MACs, exact cost; {s['epochs']} epoch(s) x {s['seeds']} seed(s))",
              f"{'alpha':>6} {'beta':>6} {'gamma':>6} {'res':>4} {'g_eff':>6} {'blocks':>6} {'MACs x':>7} "
-             f"{'test acc %':>11}  status"]
+             f"{'val acc %':>11} {'test acc %':>11}  status"]
+
+    def cell(accs: list[float]) -> str:
+        out = f"{100 * statistics.mean(accs):.2f}" if accs else "-"
+        return out + (f"+-{100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+
     for r in [result["base"]] + result["rows"]:
-        acc = f"{100 * r['test_acc']:.2f}" if r["accs"] else "-"
-        if len(r["accs"]) > 1:
-            acc += f"+-{100 * statistics.stdev(r['accs']):.2f}"
         mark = "  <= chosen" if r.get("chosen") else ""
+        val = cell(r.get("val_accs", []))  # results from before validation splits have none
         lines.append(f"{r['alpha']:6.3g} {r['beta']:6.3g} {r['gamma']:6.3g} {r['resolution']:4d} "
-                     f"{r['gamma_effective']:6.3f} {r['blocks']:6d} {r['ratio']:7.3f} {acc:>11}  {r['status']}{mark}")
+                     f"{r['gamma_effective']:6.3f} {r['blocks']:6d} {r['ratio']:7.3f} {val:>11} "
+                     f"{cell(r['accs']):>11}  {r['status']}{mark}")
     c = result["chosen"]
-    lines.append(f"chosen: alpha={c['alpha']:.3g} beta={c['beta']:.3g} gamma={c['gamma']:.3g} (effective "
-                 f"{c['gamma_effective']:.3f} at {c['resolution']} px); the paper's ImageNet choice is "
+    lines.append(f"chosen on validation accuracy: alpha={c['alpha']:.3g} beta={c['beta']:.3g} gamma={c['gamma']:.3g} "
+                 f"(effective {c['gamma_effective']:.3f} at {c['resolution']} px); the paper's ImageNet choice is "
                  f"alpha=1.2 beta=1.1 gamma=1.15")
     return "\n".join(lines)

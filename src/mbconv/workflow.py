@@ -3,9 +3,11 @@
 `fit_spec` is the cached train-and-measure step for a spec on in-memory datasets, shared by `mbconv signals`, the
 tour's signals chapter and the experiments.
 
-A run directory holds the trainer's checkpoints (`last/`, `best/`, see `mbconv.checkpoint`) and
-`metrics.jsonl`. Each checkpoint's meta stores `{"net": NetSpec dict, "data": {...}}`, so a run can be rebuilt
-and its inputs preprocessed exactly as in training without any pickled object.
+A run directory holds the trainer's checkpoints (`last/`, `best/`, see `mbconv.checkpoint`) and `metrics.jsonl`.
+`best/` is chosen on the dataset's validation split (never on test), and it is the checkpoint a run directory
+stands for (`find_checkpoint`); a run without a validation-selected `best/` stands for its `last/`. Each
+checkpoint's meta stores `{"net": NetSpec dict, "data": {...}}`, so a run can be rebuilt and its inputs
+preprocessed exactly as in training without any pickled object.
 """
 
 from __future__ import annotations
@@ -80,11 +82,15 @@ def build_for_data(model: str | NetSpec, data_info: Any, resolution: int, width_
 
 
 def train_run(cfg: RunConfig) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.data`; returns the final metrics row (also in `out/metrics.jsonl`)."""
+    """Train `cfg.model` on `cfg.data`; returns the final metrics row (also in `out/metrics.jsonl`).
+
+    `best/` is selected on the dataset's validation split; the test split is evaluated every epoch for reporting.
+    """
     from .data import load_dataset
     from .train import TrainConfig, Trainer
 
     train_ds = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=cfg.seed)
+    val_ds = load_dataset(cfg.data, "val", resolution=cfg.resolution)
     test_ds = load_dataset(cfg.data, "test", resolution=cfg.resolution)
     info = train_ds.info
     res = cfg.resolution or info.native_size[0]
@@ -97,8 +103,8 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
                        label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, seed=cfg.seed,
                        out_dir=cfg.out, resume=cfg.resume, deterministic=cfg.deterministic, progress=cfg.progress,
                        **cfg.extra_train)
-    meta = {"net": model.spec.to_dict(), "data": data_meta(train_ds, cfg.data, res)}
-    return Trainer(model, train_ds, test_ds, tcfg, spec=meta).fit()
+    meta = {"net": model.spec.to_dict(), "data": data_meta(train_ds, cfg.data, res), "init": cfg.init}
+    return Trainer(model, train_ds, test_ds, tcfg, spec=meta, val_ds=val_ds).fit()
 
 
 # The recipe of `fit_spec` (small nets on small datasets; `RunConfig`'s defaults are the same optimizer settings).
@@ -107,14 +113,16 @@ FIT_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing
 
 def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs: int, seed: int = 0,
              max_steps: int = 0, progress: str = "none", batch_size: int = 64, lr: float = 3e-3,
-             warmup_epochs: float = 1.0) -> dict[str, Any]:
-    """Train `spec` (adapted to the data's channels/classes/dims) on `train_ds`, evaluating on `test_ds` each epoch.
+             warmup_epochs: float = 1.0, val_ds: Any = None) -> dict[str, Any]:
+    """Train `spec` (adapted to the data's channels/classes/dims) on `train_ds`, evaluating on `val_ds` and
+    `test_ds` each epoch.
 
     Cached: the run lives in `out` (trainer checkpoints + ``metrics.jsonl``) and its summary in
     ``out/result.json``; a finished run with the same spec, epochs, seed and steps is not retrained, an
-    interrupted one resumes. Returns ``{final_acc, best_acc, final_loss, params, macs, epochs, seed,
-    train_seconds, history, ...}``. ``final_acc`` (last epoch) is the unbiased number; ``best_acc`` picks the best
-    epoch on the test split and is reported only as a secondary figure.
+    interrupted one resumes. Returns ``{final_acc, best_acc, best_epoch, best_val_acc, final_loss, params, macs,
+    epochs, seed, init, train_seconds, history, ...}``. ``final_acc`` is the last epoch's test accuracy;
+    ``best_acc`` is the test accuracy of the epoch with the best validation accuracy (``best_epoch``), None
+    without `val_ds`: the test split never chooses an epoch.
     """
     from .train import TrainConfig, Trainer, evaluate
 
@@ -125,7 +133,8 @@ def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs
     if info.dims == 3:
         model = model.to(memory_format=torch.channels_last_3d)  # ~2x faster depthwise 3-D convs on CPU
     key = {"spec": model.spec.to_dict(), "epochs": epochs, "seed": seed, "init": "derived", "max_steps": max_steps,
-           "batch_size": batch_size, "lr": lr, "n_train": len(train_ds), "data": info.name}
+           "batch_size": batch_size, "lr": lr, "n_train": len(train_ds), "data": info.name,
+           "n_val": None if val_ds is None else len(val_ds)}
     res_path = out / "result.json"
     if res_path.exists():
         cached = json.loads(res_path.read_text())
@@ -143,18 +152,23 @@ def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs
     meta = {"net": model.spec.to_dict(), "data": {"name": info.name, "resolution": size[0], "dims": info.dims,
                                                   "in_chans": info.in_chans}}
     t0 = time.perf_counter()
-    Trainer(model, train_ds, test_ds, cfg, spec=meta).fit()
+    Trainer(model, train_ds, test_ds, cfg, spec=meta, val_ds=val_ds).fit()
     seconds = time.perf_counter() - t0
     final = evaluate(model, test_ds)  # also defined when max_steps stopped the run before an epoch ended
     metrics = out / "metrics.jsonl"
     hist = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
     cost = spec_cost(model.spec, size)
-    accs = [h["test_acc"] for h in hist if h.get("test_acc") is not None] + [final["acc"]]
+    scored = [h for h in hist if h.get("val_acc") is not None]
+    chosen = max(scored, key=lambda h: h["val_acc"]) if scored else None  # first epoch of the highest val_acc
     result = {"key": key, "name": model.spec.name, "final_acc": final["acc"], "final_loss": final["loss"],
-              "best_acc": max(accs),
+              "best_acc": None if chosen is None else chosen["test_acc"],
+              "best_epoch": None if chosen is None else chosen["epoch"],
+              "best_val_acc": None if chosen is None else chosen["val_acc"],
+              "selection": "val_acc" if chosen is not None else None, "init": "derived",
               "epochs_done": len(hist), "params": cost.params, "macs": cost.macs, "seed": seed, "epochs": epochs,
               "train_seconds": seconds, "history": [{k: h.get(k) for k in ("epoch", "train_loss", "train_acc",
-                                                                          "test_loss", "test_acc", "seconds")}
+                                                                          "val_acc", "test_loss", "test_acc",
+                                                                          "seconds")}
                                                     for h in hist]}
     write_json(res_path, result)
     return result
@@ -171,16 +185,34 @@ def data_meta(ds: Any, name: str, resolution: int) -> dict[str, Any]:
             "dims": ds.info.dims, "in_chans": ds.info.in_chans}
 
 
-def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:
-    """A checkpoint directory from a run directory (its `last/` by default, else the newest valid one) or a
-    checkpoint itself. `best/` is chosen on the test split, so reporting it would be biased upward."""
+def selected_on_validation(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint's meta records that it was chosen on a validation split."""
+    try:
+        meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    sel = meta.get("selection") if isinstance(meta, dict) else None
+    return isinstance(sel, dict) and sel.get("split") == "val" and sel.get("epoch") is not None
+
+
+def find_checkpoint(path: str | Path, prefer: str = "auto") -> Path:
+    """A checkpoint directory from a run directory, or a checkpoint itself.
+
+    prefer: ``"auto"`` (default) takes `best/` when its meta says the validation split chose it, else `last/`
+    (a `best/` of older runs was chosen on the test split: reporting it would be biased upward); ``"best"`` or
+    ``"last"`` take that one when it exists. Without it, the newest valid checkpoint.
+    """
     from .checkpoint import latest_checkpoint
 
+    if prefer not in ("auto", "best", "last"):
+        raise ValueError(f"invalid prefer={prefer!r}: expected 'auto', 'best' or 'last'")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such run or checkpoint: {p}")
     if (p / "meta.json").exists():
         return p
+    if prefer == "auto":
+        prefer = "best" if selected_on_validation(p / "best") else "last"
     if (p / prefer / "meta.json").exists():
         return p / prefer
     ck = latest_checkpoint(p)
@@ -209,16 +241,38 @@ def load_run(path: str | Path) -> tuple[MBConvNet, dict[str, Any], Path]:
     return model.eval(), run, ck
 
 
-def evaluate_run(path: str | Path, data: str | None = None, batch_size: int = 256) -> dict[str, Any]:
-    """Test-split loss and accuracy of a trained run (on its own dataset unless `data` names another)."""
+def describe_selection(checkpoint: str | Path) -> str:
+    """How a checkpoint was chosen, in words: ``best/ (chosen on val_acc: epoch 7, 0.9850)`` or ``last/ (the final
+    epoch saved; not selected)``."""
+    ck = Path(checkpoint)
+    try:
+        meta = json.loads((ck / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    sel = meta.get("selection") if isinstance(meta, dict) else None
+    if ck.name.startswith("best"):
+        if selected_on_validation(ck):
+            return f"{ck.name}/ (chosen on {sel['metric']}: epoch {sel['epoch']}, {sel['value']:.4f})"
+        return f"{ck.name}/ (chosen on the test split by an older trainer: biased upward)"
+    if ck.name.startswith("last"):
+        return f"{ck.name}/ (the last epoch saved; not selected)"
+    return f"{ck.name} (a checkpoint given directly)"
+
+
+def evaluate_run(path: str | Path, data: str | None = None, batch_size: int = 256,
+                 split: str = "test") -> dict[str, Any]:
+    """Loss and accuracy of a trained run on a split (test by default; 'val' for a choice) of its own dataset
+    (unless `data` names another), and how the evaluated checkpoint was chosen (`selection`: see
+    `describe_selection`)."""
     from .data import load_dataset
     from .train import evaluate
 
     model, run, ck = load_run(path)
     d = run.get("data", {})
-    ds = load_dataset(data or d["name"], "test", resolution=d.get("resolution"))
+    ds = load_dataset(data or d["name"], split, resolution=d.get("resolution"))
     out = evaluate(model, ds, batch_size=batch_size)
-    return {"checkpoint": str(ck), "data": data or d["name"], **out}
+    return {"checkpoint": str(ck), "data": data or d["name"], "split": split, "selection": describe_selection(ck),
+            **out}
 
 
 def preprocess(x: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:

@@ -56,7 +56,7 @@ def register(add: Any) -> None:
     sp = add("gates", cmd_gates, "SE gate statistics of a trained run: per-block table and figures")
     sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
     sp.add_argument("--data", type=text, help="dataset (default: the run's own)")
-    sp.add_argument("--split", choices=("test", "train"), default="test")
+    sp.add_argument("--split", choices=("test", "val", "train"), default="test")
     sp.add_argument("--max-inputs", type=positive_int, default=None)
     sp.add_argument("--low", type=finite_float, default=0.05, help="suppressed: p99 of the gate below this")
     sp.add_argument("--high", type=finite_float, default=0.95, help="saturated: p1 of the gate above this")

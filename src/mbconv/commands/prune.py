@@ -43,6 +43,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     src_model = model_from_source(checkpoint=args.checkpoint)
     model, run, ck = src_model.model, src_model.run or {}, src_model.checkpoint
     train_ds = run_dataset(run, None, "train", augment=True, seed=args.seed) if args.finetune_epochs else None
+    val_ds = run_dataset(run, None, "val") if args.finetune_epochs else None  # chooses the fine-tune's best/
     test_ds = run_dataset(run, None, "test")
     t0 = time.time()
     calib = None
@@ -75,9 +76,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "pruning": {k: v for k, v in summary.items() if k != "plan"}}
     if args.finetune_epochs:
         row = finetune(pruned, train_ds, test_ds, epochs=args.finetune_epochs, lr=args.lr, seed=args.seed,
-                       batch_size=args.batch_size, out_dir=out, meta=meta, progress="plain")
+                       batch_size=args.batch_size, out_dir=out, meta=meta, progress="plain", val_ds=val_ds)
         summary["acc_finetuned"] = row.get("test_acc")
-        summary["acc_finetuned_best"] = row.get("best_test_acc")
+        summary["acc_finetuned_at_best_val"] = row.get("test_acc_at_best")  # the epoch the val split chose
     else:
         save_pruned(out, pruned, meta)
     summary["seconds"] = time.time() - t0

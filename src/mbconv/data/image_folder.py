@@ -1,7 +1,9 @@
 """User image folders (one sub-folder per class) as dataset sources, and the image reader behind them.
 
 Images are read with Pillow when it is installed, else with scikit-image; grayscale unless any image is colour;
-odd sizes are resized to the most common one. The pool is cached in memory, keyed by the folder's file list,
+odd sizes are resized to the most common one. A ``val/`` sub-folder whose own sub-folders are named like the classes
+is the validation split (not a class); without one, the validation split is carved from the training split
+(`splits.carve_validation`). The pool is cached in memory, keyed by the folder's file list,
 sizes and modification times, so an edited folder is read again.
 """
 
@@ -19,11 +21,13 @@ import torch
 from .datasets import DatasetInfo
 from .hashing import stratified_split
 from .sources import Source, freeze_arrays, import_optional
+from .splits import carve_validation
 from .transforms import resize_batch
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "VAL_FOLDER", "load_image_folder", "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+VAL_FOLDER = "val"  # root/val/<class>/... holds the validation images when present
 
 
 def _read_with_pil(path: Path, image_mod: ModuleType) -> tuple[np.ndarray, bool]:
@@ -79,44 +83,60 @@ def read_image(path: Path) -> tuple[np.ndarray, bool]:
         raise ValueError(f"cannot read image file {path}: {err}") from err
 
 
-def _scan_image_folder(root: Path) -> list[tuple[str, list[Path]]]:
-    """Validate the folder layout and list (class name, sorted image files) for each class."""
+def _class_files(d: Path) -> list[Path]:
+    files = sorted(
+        f
+        for f in d.rglob("*")
+        if f.is_file()
+        and f.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in f.relative_to(d).parts)
+    )
+    if not files:
+        raise ValueError(f"class folder {d} contains no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+def _sub_dirs(d: Path) -> list[Path]:
+    return [e for e in sorted(d.iterdir()) if e.is_dir() and not e.name.startswith(".")]
+
+
+def _scan_image_folder(root: Path) -> tuple[list[tuple[str, list[Path]]], list[tuple[str, list[Path]]] | None]:
+    """Validate the folder layout; (class name, sorted image files) for each class, and the same for the classes of
+    a ``val/`` validation folder (None when there is none)."""
     entries = [e for e in sorted(root.iterdir()) if not e.name.startswith(".")]
     if not entries:
         raise ValueError(f"image folder {root} is empty")
     class_dirs = [e for e in entries if e.is_dir()]
+    val_dir = root / VAL_FOLDER
+    names = {d.name for d in class_dirs} - {VAL_FOLDER}
+    # val/ is the validation split when its sub-folders are named like classes; else it is a class of its own
+    val_subs = _sub_dirs(val_dir) if val_dir in class_dirs else []
+    is_val = bool(val_subs) and all(d.name in names for d in val_subs)
+    if is_val:
+        class_dirs = [d for d in class_dirs if d != val_dir]
     if not class_dirs:
         raise ValueError(f"image folder {root} has no class sub-folders (expected one sub-folder per class)")
-    out = []
-    for d in class_dirs:
-        files = sorted(
-            f
-            for f in d.rglob("*")
-            if f.is_file()
-            and f.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in f.relative_to(d).parts)
-        )
-        if not files:
-            raise ValueError(f"class folder {d} contains no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        out.append((d.name, files))
-    return out
+    val = [(d.name, _class_files(d)) for d in val_subs] if is_val else None
+    return [(d.name, _class_files(d)) for d in class_dirs], val
 
 
-def _folder_fingerprint(classes: list[tuple[str, list[Path]]]) -> tuple:
+def _folder_fingerprint(classes: list[tuple[str, list[Path]]], val: list[tuple[str, list[Path]]] | None) -> tuple:
     # Part of the cache key so that edits to the folder invalidate the in-memory cache.
-    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for _, files in classes for f in files)
+    groups = classes + (val or [])
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for _, files in groups for f in files)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_image_folder_cached(root_str: str, fingerprint: tuple) -> Source:
     root = Path(root_str)
-    classes = _scan_image_folder(root)
+    classes, val = _scan_image_folder(root)
+    label_of = {name: i for i, (name, _) in enumerate(classes)}
     images, labels, colour = [], [], False
-    for label, (_, files) in enumerate(classes):
+    for name, files in classes + (val or []):  # the val/ images last: pool indices n_pool..
         for f in files:
             arr, is_colour = read_image(f)
             images.append(arr)
-            labels.append(label)
+            labels.append(label_of[name])
             colour = colour or is_colour
     in_chans = 3 if colour else 1
     # Images may differ in size: the most common size is the native one, the rest are resized to it.
@@ -129,8 +149,15 @@ def _load_image_folder_cached(root_str: str, fingerprint: tuple) -> Source:
             t = t.expand(in_chans, -1, -1)
         x[i] = resize_batch(t[None], native)[0].numpy()
     y = np.asarray(labels, dtype=np.int64)
-    tr, te = stratified_split(y, 0.2, seed=0)
-    freeze_arrays(x, y, tr, te)
+    n_pool = sum(len(files) for _, files in classes)
+    tr, te = stratified_split(y[:n_pool], 0.2, seed=0)
+    if val is None:
+        tr, va = carve_validation(y, tr)
+        how = "carved from train (hash seed 1, 10% of each class rounded)"
+    else:
+        va = np.arange(n_pool, len(y))
+        how = f"the {VAL_FOLDER}/ sub-folder"
+    freeze_arrays(x, y, tr, te, va)
     names = tuple(name for name, _ in classes)
     info = DatasetInfo(
         name=root.name or str(root),
@@ -142,13 +169,14 @@ def _load_image_folder_cached(root_str: str, fingerprint: tuple) -> Source:
             f"image folder {root} ({len(y)} images, {len(names)} classes, "
             f"{'RGB' if colour else 'grayscale'}); "
             f"fixed stratified split (hash permutation, seed 0, 20% of each class rounded, at least one "
-            f"per side for classes with >= 2 images): {len(tr)} train / {len(te)} test."
+            f"per side for classes with >= 2 images), validation {how}: {len(tr)} train / {len(va)} val / "
+            f"{len(te)} test."
         ),
     )
-    return Source(x, y, tr, te, info, names, "reflect")
+    return Source(x, y, tr, te, info, names, "reflect", val_idx=va)
 
 
 def load_image_folder(path: str | os.PathLike) -> Source:
     root = Path(path).expanduser().resolve()
-    classes = _scan_image_folder(root)
-    return _load_image_folder_cached(str(root), _folder_fingerprint(classes))
+    classes, val = _scan_image_folder(root)
+    return _load_image_folder_cached(str(root), _folder_fingerprint(classes, val))

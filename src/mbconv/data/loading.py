@@ -1,8 +1,8 @@
 """The public loading API: list and describe datasets, and load a split as a normalised :class:`ArrayDataset`.
 
 Pipeline of :func:`load_dataset`: raw arrays (cached in memory) -> fixed split -> optional resize to
-``resolution`` -> per-channel normalisation with the *train* split's mean/std (also applied to the test split)
--> :class:`ArrayDataset`, whose optional per-sample transform does augmentation.
+``resolution`` -> per-channel normalisation with the *train* split's mean/std (also applied to the val and test
+splits) -> :class:`ArrayDataset`, whose optional per-sample transform does augmentation.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import torch
 from .datasets import ArrayDataset, DatasetInfo
 from .image_folder import load_image_folder
 from .sources import DATASET_INFOS, DATASET_LOADERS, Source
+from .splits import SPLITS
 from .transforms import RandomShiftNoise1d, RandomTranslate, Transform, resize_batch
 
-__all__ = ["dataset_info", "get_source", "list_datasets", "load_dataset"]
-
-_SPLITS = ("train", "test")
+__all__ = ["dataset_info", "get_source", "list_datasets", "load_dataset", "split_indices"]
 
 
 def list_datasets() -> list[str]:
@@ -45,6 +44,16 @@ def get_source(name_or_path: str) -> Source:
         f"unknown dataset {name_or_path!r}: it is neither a registered dataset "
         f"({', '.join(list_datasets())}) nor an existing directory"
     )
+
+
+def split_indices(src: Source, split: str) -> np.ndarray:
+    """The pool indices of `split` ('train', 'val' or 'test') of a source; ValueError for a bad split name or a
+    dataset without a validation split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    if split == "val" and src.val_idx is None:
+        raise ValueError(f"dataset {src.info.name!r} has no validation split")
+    return {"train": src.train_idx, "val": src.val_idx, "test": src.test_idx}[split]
 
 
 # Train statistics per source and output size, so loading the test split needs no second pass over train.
@@ -75,28 +84,30 @@ def load_dataset(
             class. Class labels follow the sorted sub-folder names; images are read as grayscale unless
             any image is colour, then all are RGB; images of an odd size are resized to the most common
             size. A registry name wins over a same-named directory (use ``./name`` for the directory).
-        split: ``"train"`` or ``"test"``; splits are fixed (see the module docstring).
+        split: ``"train"``, ``"val"`` (carved from the training split, for model selection) or ``"test"``
+            (for reporting only); splits are fixed and disjoint (see the module docstring).
         resolution: resize once at load time: 2-D/3-D to ``resolution`` per side (bilinear/trilinear,
             so non-square images become square), 1-D to length ``resolution`` (linear). None keeps the
             native size.
-        augment: attach the light augmentation (train split only; ignored for ``"test"`` so callers can
-            pass the same options for both). 2-D/3-D: random shift by up to 10% of each side; 1-D:
-            circular shift of up to 3 samples plus gaussian noise (std 0.05).
+        augment: attach the light augmentation (train split only; ignored for ``"val"`` and ``"test"`` so
+            callers can pass the same options for all three). 2-D/3-D: random shift by up to 10% of each
+            side; 1-D: circular shift of up to 3 samples plus gaussian noise (std 0.05).
         seed: seed of the augmentation randomness. It does not change the split.
 
-    Samples are normalised per channel with the train split's mean/std (also for the test split), so
+    Samples are normalised per channel with the train split's mean/std (also for val and test), so
     the train split has mean 0 and std 1 per channel at the requested resolution.
 
     Raises:
         ValueError: unknown name, bad split or resolution, or a malformed image folder.
         ImportError: the optional package behind a registry dataset is missing.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:  # before any data is read
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
     bad_resolution = isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
     if resolution is not None and bad_resolution:
         raise ValueError(f"resolution must be a positive int or None, got {resolution!r}")
     src = get_source(name_or_path)
+    idx = split_indices(src, split)
     info = src.info
     size = tuple(info.native_size) if resolution is None else (resolution,) * info.dims
 
@@ -105,7 +116,7 @@ def load_dataset(
         return resize_batch(torch.from_numpy(src.x[idx]), size)
 
     stats = _STATS_CACHE.setdefault(src, {})
-    x = prepare(src.train_idx if split == "train" else src.test_idx)
+    x = prepare(idx)
     if split == "train":
         stats[size] = _channel_stats(x)
     elif size not in stats:
@@ -114,7 +125,6 @@ def load_dataset(
     shape = (1, -1) + (1,) * info.dims
     x = (x - mean.view(shape)) / std.view(shape)
 
-    idx = src.train_idx if split == "train" else src.test_idx
     transform: Transform | None = None
     if augment and split == "train":
         transform = RandomShiftNoise1d() if info.dims == 1 else RandomTranslate(0.1, src.pad_mode)

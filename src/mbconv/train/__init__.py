@@ -3,11 +3,12 @@
 Plain usage::
 
     cfg = TrainConfig(epochs=10, batch_size=64, lr=0.05, out_dir="runs/x", resume=True)
-    metrics = Trainer(model, train_ds, test_ds, cfg, spec=spec_dict).fit()
+    metrics = Trainer(model, train_ds, test_ds, cfg, spec=spec_dict, val_ds=val_ds).fit()
 
 Datasets yield ``(x: float tensor, y: int64)``. ``out_dir`` receives ``last/`` (every epoch and every
-``ckpt_every_steps`` steps), ``best/`` (best test accuracy) and ``metrics.jsonl``; see
-:mod:`mbconv.checkpoint` for the on-disk format.
+``ckpt_every_steps`` steps), ``best/`` (best *validation* accuracy; the test split is never used to choose) and
+``metrics.jsonl`` (train, validation and test metrics per epoch); see :mod:`mbconv.checkpoint` for the on-disk
+format.
 
 Exact resume. Everything random is a function of ``(seed, epoch)`` or ``(seed, step, rank)``:
 

@@ -42,7 +42,7 @@ class TrainConfig:
     drop_last: bool = True  # drop the ragged last train batch (BatchNorm dislikes tiny batches)
     eval_batch_size: int = 0  # 0 = 2 * batch_size
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK if available, else cpu
-    save_best: bool = True  # also keep out_dir/best (highest test_acc)
+    save_best: bool = True  # also keep out_dir/best (highest val_acc; needs a validation set)
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):

@@ -30,7 +30,13 @@ __all__ = ["Trainer"]
 
 
 class Trainer:
-    """Trains `model` on `train_ds`, evaluates on `test_ds` each epoch, checkpoints to ``config.out_dir``.
+    """Trains `model` on `train_ds`, evaluates on `val_ds` and `test_ds` each epoch, checkpoints to
+    ``config.out_dir``.
+
+    Model selection reads the validation split only: ``best/`` is the epoch of the highest validation accuracy
+    (kept only when `val_ds` is given), and every checkpoint's meta records how it was chosen under
+    ``"selection"``. The test split is evaluated for reporting (``test_acc``; ``test_acc_at_best`` is the test
+    accuracy of the epoch the validation split chose), never for a choice.
 
     Args:
         model: any ``nn.Module`` mapping a float batch to logits.
@@ -38,15 +44,17 @@ class Trainer:
         config: a :class:`TrainConfig`.
         spec: JSON-able network spec, stored in every checkpoint's meta.json.
         on_epoch_end: ``fn(trainer, row) -> bool | None`` after each epoch's log/checkpoint; True stops.
+        val_ds: the validation Dataset that selects ``best/``, or None (then no ``best/`` is kept).
     """
 
     METRICS = "metrics.jsonl"
 
     def __init__(self, model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None,
                  config: TrainConfig | None = None, spec: dict | None = None,
-                 on_epoch_end: Callable[[Trainer, dict], bool | None] | None = None):
+                 on_epoch_end: Callable[[Trainer, dict], bool | None] | None = None, *,
+                 val_ds: Dataset | None = None):
         cfg = self.cfg = config or TrainConfig()
-        self.spec, self.test_ds, self.on_epoch_end = spec, test_ds, on_epoch_end
+        self.spec, self.test_ds, self.val_ds, self.on_epoch_end = spec, test_ds, val_ds, on_epoch_end
         self._owns_pg = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
             dist.is_available() and dist.is_initialized())
         if cfg.deterministic and torch.cuda.is_available():
@@ -68,7 +76,10 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.meter = EpochMeter(self.device)
         self.epoch, self.epoch_step, self.step = 0, 0, 0  # epoch in progress, its batches done, global steps
-        self.best_test_acc: float | None = None
+        # the validation-selected epoch: its validation accuracy, index and (reported, never used) test accuracy
+        self.best_val_acc: float | None = None
+        self.best_epoch: int | None = None
+        self.test_acc_at_best: float | None = None
         self.resumed_from: Path | None = None
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         if cfg.resume and self.out_dir is None:
@@ -152,20 +163,20 @@ class Trainer:
                         "train_acc": stats["train_acc"], "stopped": True}
             row = {"epoch": epoch, "step": self.step, "train_loss": stats["train_loss"],
                    "train_acc": stats["train_acc"]}
-            row.update(self._test_metrics())
+            row.update(self._eval_metrics())
             row["lr"] = stats["lr"]
             row["seconds"] = round(time.time() - t0, 3)
             self.epoch, self.epoch_step = epoch + 1, 0
             self.meter.reset()
-            improved = row["test_acc"] is not None and (
-                self.best_test_acc is None or row["test_acc"] > self.best_test_acc)
+            improved = row["val_acc"] is not None and (
+                self.best_val_acc is None or row["val_acc"] > self.best_val_acc)
             if improved:
-                self.best_test_acc = row["test_acc"]
-            row["best_test_acc"] = self.best_test_acc
+                self.best_val_acc, self.best_epoch, self.test_acc_at_best = row["val_acc"], epoch, row["test_acc"]
+            row.update(self._best_fields())
             if self.rank == 0:
                 self._log(row, plain)
             # best before last: if killed in between, resume redoes this epoch and saves best again
-            if improved and cfg.save_best:
+            if improved and cfg.save_best and self.val_ds is not None:
                 self._save("best")
             self._save("last")
             stop = self.on_epoch_end(self, row) if self.on_epoch_end is not None else False
@@ -175,17 +186,30 @@ class Trainer:
 
     def _final_row(self) -> dict:
         row = {"epoch": self.epoch - 1, "step": self.step}
-        row.update(self._test_metrics())
-        row["best_test_acc"] = self.best_test_acc
+        row.update(self._eval_metrics())
+        row.update(self._best_fields())
         return row
 
-    def _test_metrics(self) -> dict:
-        out = {"test_loss": None, "test_acc": None, "ema_test_acc": None}
-        if self.test_ds is not None:
-            m = self.evaluate(self.test_ds)
-            out["test_loss"], out["test_acc"] = m["loss"], m["acc"]
-            if self.ema is not None:
-                out["ema_test_acc"] = self.evaluate(self.test_ds, use_ema=True)["acc"]
+    def _best_fields(self) -> dict:
+        return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                "test_acc_at_best": self.test_acc_at_best}
+
+    def selection(self) -> dict:
+        """How ``best/`` is chosen and what it holds so far: split, metric, epoch and value (meta.json records it)."""
+        if self.val_ds is None:
+            return {"split": None, "metric": None, "epoch": None, "value": None,
+                    "note": "no validation split given: best/ is not kept"}
+        return {"split": "val", "metric": "val_acc", "epoch": self.best_epoch, "value": self.best_val_acc}
+
+    def _eval_metrics(self) -> dict:
+        out = {}
+        for split, ds in (("val", self.val_ds), ("test", self.test_ds)):
+            out.update({f"{split}_loss": None, f"{split}_acc": None, f"ema_{split}_acc": None})
+            if ds is not None:
+                m = self.evaluate(ds)
+                out[f"{split}_loss"], out[f"{split}_acc"] = m["loss"], m["acc"]
+                if self.ema is not None:
+                    out[f"ema_{split}_acc"] = self.evaluate(ds, use_ema=True)["acc"]
         return out
 
     def _on_step(self, step: int, batches_done: int, meter: EpochMeter) -> bool:
@@ -205,7 +229,8 @@ class Trainer:
         if self.rank == 0:
             extra = {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
                      "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
-                     "best_test_acc": self.best_test_acc, "train_sums": sums, "config": asdict(self.cfg)}
+                     **self._best_fields(), "selection": self.selection(), "train_sums": sums,
+                     "config": asdict(self.cfg)}
             save_checkpoint(self.out_dir / name, self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, ema=self.ema, extra=extra, spec=self.spec,
                             keep_prev=name == "last")
@@ -221,7 +246,9 @@ class Trainer:
         meta = load_checkpoint(ckpt, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                ema=self.ema, map_location=self.device)
         self.epoch, self.epoch_step, self.step = meta["epoch"], meta["epoch_step"], meta["step"]
-        self.best_test_acc = meta.get("best_test_acc")
+        # a checkpoint from before validation splits has best_test_acc only: selection starts afresh
+        self.best_val_acc, self.best_epoch = meta.get("best_val_acc"), meta.get("best_epoch")
+        self.test_acc_at_best = meta.get("test_acc_at_best")
         if self.epoch_step and (meta.get("steps_per_epoch") != self.steps_per_epoch
                                 or meta.get("world_size") != self.world_size):
             print("resume: batch size / world size changed mid-epoch; the data order will not match",
@@ -268,6 +295,6 @@ class Trainer:
                 return "-" if v is None else f"{v:.4f}"
             print(f"epoch {row['epoch'] + 1}/{self.cfg.epochs} step {row['step']} "
                   f"train_loss {fmt(row['train_loss'])} train_acc {fmt(row['train_acc'])} "
-                  f"test_loss {fmt(row['test_loss'])} test_acc {fmt(row['test_acc'])} "
+                  f"val_acc {fmt(row['val_acc'])} test_loss {fmt(row['test_loss'])} test_acc {fmt(row['test_acc'])} "
                   f"ema_test_acc {fmt(row['ema_test_acc'])} lr {row['lr']:.3g} {row['seconds']:.1f}s",
                   flush=True)
