@@ -1,21 +1,22 @@
 """Depthwise convolution (groups == in == out channels) with its own backward, for training on CPU.
 
-ATen's CPU depthwise backward is the bottleneck of a training step: its weight gradient costs 5-200x the forward
-for 5-tap kernels, and for any kernel on 1x1 / 2x2 maps (measured in `benchmarks/depthwise.py`, numbers in
-docs/bench/depthwise.md). `DepthwiseConv1d/2d/3d` are nn.Conv1d/2d/3d subclasses (same parameters, state-dict
-keys, isinstance checks, surgery and export); when autograd records a CPU training step they run
-`DepthwiseConvFunction`, otherwise the plain `F.convNd` (inference, torch.compile, tracing and ONNX export see
-the ordinary op).
+ATen's CPU depthwise backward costs 5-15x its forward for 5-tap kernels, and for any kernel on 1x1 / 2x2 maps
+(channels_last; far more in NCHW). `DepthwiseConv1d/2d/3d` are nn.Conv1d/2d/3d subclasses (same parameters,
+state-dict keys, isinstance checks, surgery and export); during a CPU training step, for shapes where the rule
+below leaves ATen, they run `DepthwiseConvFunction`; otherwise, and for inference, torch.compile, tracing, ONNX
+export and torch.func transforms, the plain `F.convNd`.
 
 `DepthwiseConvFunction`:
 - crops the kernel to the taps that ever touch the input (a 5-tap kernel on a 1x1 map has one live tap, on a
   2x2 map three), with padding adjusted so the output is unchanged: the forward and both gradients run a
-  smaller convolution and the dead taps get a zero gradient, exactly what they would get from ATen;
-- grad_input: for stride 1 the forward convolution of grad_output with the flipped kernel (ATen's forward
-  kernels are fast, and its stride-1 input gradient is slower); for stride > 1 ATen's input gradient;
-- grad_weight by `weight_grad_method`: ATen for <= 3-tap kernels on maps of at least 4 per axis (fast there);
-  a single live tap as one product-sum; everything else as one depthwise convolution with batch x channels
-  folded into the groups and grad_output as the per-group kernel, reduced over the batch.
+  smaller convolution and the dead taps get a zero gradient, exactly what they would get from ATen; a single
+  live tap is a per-channel multiply;
+- grad_input (`input_grad_method`): for stride 1 the forward convolution of grad_output with the flipped kernel;
+  for stride > 1 ATen's input gradient;
+- grad_weight (`weight_grad_method`): ATen where its kernel is fast, one product-sum per live tap for a single
+  tap or tiny channels_last maps, else one depthwise convolution with batch x channels folded into the groups
+  and grad_output as the per-group kernel, summed over the batch.
+The rule and the measurements behind it: docs/bench/depthwise.md (`benchmarks/depthwise.py --sections methods`).
 
 `use_fast_backward(False)` (a context manager) or `set_fast_backward(False)` switches back to ATen's backward, for
 benchmarks and checks on the same weights.
@@ -155,7 +156,7 @@ def weight_grad_method(plan: DepthwisePlan, channels_last: bool = False) -> str:
 
 def own_backward(plan: DepthwisePlan, channels_last: bool = False) -> bool:
     """Whether `DepthwiseConvFunction` differs from ATen for this plan: a cropped kernel or a weight gradient not
-    by ATen. Otherwise the module runs plain nn.ConvNd (the Function's Python would cost ~0.1 ms a layer)."""
+    by ATen. Otherwise the module runs plain nn.ConvNd (the Function's Python costs ~0.07 ms a layer)."""
     return plan.cropped or weight_grad_method(plan, channels_last) != "aten"
 
 
