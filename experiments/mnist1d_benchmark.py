@@ -13,11 +13,13 @@ CNNs of three widths.
 
 Recipe (all runs): AdamW lr 3e-3, wd 0.05, warm-up 1 epoch + cosine, label smoothing 0.1, batch 64, the mnist1d
 augmentation of mbconv.data (circular shift <= 3 + noise 0.05). Reported accuracy = the LAST epoch's test accuracy
-(no selection on the test split). Runs are cached under results/experiments/mnist1d_benchmark/ (git-ignored);
-reruns only aggregate. Full mode: main 20 epochs x seeds 0-4; Pareto 10 epochs x seed 0 (the e6 family members
-cost up to ~25 s/epoch on a shared core). --quick: 5 epochs, seed 0, both parts. The machine is shared: run the
-full mode in chunks (--parts main --seeds 0-1, then --seeds 2-4, then --parts pareto); every chunk re-aggregates
-all cached runs of the mode.
+(no selection on the test split); the validation split (399 signals carved from the 4000 training signals, so 3601
+train) is evaluated every epoch and is what any choice reads. Runs are cached under
+results/experiments/mnist1d_benchmark/ (git-ignored); reruns only aggregate. ``--label NAME`` keeps a separate set
+of runs and output files (the pre-registered rerun of issue 17: ``--seeds 5-9 --parts main --label rerun17``). Full
+mode: main 20 epochs x seeds 0-4; Pareto 10 epochs x seed 0 (the e6 family members cost up to ~25 s/epoch on a
+shared core). --quick: 5 epochs, seed 0, both parts. The machine is shared: run the full mode in chunks (--parts
+main --seeds 0-1, then --seeds 2-4, then --parts pareto); every chunk re-aggregates all cached runs of the mode.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ sys.path.insert(0, str(ROOT / "src"))
 from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci  # noqa: E402
 
 from mbconv import zoo_nd  # noqa: E402
-from mbconv.data_nd import load_signal_task  # noqa: E402
+from mbconv.data_nd import load_signal_splits  # noqa: E402
+from mbconv.provenance import RunRecord  # noqa: E402
 from mbconv.report import plt, savefig, write_json  # noqa: E402
 from mbconv.workflow import fit_spec  # noqa: E402
 
 CNN_WIDTHS = (0.25, 0.5, 1.0)
 TARGET = 0.993
+# The weight-init scheme of every run this script trains (workflow.build_for_data with the run's seed).
+INIT = "tf init; weights drawn after torch.manual_seed(derive_seed(seed, 'init')) (derived stream)"
 
 
 def main() -> int:
@@ -59,6 +64,7 @@ def main() -> int:
     ap.add_argument("--models", default=None, help="subset of the main runs, e.g. mbconv1d_se4,cnn1d_plain")
     ap.add_argument("--runs", default=str(ROOT / "results/experiments/mnist1d_benchmark"))
     ap.add_argument("--out", default=str(ROOT / "experiments/results/mnist1d_benchmark"))
+    ap.add_argument("--label", default=None, help="a separate set of runs and result files (default: by mode)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # shared 2-core machine: one thread is fastest overall
     mode = "quick" if args.quick else "full"
@@ -67,22 +73,28 @@ def main() -> int:
     pseeds = seed_list(args.pareto_seeds or "0")
     pepochs = args.pareto_epochs or (5 if args.quick else 10)
     parts = set(args.parts.split(","))
-    runs_main = Path(args.runs) / f"main_{mode}_e{epochs}"
-    runs_pareto = Path(args.runs) / f"pareto_{mode}_e{pepochs}"
+    suffix = f"_{args.label}" if args.label else ""
+    runs_main = Path(args.runs) / f"main_{mode}_e{epochs}{suffix}"
+    runs_pareto = Path(args.runs) / f"pareto_{mode}_e{pepochs}{suffix}"
     out = Path(args.out)
     t_start = time.time()
+    record = RunRecord(seeds={"main": seeds, "pareto": pseeds}, epochs={"main": epochs, "pareto": pepochs},
+                       init=INIT)
 
-    data = {False: load_signal_task("mnist1d", seed=0), True: load_signal_task("mnist1d", seed=0, shuffled=True)}
+    data = {False: load_signal_splits("mnist1d", seed=0), True: load_signal_splits("mnist1d", seed=0, shuffled=True)}
 
     def run(runs: Path, ep: int, tag: str, spec, seed: int, shuffled: bool = False,
             resolution: int | None = None) -> dict:
-        tr, te = data[shuffled] if resolution in (None, 40) else load_signal_task("mnist1d", seed=0,
-                                                                                 resolution=resolution)
+        tr, va, te = data[shuffled] if resolution in (None, 40) else load_signal_splits("mnist1d", seed=0,
+                                                                                       resolution=resolution)
         t0 = time.time()
-        r = fit_spec(spec, tr, te, runs / f"{tag}_s{seed}", ep, seed=seed, progress="none")
-        print(f"{tag:28s} seed {seed}: final {100 * r['final_acc']:.2f} %  best {100 * r['best_acc']:.2f} %  "
-              f"params {r['params']:>9,}  MACs {r['macs']:>10,}  ({time.time() - t0:.0f} s this call, "
-              f"{r['train_seconds']:.0f} s training)", flush=True)
+        run_dir = runs / f"{tag}_s{seed}"
+        r = fit_spec(spec, tr, te, run_dir, ep, seed=seed, progress="none", val_ds=va)
+        if not (run_dir / "provenance.json").exists():  # the command (chunk) that trained this run
+            write_json(run_dir / "provenance.json", record.as_dict(seeds=[seed], epochs=ep))
+        print(f"{tag:28s} seed {seed}: final {100 * r['final_acc']:.2f} %  at the best val epoch "
+              f"{100 * r['best_acc']:.2f} %  params {r['params']:>9,}  MACs {r['macs']:>10,}  "
+              f"({time.time() - t0:.0f} s this call, {r['train_seconds']:.0f} s training)", flush=True)
         return r
 
     if "main" in parts:
@@ -110,7 +122,7 @@ def main() -> int:
                 run(runs_pareto, pepochs, spec.name, spec, s, resolution=spec.resolution)
     # Non-default epoch counts get their own output files, so they never overwrite the default mode's.
     label = mode if (epochs, pepochs) == ((5, 5) if args.quick else (20, 10)) else f"{mode}_e{epochs}_p{pepochs}"
-    summarize(runs_main, runs_pareto, out, label, epochs, pepochs)
+    summarize(runs_main, runs_pareto, out, label + suffix, epochs, pepochs, record)
     print(f"done in {time.time() - t_start:.0f} s")
     return 0
 
@@ -121,6 +133,8 @@ def _collect(runs: Path) -> dict[str, list[dict]]:
         r = json.loads(p.read_text())
         tag = p.parent.name.rsplit("_s", 1)[0]
         r.pop("key", None)
+        prov = p.parent / "provenance.json"
+        r["provenance"] = json.loads(prov.read_text()) if prov.exists() else None
         groups.setdefault(tag, []).append(r)
     for rows in groups.values():
         rows.sort(key=lambda r: r["seed"])
@@ -131,29 +145,48 @@ def _table(groups: dict[str, list[dict]]) -> dict[str, dict]:
     table = {}
     for tag, rows in groups.items():
         accs = [100 * r["final_acc"] for r in rows]
+        vals = [100 * r["history"][-1]["val_acc"] for r in rows if r["history"] and "val_acc" in r["history"][-1]]
         m, h = t_ci(accs)
         table[tag] = {"n_seeds": len(rows), "seeds": [r["seed"] for r in rows], "final_acc_mean": m,
                       "final_acc_ci95": h, "final_acc_min": min(accs), "final_acc_max": max(accs),
-                      "best_acc_mean": statistics.mean(100 * r["best_acc"] for r in rows),
+                      # the test accuracy of the epoch the validation split chose (None: runs without one)
+                      "best_acc_mean": (statistics.mean(100 * r["best_acc"] for r in rows)
+                                        if all(r.get("best_acc") is not None for r in rows) else None),
+                      "final_val_acc_mean": statistics.mean(vals) if len(vals) == len(rows) else None,
                       "params": rows[0]["params"], "macs": rows[0]["macs"],
                       "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rows),
-                      "per_seed_final_acc": accs}
+                      "per_seed_final_acc": accs, "init": INIT}
     return table
 
 
-def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: int, pepochs: int) -> dict:
+def _commands(groups: dict[str, list[dict]]) -> list[dict]:
+    """The distinct commands (chunks) that trained the runs of `groups`, with the seeds and models each trained."""
+    chunks: dict[tuple, dict] = {}
+    for tag, rows in sorted(groups.items()):
+        for r in rows:
+            p = r.get("provenance")
+            if p is None:
+                continue
+            c = chunks.setdefault((p["command"], p["git_commit"]), {**p, "seeds": [], "models": []})
+            c["seeds"] = sorted(set(c["seeds"]) | set(p["seeds"]))
+            c["models"] = sorted(set(c["models"]) | {tag})
+    return list(chunks.values())
+
+
+def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: int, pepochs: int,
+              record: RunRecord) -> dict:
     """Aggregate every cached run of this mode into results.json, the figures and markdown tables."""
     groups = _collect(runs_main)
+    pgroups = _collect(runs_pareto)
     table = _table(groups)
-    ptable = _table(_collect(runs_pareto))
+    ptable = _table(pgroups)
     res: dict = {"mode": mode, "epochs": epochs, "pareto_epochs": pepochs, "target": 100 * TARGET,
-                 "models": table, "pareto": ptable,
-                 "command": "PYTHONPATH=src .venv/bin/python experiments/mnist1d_benchmark.py"
-                            + (" --quick" if mode.startswith("quick") else "")
-                            + ("" if mode in ("quick", "full") else f" --epochs {epochs} --pareto-epochs {pepochs}")
-                            + " (full mode run in chunks: --parts main --seeds 0-1 / 2-4, --parts pareto)",
+                 "models": table, "pareto": ptable, "init": INIT,
+                 "command": record.as_dict()["command"],  # this aggregation; the training chunks: run_commands
+                 "run_commands": _commands(groups) + _commands(pgroups),
                  "recipe": "AdamW 3e-3, wd 0.05, warmup 1 + cosine, label smoothing 0.1, batch 64, shift+noise aug; "
-                           "accuracy = last epoch, test split of mnist1d (1000)"}
+                           "accuracy = last epoch, test split of mnist1d (1000); train 3601 / val 399 (chooses "
+                           "nothing here: reported as final_val_acc_mean)"}
     if "mbconv1d_se4" in groups and "cnn1d_plain" in groups:
         a = {r["seed"]: 100 * r["final_acc"] for r in groups["mbconv1d_se4"]}
         b = {r["seed"]: 100 * r["final_acc"] for r in groups["cnn1d_plain"]}
@@ -172,6 +205,7 @@ def summarize(runs_main: Path, runs_pareto: Path, out: Path, mode: str, epochs: 
             res["mbconv_vs_cnn_w0.5"].update(params_ratio=table["cnn1d_plain_w0.5"]["params"] / mb["params"],
                                              macs_ratio=table["cnn1d_plain_w0.5"]["macs"] / mb["macs"])
     out.mkdir(parents=True, exist_ok=True)
+    res["provenance"] = record.as_dict()
     write_json(out / f"results_{mode}.json", res)
     _figures(table, ptable if mode in ("quick", "full") else {}, out, mode)  # one Pareto figure per mode
     md = _markdown(table, f"{mode} mode, main comparison", epochs) + "\n" + \

@@ -20,10 +20,13 @@ net at 28 px), with the project's recipe (AdamW 3e-3, wd 0.05, warm-up 1 epoch, 
    (`GatePenalty(reduction='sum')`, science.md's form) for several lam; their gate statistics and pruning curves.
 
 `--bench`: the tour model (EfficientNet-B0 spec, width 0.5, 32 px, 30 epochs on MNIST 5k; trained once and cached)
-pruned to >= 30 % fewer MACs by each criterion at equal MACs, before and after a short fine-tune.
+pruned to >= 30 % fewer MACs by each criterion at equal MACs, before and after a short fine-tune. `--bench-seed S`
+trains the tour model and fine-tunes with seed S (random draws S*10 ..) into bench_s{S}/ (issue 17's pre-registered
+rerun: S = 1); its pruned model is the checkpoint the validation split chose (best/), and the fine-tune's reported
+accuracy is its last epoch (the epoch the validation split would choose is recorded beside it).
 
-Everything evaluates the *last* checkpoint of each run (no selection on the test split), except the bench's
-baseline, which reports both the best checkpoint (what `mbconv eval` and the tour report) and the last one.
+Everything else evaluates the *last* checkpoint of each run (no selection on the test split). The first bench (seed
+0, in bench/) pruned the tour model's best/ checkpoint, which that trainer chose on the *test* split.
 
 Trained checkpoints are cached under results/se_gates_pruning/ (gitignored; reruns skip training). JSON and PNG
 results go to experiments/results/se_gates_pruning/{quick,full,bench}/.
@@ -74,7 +77,7 @@ from mbconv.report import plt as _plt
 from mbconv.report import savefig, write_json
 from mbconv.spec import NetSpec, parse_arch, spec_replace_blocks
 from mbconv.train import Trainer, evaluate
-from mbconv.workflow import build_for_data, data_meta, load_run, train_run
+from mbconv.workflow import build_for_data, data_meta, describe_selection, load_run, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "results" / "se_gates_pruning"
@@ -125,7 +128,7 @@ def train(cache: Path, data: str, seed: int, epochs: int, se: bool = True, lam: 
         tcfg = RECIPE.train_config(epochs, seed, out, resume=True, progress="none")
         meta = {"net": model.spec.to_dict(), "data": data_meta(tr_ds, data, tr_ds.info.native_size[0]),
                 "gate_penalty": {"lam": lam, "reduction": "sum"}}
-        trainer = Trainer(model, tr_ds, te_ds, tcfg, spec=meta)
+        trainer = Trainer(model, tr_ds, te_ds, tcfg, spec=meta, val_ds=load_dataset(data, "val"))
         GatePenalty(trainer.model, lam, reduction="sum").attach(trainer)
         trainer.fit()
     if time.time() - t0 > 5:
@@ -339,18 +342,23 @@ def fig_se_vs_nose(results: dict[str, Any], path: Path) -> Path:
 
 # -- benchmark on the tour model -----------------------------------------------------------------------------
 def bench(out: Path, epochs_ft: int = 3, target: float = 0.30, draws: int = 3,
-          max_jobs: int | None = None) -> dict[str, Any]:
+          max_jobs: int | None = None, seed: int = 0) -> dict[str, Any]:
     from mbconv.chapters.train import TOUR_MODEL
+    from mbconv.provenance import RunRecord
 
-    run = CACHE / "tour_b0w05_s0"
-    cfg = RECIPE.run_config(**TOUR_MODEL, out=str(run), epochs=30, resume=True, progress="plain", seed=0)
+    record = RunRecord(seeds={"train": seed, "finetune": seed, "random_draws": [10 * seed + i for i in range(draws)]},
+                       epochs={"train": 30, "finetune": epochs_ft},
+                       init="tf init, zero classifier; weights after torch.manual_seed(derive_seed(seed, 'init'))")
+    run = CACHE / f"tour_b0w05_s{seed}"
+    cfg = RECIPE.run_config(**TOUR_MODEL, out=str(run), epochs=30, resume=True, progress="plain", seed=seed)
     t0 = time.time()
     train_run(cfg)  # cached: returns at once when the 30 epochs are done
     log(f"tour model ready ({time.time() - t0:.0f} s)")
-    model, meta, ck = load_run(run)
+    model, meta, ck = load_run(run)  # best/ when the validation split chose it (workflow.find_checkpoint)
     d = meta["data"]
     test = load_dataset(d["name"], "test", resolution=d["resolution"])
-    train_aug = load_dataset(d["name"], "train", resolution=d["resolution"], augment=True, seed=0)
+    val = load_dataset(d["name"], "val", resolution=d["resolution"])
+    train_aug = load_dataset(d["name"], "train", resolution=d["resolution"], augment=True, seed=seed)
     calib = torch.utils.data.Subset(load_dataset(d["name"], "train", resolution=d["resolution"]), range(1000))
     cal = record_gates(model, calib)
     means = channel_means(model, calib)
@@ -359,39 +367,42 @@ def bench(out: Path, epochs_ft: int = 3, target: float = 0.30, draws: int = 3,
     base_cost = spec_cost(model.spec)
     res: dict[str, Any] = {"checkpoint": str(ck), "base_acc_best": base_best, "base_acc_last": base_last,
                            "base_params": base_cost.params, "base_macs": base_cost.macs, "target_macs_removed": target,
-                           "finetune_epochs": epochs_ft, "finetune_lr": 1e-3, "rows": []}
+                           "finetune_epochs": epochs_ft, "finetune_lr": 1e-3, "seed": seed,
+                           "selection": describe_selection(ck), "rows": []}
     rec = record_gates(model, test)  # gate statistics of the tour model on the test split
     st = gate_stats(rec)
     res["gates"] = {"summary": summarize(st, rec), "blocks": [x.row() for x in st]}
     fig_histograms_by_depth(rec, out / "fig_gates_depth_tour.png", "tour model: SE gate values by depth")
     jobs = [(c, 0, "per_block") for c in ("gate", "gate_act", "bn", "l1")]
-    jobs += [("random", s, "per_block") for s in range(draws)]
+    jobs += [("random", 10 * seed + s, "per_block") for s in range(draws)]
     jobs += [("gate", 0, "global"), ("bn", 0, "global")]
     jobs += [("none", 0, "per_block")]  # control: the unpruned model fine-tuned the same way
     prev = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
     if all(prev.get(k) == res[k] for k in ("checkpoint", "target_macs_removed", "finetune_epochs", "base_macs")):
         res["rows"] = prev.get("rows", [])  # resumable: finished jobs are kept, not redone
+        res["chunks"] = prev.get("chunks", [])  # the commands that ran the earlier jobs
     done = {(r["criterion"], r["draw"], r["scope"]) for r in res["rows"]}
     todo = [j for j in jobs if j not in done][:max_jobs]
-    for crit, seed, scope in todo:
+    res.setdefault("chunks", []).append({"command": record.as_dict()["command"], "jobs": [list(j) for j in todo]})
+    for crit, draw, scope in todo:
         t1 = time.time()
-        scores = channel_scores(model, "bn" if crit == "none" else crit, recording=cal, seed=seed)
+        scores = channel_scores(model, "bn" if crit == "none" else crit, recording=cal, seed=draw)
         ratio = 0.0 if crit == "none" else ratio_for_macs(model, scores, target, scope=scope, criterion=crit)
         plan = make_plan(scores, ratio, scope=scope, criterion=crit)
         acc_mc = evaluate(apply_plan(model, plan, means=means), test)["acc"]
         pruned = apply_plan(model, plan)
         c = spec_cost(pruned.spec)
         acc0 = evaluate(pruned, test)["acc"]
-        row = finetune(pruned, train_aug, test, epochs=epochs_ft, lr=1e-3, seed=0)
-        r = {"criterion": crit, "draw": seed, "scope": scope, "ratio": ratio, "params": c.params, "macs": c.macs,
+        row = finetune(pruned, train_aug, test, epochs=epochs_ft, lr=1e-3, seed=seed, val_ds=val)
+        r = {"criterion": crit, "draw": draw, "scope": scope, "ratio": ratio, "params": c.params, "macs": c.macs,
              "macs_removed": 1 - c.macs / base_cost.macs, "params_removed": 1 - c.params / base_cost.params,
              "acc_pruned": acc0, "acc_pruned_compensated": acc_mc, "acc_finetuned": row["test_acc"],
-             "acc_finetuned_best_epoch": row["best_test_acc"],
+             "val_acc_finetuned": row["val_acc"], "acc_finetuned_at_best_val_epoch": row["test_acc_at_best"],
              "seconds": time.time() - t1}
         res["rows"].append(r)
-        log(f"bench {crit}/{scope}/{seed}: ratio {ratio:.3f}, MACs -{100 * r['macs_removed']:.1f} %, acc "
+        log(f"bench {crit}/{scope}/{draw}: ratio {ratio:.3f}, MACs -{100 * r['macs_removed']:.1f} %, acc "
             f"{100 * acc0:.1f} -> {100 * r['acc_finetuned']:.2f} % ({r['seconds']:.0f} s)")
-        write_json(out / "bench.json", res)
+        write_json(out / "bench.json", {**res, "provenance": record.as_dict()})
     if len(res["rows"]) < len(jobs):
         log(f"bench: {len(res['rows'])}/{len(jobs)} jobs done; rerun --bench to continue")
         return res
@@ -421,7 +432,7 @@ def bench(out: Path, epochs_ft: int = 3, target: float = 0.30, draws: int = 3,
     az.set_title("zoom (1 SE of a 1000-sample accuracy ~ 0.44 pt)")
     az.legend(fontsize=8)
     savefig(fig, out / "fig_bench.png")
-    write_json(out / "bench.json", res)
+    write_json(out / "bench.json", {**res, "provenance": record.as_dict()})
     return res
 
 
@@ -432,13 +443,14 @@ def main() -> int:
     ap.add_argument("--bench", action="store_true", help="only the tour-model pruning benchmark")
     ap.add_argument("--bench-epochs", type=int, default=3)
     ap.add_argument("--bench-jobs", type=int, default=None, help="at most this many bench jobs now (resumable)")
+    ap.add_argument("--bench-seed", type=int, default=0, help="seed of the tour model and fine-tunes (0: bench/)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # shared CPUs: one thread per process is fastest here
     t0 = time.time()
     if args.bench:
-        out = OUT / "bench"
+        out = OUT / ("bench" if args.bench_seed == 0 else f"bench_s{args.bench_seed}")
         out.mkdir(parents=True, exist_ok=True)
-        bench(out, epochs_ft=args.bench_epochs, max_jobs=args.bench_jobs)
+        bench(out, epochs_ft=args.bench_epochs, max_jobs=args.bench_jobs, seed=args.bench_seed)
         log(f"bench done in {time.time() - t0:.0f} s -> {out}")
         return 0
     mode = "quick" if args.quick else "full"

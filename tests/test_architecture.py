@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["mbconv.scaling", "mbconv.zoo", "mbconv.zoo_nd", "mbconv.net", "mbconv.cost",  # 2 networks and their cost
      "mbconv.inference", "mbconv.plotting", "mbconv.efficientnet"],
     ["mbconv.compat", "mbconv.data", "mbconv.data_nd", "mbconv.checkpoint",         # 3 weights, data, files
-     "mbconv.files"],
+     "mbconv.files", "mbconv.provenance"],
     ["mbconv.train", "mbconv.workflow"],                                            # 4 training and runs
     ["mbconv.gates", "mbconv.prune", "mbconv.stability", "mbconv.roofline",         # 5 analysis, compression
      "mbconv.scaling_search", "mbconv.quant"],

@@ -214,7 +214,7 @@ def search_coefficients(base_spec: NetSpec | str, data: str = "mnist5k", *, quic
                         betas: Sequence[float] | None = None, proxy_width: float = 0.25,
                         resolution: int | None = None, epochs: int | None = None, seeds: int | None = None,
                         max_steps: int = 0, tol: float = 0.08, out: str | Path | None = None,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        log: Callable[[str], None] | None = None, first_seed: int = 0) -> dict[str, Any]:
     """EfficientNet's step 1: grid-search (alpha, beta, gamma) under alpha * beta^2 * gamma^D ~ `target` on a proxy.
 
     The proxy is `base_spec` (a zoo name or NetSpec) fitted to the dataset `data` (classes, channels, dims),
@@ -224,7 +224,8 @@ def search_coefficients(base_spec: NetSpec | str, data: str = "mnist5k", *, quic
     (`spec_cost`) are closest to target x the proxy's; candidates off by more than `tol` (or over budget at
     gamma = 1) are skipped and listed. Every other candidate, and the proxy itself (phi = 0), is trained with
     `workflow.train_run` (AdamW 3e-3, wd 0.05, label smoothing 0.1, batch 64) for `epochs` (quick: 2, else 10)
-    and `seeds` (quick: 1, else 2) seeds; runs are cached under `out` and resumed, so a rerun retrains nothing.
+    and `seeds` (quick: 1, else 2) seeds (``first_seed``, ``first_seed + 1``, ...); runs are cached under `out` and
+    resumed, so a rerun retrains nothing.
     The chosen coefficients are those of the best mean final *validation* accuracy (the dataset's val split); the
     final test accuracy of every candidate is reported beside it and chooses nothing.
 
@@ -260,7 +261,7 @@ def search_coefficients(base_spec: NetSpec | str, data: str = "mnist5k", *, quic
     def train(cand: NetSpec, res: int, tag: str) -> tuple[list[float], list[float]]:
         """(final validation accuracies, final test accuracies), one per seed."""
         vals, accs = [], []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             cfg = RunConfig(model=cand, data=data, out=str(root / f"{tag}_s{seed}"), resolution=res, epochs=epochs,
                             batch_size=64, lr=3e-3, weight_decay=0.05, warmup_epochs=min(1.0, epochs / 4),
                             label_smoothing=0.1, seed=seed, resume=True, progress="none",
@@ -310,7 +311,8 @@ def search_coefficients(base_spec: NetSpec | str, data: str = "mnist5k", *, quic
     chosen = {k: best[k] for k in ("alpha", "beta", "gamma", "gamma_effective", "resolution", "val_acc",
                                    "test_acc")}
     settings = {"proxy": spec.to_dict(), "data": data, "resolution": res0, "target": target, "epochs": epochs,
-                "seeds": seeds, "max_steps": max_steps, "tol": tol, "quick": quick, "out": str(root),
+                "seeds": seeds, "first_seed": first_seed, "max_steps": max_steps, "tol": tol, "quick": quick,
+                "out": str(root),
                 "selection": {"split": "val", "metric": "mean final val_acc over seeds"}}
     result = {"rows": rows, "base": base_row, "chosen": chosen, "settings": settings}
     result["table"] = format_search_table(result)
