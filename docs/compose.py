@@ -12,7 +12,8 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 TARGETS = {
     DOCS / "claims.md": (DOCS / "claims", ["_header", "a_b_cost", "c_se_pruning", "d_scaling_conditioning",
-                                           "e_kernel_resolution", "f_quant_se_placement", "g_beyond_2d"]),
+                                           "e_kernel_resolution", "f_quant_se_placement", "g_beyond_2d",
+                                           "h_reruns_issue17"]),
     DOCS.parent / "BENCHMARKS.md": (DOCS / "bench", ["_header", "accuracy", "speed", "roofline", "int8", "pruning",
                                                     "stability", "nd"]),
 }
