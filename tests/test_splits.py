@@ -124,3 +124,15 @@ def test_eeg_windows_have_a_validation_span() -> None:
     s = N.load_eeg_splits()
     assert [len(d) for d in s] == [4 * 31, 4 * 11, 4 * 41]
     assert s.val.y.bincount().tolist() == [11] * 4
+
+
+def test_readme_dataset_table_states_the_real_split_sizes() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \|.*\| (\d+) / (\d+) / (\d+) \|$", readme, flags=re.M)
+    assert {r[0] for r in rows} == {"mnist5k", "digits8", "mnist1d", "textures"}
+    for name, *sizes in rows:
+        src = loading.get_source(name)
+        assert [int(v) for v in sizes] == [len(src.train_idx), len(src.val_idx), len(src.test_idx)], name
