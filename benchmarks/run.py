@@ -29,7 +29,6 @@ A full run takes about 8-10 minutes on 2 idle cores (torch.compile is about half
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mbconv.provenance import RunRecord, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +143,7 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, inner: int,
 def ratio_stats(theirs: list[float], ours: list[float]) -> dict[str, float]:
     """Per-round speed-up theirs / ours (> 1: ours faster): min, median, max."""
     r = [t / o for t, o in zip(theirs, ours)]
-    return {"min": min(r), "median": statistics.median(r), "max": max(r)}
+    return {"min": min(r), "median": statistics.median(r), "max": max(r), "per_round": r}
 
 
 def _fmt_ratio(s: dict[str, float]) -> str:
@@ -275,6 +276,7 @@ def run_inference(key: str, args: argparse.Namespace, sections: set[str], tmp: P
             if o in times and t in times:
                 rows[label] = ratio_stats(times[t], times[o])
         per = {n: {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "max_ms": 1e3 * max(ts),
+                   "samples_ms": [1e3 * t for t in ts],  # every round's time per call, in round order
                    "img_per_s": batch / statistics.median(ts),
                    "gflops": 2 * macs * batch / statistics.median(ts) / 1e9} for n, ts in times.items()}
         for n in per:
@@ -390,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     t_start = time.perf_counter()
+    record = RunRecord(argv=None if argv is None else [sys.argv[0], *argv])  # no seeds, epochs or init: no training
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     log(f"mbconv bench{' (QUICK: few rounds, numbers are noise)' if args.quick else ''}: {cpu}, "
@@ -413,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average_end"] = os.getloadavg()[0]
     log(f"\nmatmul peak at the end {peak2['best']:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f}; "
         f"wall {result['wall_s']:.0f} s")
-    (out / "speed.json").write_text(json.dumps(result, indent=1))
+    write_result(out / "speed.json", result, record)
     (out / "speed.txt").write_text("\n".join(lines) + "\n")
     log(f"wrote {out / 'speed.json'} and {out / 'speed.txt'}")
     return 0

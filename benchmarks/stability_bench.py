@@ -19,7 +19,6 @@ printed separately).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from mbconv import stability as S
+from mbconv.provenance import RunRecord, write_result
 
 TOUR_RUN = Path("results/tour/mnist5k_b0w05")
 
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="cross-check B0 sigma_max by power iteration")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
+    record = RunRecord()  # no training: no seeds, epochs or init to state
     torch.set_num_threads(args.threads)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     # torch.func imports torch._dynamo lazily on its first VJP (seconds, once per process): timed apart
@@ -120,11 +121,10 @@ def main() -> None:
     print(f"threads {args.threads}; load average before {' '.join(load)}, after {' '.join(end_load)}; "
           f"target < 30 s each: {'met' if verdict else 'NOT met'}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"tour": tour, "b0": b0, "torch_func_init_seconds": init,
-                                              "threads": args.threads, "load_before": load,
-                                              "load_after": end_load, "machine": platform.processor() or
-                                              platform.machine(), "torch": torch.__version__}, indent=1))
+        write_result(args.out, {"tour": tour, "b0": b0, "torch_func_init_seconds": init, "threads": args.threads,
+                                "load_before": load, "load_after": end_load,
+                                "machine": platform.processor() or platform.machine(), "torch": torch.__version__},
+                     record)
 
 
 if __name__ == "__main__":

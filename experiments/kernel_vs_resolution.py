@@ -47,6 +47,7 @@ from mbconv import stability as S
 from mbconv.cost import spec_cost
 from mbconv.data import load_dataset
 from mbconv.net import MBConvNet
+from mbconv.provenance import RunRecord
 from mbconv.report import plt, savefig, write_json
 from mbconv.scaling_search import with_total_blocks
 from mbconv.spec import NetSpec, parse_arch, plan_blocks, spec_replace_blocks
@@ -114,6 +115,7 @@ def match_budget(spec: NetSpec, budget: int) -> tuple[NetSpec, float]:
 
 def run_one(label: str, spec: NetSpec, resolution: int, seed: int, epochs: int, mode: str) -> dict[str, Any]:
     train_ds = load_dataset(DATA, "train", resolution=resolution, augment=True, seed=seed)
+    val_ds = load_dataset(DATA, "val", resolution=resolution)
     test_ds = load_dataset(DATA, "test", resolution=resolution)
     torch.manual_seed(seed)
     model = MBConvNet(spec)
@@ -122,14 +124,14 @@ def run_one(label: str, spec: NetSpec, resolution: int, seed: int, epochs: int, 
         model = model.to(memory_format=torch.channels_last)
     out = CACHE / mode / f"r{resolution}_{label}_s{seed}_e{epochs}"
     cfg = RECIPE.train_config(epochs, seed, out, resume=True, progress="none", save_best=False)
-    Trainer(model, train_ds, test_ds, cfg, spec={"net": spec.to_dict()}).fit()
+    Trainer(model, train_ds, test_ds, cfg, spec={"net": spec.to_dict()}, val_ds=val_ds).fit()
     rows = read_metrics(out)
     model.eval()
     x = torch.stack([test_ds[i][0] for i in range(64)])
     erf = S.effective_receptive_field(model.forward_features, x)
     c = spec_cost(spec)
     return {"label": label, "resolution": resolution, "seed": seed, "test_acc": rows[-1]["test_acc"],
-            "test_loss": rows[-1]["test_loss"], "best_test_acc": max(r["test_acc"] for r in rows),
+            "test_loss": rows[-1]["test_loss"], "val_acc": rows[-1]["val_acc"],
             "erf_radius": erf["radius"], "erf_frac": erf["radius_frac"], "rf": receptive_field(spec),
             "rf_frac": receptive_field(spec) / resolution, "macs": c.macs, "params": c.params,
             "expand": spec.stages[0].blocks[0].expand, "blocks": spec.num_blocks}
@@ -144,16 +146,21 @@ def summarise(runs: list[dict], cfg: dict) -> dict[str, Any]:
             if not rs:
                 continue
             acc = [r["test_acc"] for r in rs]
+            val = [r["val_acc"] for r in rs if r.get("val_acc") is not None]  # none in runs before issue 17
             table.append({"resolution": res, "label": lab, "n": len(rs), "acc_mean": statistics.mean(acc),
+                          "val_acc_mean": statistics.mean(val) if len(val) == len(rs) else None,
                           "acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                           "erf_frac": statistics.mean(r["erf_frac"] for r in rs), "rf_frac": rs[0]["rf_frac"],
                           "macs": rs[0]["macs"], "params": rs[0]["params"], "expand": rs[0]["expand"],
                           "blocks": rs[0]["blocks"]})
     best = {}
+    # the kernel is chosen on the validation split; runs from before it existed were chosen on test, and say so
+    on_val = all(t["val_acc_mean"] is not None for t in table)
+    key = "val_acc_mean" if on_val else "acc_mean"
     for res in cfg["resolutions"]:
         rows = [t for t in table if t["resolution"] == res]
-        b = max(rows, key=lambda t: t["acc_mean"])
-        best[str(res)] = {"label": b["label"], "acc": b["acc_mean"],
+        b = max(rows, key=lambda t: t[key])
+        best[str(res)] = {"label": b["label"], "acc": b["acc_mean"], "chosen_on": "val" if on_val else "test",
                           "margin_over_k3": b["acc_mean"] - next(t["acc_mean"] for t in rows if t["label"] == "k3")}
     # How much of the accuracy variation (within each resolution) does ERF/FOV explain?
     xs, ys = [], []
@@ -240,6 +247,8 @@ def main() -> None:
         return
     classes = load_dataset(DATA, "test").info.num_classes
     t0 = time.time()
+    record = RunRecord(seeds=list(range(cfg["seeds"])), epochs=cfg["epochs"],
+                       init="tf init (MBConvNet default) after torch.manual_seed(seed), zero classifier")
     runs = []
     for res in cfg["resolutions"]:
         for label, spec, info in configs(cfg, res, classes):
@@ -254,7 +263,7 @@ def main() -> None:
                     f"({time.time() - t1:.0f} s)")
     summary = summarise(runs, cfg)
     meta = {"mode": mode, "config": cfg, "data": DATA, "seconds": time.time() - t0, "command": " ".join(sys.argv),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "provenance": record.as_dict()}
     write_json(out / "results.json", {"meta": meta, "runs": runs})
     write_json(out / "summary.json", {"meta": meta, **summary})
     figures(runs, summary, cfg, out)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from mbconv.cost import compare_layer
+from mbconv.provenance import RunRecord
 from mbconv.report import plt, savefig, write_json
 from mbconv.roofline import layer_table, measure_machine
 
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         res, cs, ks, ts, rounds, min_sample = 56, [32, 64, 128, 256, 512], [3, 5, 7], [1, 2, 3, 4, 6], 21, 20e-3
     out = Path(args.out) if args.out else ROOT / "experiments/results/layer_costs"  # mode is in results.json
     t_start = time.time()
+    record = RunRecord()  # timings only: no seeds, epochs or init
     machine = measure_machine(args.threads)
     print(f"machine ({args.threads} thread(s)): matmul peak {machine['peak_gflops']:.1f} GFLOP/s, copy "
           f"{machine['bandwidth_gbs']:.1f} GB/s, ridge {machine['ridge_macs_per_byte']:.2f} MACs/byte", flush=True)
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "res": res, "C": cs, "k": ks, "t": ts, "rounds": rounds,
                                       "machine_start": machine, "machine_end": machine_end, "summary": summary,
                                       "seconds": time.time() - t_start, "results": results,
-                                      "command": " ".join(sys.argv)})
+                                      "command": " ".join(sys.argv), "provenance": record.as_dict()})
     fig_ratios(results, out / "fig_ratios.png")
     fig_t_linear(results, ts, out / "fig_t_linear.png")
     fig_layers_roofline(results, machine, out / "fig_roofline.png")

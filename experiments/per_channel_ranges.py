@@ -22,6 +22,7 @@ import torch
 from se_placement_quant import run_dir  # Experiment F's cache layout (experiments/ is on sys.path)
 
 from mbconv.data import load_dataset
+from mbconv.provenance import RunRecord
 from mbconv.quant.insert import QuantConfig
 from mbconv.quant.noise import measure_sqnr
 from mbconv.quant.ptq import ptq
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    record = RunRecord()  # evaluates Experiment F's cached nets: their seeds/epochs are in the run paths
     result = {"command": " ".join(["python", "experiments/per_channel_ranges.py", *sys.argv[1:]])}
     for data in ("mnist5k", "mnist1d"):
         run = run_dir(Path(args.cache), data, 16, "se_post", 0, 20)
@@ -72,7 +74,7 @@ def main() -> None:
             sys.exit(f"no trained net at {run}: run experiments/se_placement_quant.py --depths 16 --seeds 0 first")
         result[data] = study(run, data)
         print(data, json.dumps(result[data], indent=1), flush=True)
-    write_json(Path(args.out), result)
+    write_json(Path(args.out), {**result, "provenance": record.as_dict()})
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from common import RECIPE, mode_config, read_metrics  # experiments/ is on sys.p
 from mbconv import stability as S
 from mbconv.cost import spec_cost
 from mbconv.data import load_dataset
+from mbconv.provenance import RunRecord
 from mbconv.report import plt, savefig, write_json
 from mbconv.scaling_search import STRATEGIES, equal_cost_family
 from mbconv.train import Trainer, TrainingDivergedError
@@ -341,6 +342,8 @@ def main() -> None:
         report(summary)
         return
     t0 = time.time()
+    record = RunRecord(seeds=list(range(cfg["seeds"])), epochs=cfg["epochs"],
+                       init="tf init after torch.manual_seed(seed) (stability.build_variant)")
     base = S.comparison_base_spec()
     specs: dict[tuple[float, str], dict] = {}
     nets = {}
@@ -370,7 +373,8 @@ def main() -> None:
                         f"loss1 {r['train']['first_train_loss']:.3f} acc {100 * r['train']['test_acc']:.1f} % "
                         f"({time.time() - t1:.0f} s)")
     meta = {"mode": mode, "config": cfg, "seconds": time.time() - t0, "command": " ".join(sys.argv),
-            "torch": torch.__version__, "specs": {f"x{f:g}_{s}": v for (f, s), v in specs.items()}}
+            "torch": torch.__version__, "specs": {f"x{f:g}_{s}": v for (f, s), v in specs.items()},
+            "provenance": record.as_dict()}
     write_compact(out / "results.json", clean({"meta": meta, "runs": runs}))
     summary = summarise(runs, specs, cfg)
     write_json(out / "summary.json", clean({"meta": meta, **summary}))

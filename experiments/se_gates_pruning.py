@@ -455,6 +455,10 @@ def main() -> int:
         return 0
     mode = "quick" if args.quick else "full"
     cfg = QUICK if args.quick else FULL
+    from mbconv.provenance import RunRecord
+
+    record = RunRecord(seeds=list(range(cfg["seeds"])), epochs=cfg["epochs"],
+                       init="tf init, zero classifier; weights after torch.manual_seed(derive_seed(seed, 'init'))")
     cache, out = CACHE / mode, OUT / mode
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -476,7 +480,8 @@ def main() -> int:
     results = merged()
     fig_se_vs_nose(results, out / "fig_se_vs_nose.png")
     write_json(out / "results.json", {"mode": mode, "config": dict(cfg), "results": results,
-                                      "seconds": time.time() - t0, "command": " ".join(sys.argv)})
+                                      "seconds": time.time() - t0, "command": " ".join(sys.argv),
+                                      "provenance": record.as_dict()})
     log(f"{mode} done in {time.time() - t0:.0f} s -> {out}")
     return 0
 

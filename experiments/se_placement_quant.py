@@ -43,6 +43,7 @@ from common import RECIPE, paired, read_metrics, seed_list, t_ci  # experiments/
 
 from mbconv.data import load_dataset
 from mbconv.layers import fuse_bn
+from mbconv.provenance import RunRecord
 from mbconv.quant.insert import QuantConfig, quantizers
 from mbconv.quant.noise import measure_sqnr
 from mbconv.quant.ptq import copy_ranges, prepare, ptq
@@ -60,6 +61,7 @@ INPUT_RES = {"mnist1d": 40, "mnist5k": 14}
 # The 2-D arm calibrates activations by MSE only (48 of the 96 configurations; the 1-D arm adds min/max): even so
 # its evaluation takes about as long as its training.
 CALIBS = {"mnist1d": ("mse", "minmax"), "mnist5k": ("mse",)}
+INIT = "tf init, zero classifier; weights after torch.manual_seed(derive_seed(seed, 'init')) (workflow.train_run)"
 
 
 def stack_spec(depth: int, variant: str, data: str) -> NetSpec:
@@ -385,6 +387,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = "quick" if quick else "full"
     t0 = time.time()
+    record = RunRecord(seeds=seeds, epochs=epochs, init=INIT, device=args.device)
     timing = {"train_s": 0.0, "eval_s": 0.0}
 
     def log(msg: str) -> None:
@@ -443,7 +446,8 @@ def main() -> None:
     ref_key = "W8A4_tensor_runtime_mse"
     cmd = " ".join(["python", "experiments/se_placement_quant.py", *sys.argv[1:]])
     result = {"mode": tag, "depths": depths, "seeds": seeds, "epochs": epochs, "batch": batch, "timing": timing,
-              "wall_s": time.time() - t0, "command": cmd}
+              "wall_s": time.time() - t0, "command": cmd,
+              "provenance": record.as_dict()}
     for data in datasets:
         ds_depths = depths_for(data)
         s = summarize(rows, quick, ds_depths, seeds, data)

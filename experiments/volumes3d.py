@@ -39,13 +39,15 @@ from common import markdown_table, mean_ci_text, paired_by_key, seed_list, t_ci 
 from mbconv import zoo_nd  # noqa: E402
 from mbconv.chapters.signals import separable_ratio_rows  # noqa: E402
 from mbconv.cost import compare_layer, module_cost  # noqa: E402
-from mbconv.data_nd import load_volumes  # noqa: E402
+from mbconv.data_nd import load_volume_splits  # noqa: E402
+from mbconv.provenance import RunRecord  # noqa: E402
 from mbconv.report import plt, savefig, write_json  # noqa: E402
 from mbconv.scaling import scale_spec  # noqa: E402
 from mbconv.workflow import fit_spec  # noqa: E402
 
 CNN_WIDTHS = (0.25, 0.5, 1.0)
 MBCONV_WIDTHS = (1.0, 1.5, 2.0)
+INIT = "tf init, zero classifier; weights after torch.manual_seed(derive_seed(seed, 'init')) (fit_spec)"
 
 
 def main() -> int:
@@ -62,7 +64,8 @@ def main() -> int:
     mode = "quick" if args.quick else "full"
     epochs = args.epochs or (10 if args.quick else 20)
     seeds = seed_list(args.seeds or ("0" if args.quick else "0-2"))
-    tr, te = load_volumes(args.source, args.size, augment=True)
+    tr, va, te = load_volume_splits(args.source, args.size, augment=True)
+    record = RunRecord(seeds=seeds, epochs=epochs, init=INIT)
     side = tr.x.shape[-1]
     runs = Path(args.runs) / f"{mode}_{args.source}{side}_aug_e{epochs}"
     t_start = time.time()
@@ -75,17 +78,17 @@ def main() -> int:
     for s in seeds:
         for tag, spec in specs.items():
             t0 = time.time()
-            r = fit_spec(spec, tr, te, runs / f"{tag}_s{s}", epochs, seed=s, batch_size=32)
+            r = fit_spec(spec, tr, te, runs / f"{tag}_s{s}", epochs, seed=s, batch_size=32, val_ds=va)
             print(f"{tag:20s} seed {s}: final {100 * r['final_acc']:.2f} %  params {r['params']:>8,}  "
                   f"MACs {r['macs']:>11,}  train {r['train_seconds']:.0f} s ({time.time() - t0:.0f} s this call)",
                   flush=True)
-    res = summarize(runs, Path(args.out), mode, epochs, tr)
+    res = summarize(runs, Path(args.out), mode, epochs, tr, record)
     print(json.dumps(res["verdict"], indent=1))
     print(f"done in {time.time() - t_start:.0f} s")
     return 0
 
 
-def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
+def summarize(runs: Path, out: Path, mode: str, epochs: int, tr, record: RunRecord) -> dict:
     groups: dict[str, list[dict]] = {}
     for p in sorted(runs.glob("*/result.json")):
         r = json.loads(p.read_text())
@@ -95,8 +98,11 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
     for tag, rows in groups.items():
         rows.sort(key=lambda r: r["seed"])
         accs = [100 * r["final_acc"] for r in rows]
+        vals = [100 * r["history"][-1]["val_acc"] for r in rows if r["history"] and r["history"][-1].get("val_acc")
+                is not None]
         m, h = t_ci(accs)
         table[tag] = {"n_seeds": len(rows), "seeds": [r["seed"] for r in rows], "final_acc_mean": m,
+                      "final_val_acc_mean": statistics.mean(vals) if len(vals) == len(rows) else None,
                       "final_acc_ci95": h, "per_seed_final_acc": accs,
                       "params": rows[0]["params"], "macs": rows[0]["macs"],
                       "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rows),
@@ -114,6 +120,7 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
                  "separable_ratio_3d": {"rows": ratio_rows, "k3_C64_measured_hooks": measured,
                                         "k3_C64_formula": layer["formula"]["ratio_std_sep"]},
                  "command": "PYTHONPATH=src .venv/bin/python experiments/volumes3d.py " + " ".join(sys.argv[1:]),
+                 "init": INIT, "provenance": record.as_dict(),
                  "note": "wall-clock seconds depend on the shared machine's load at the time of each run; compare "
                          "them only between runs of one seed (run back to back)"}
     verdict: dict = {}
@@ -132,7 +139,11 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
     verdict["pairs_with_ge_5x_macs"] = pairs
     verdict["claim_holds"] = any(p["within_1pt_or_better"] for p in pairs)
     if mbs and cnns:
-        best_mb = max(mbs, key=lambda k: table[k]["final_acc_mean"])
+        # "the best MBConv" is chosen on the validation split (runs from before it existed: on test, and said so)
+        on_val = all(table[k]["final_val_acc_mean"] is not None for k in mbs + cnns)
+        key = "final_val_acc_mean" if on_val else "final_acc_mean"
+        verdict["chosen_on"] = "val" if on_val else "test"
+        best_mb = max(mbs, key=lambda k: table[k][key])
         match = [k for k in cnns if table[k]["final_acc_mean"] >= table[best_mb]["final_acc_mean"] - 1]
         verdict["best_mbconv"] = {"model": best_mb, "acc": table[best_mb]["final_acc_mean"]}
         if match:
@@ -140,7 +151,7 @@ def summarize(runs: Path, out: Path, mode: str, epochs: int, tr) -> dict:
             verdict["cheapest_plain_within_1pt_of_best_mbconv"] = {
                 "model": cheapest, "acc": table[cheapest]["final_acc_mean"],
                 "macs_ratio": table[cheapest]["macs"] / table[best_mb]["macs"]}
-        best_plain = max(cnns, key=lambda k: table[k]["final_acc_mean"])
+        best_plain = max(cnns, key=lambda k: table[k][key])
         verdict["best_plain"] = {"model": best_plain, "acc": table[best_plain]["final_acc_mean"]}
         if "mbconv3d_small" in table and "cnn3d_plain" in table:
             mb, cn = table["mbconv3d_small"], table["cnn3d_plain"]
