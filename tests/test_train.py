@@ -109,6 +109,26 @@ def test_optimizer_kinds():
         make_optimizer(m, TrainConfig(optimizer="lamb"))
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw", "rmsprop"])
+def test_optimizer_fast_step_equals_the_per_parameter_loop(name):
+    """make_optimizer's fused (SGD, AdamW) / multi-tensor (RMSprop) step gives the per-parameter loop's weights."""
+    fast_net, ref_net = net(p=0.0), net(p=0.0)  # same weights; no dropout, whose masks would differ
+    cfg = TrainConfig(optimizer=name, lr=0.01, weight_decay=0.05)
+    fast = make_optimizer(fast_net, cfg)
+    assert fast.defaults["fused" if name != "rmsprop" else "foreach"] is True
+    kw = {"sgd": dict(momentum=0.9), "adamw": {}, "rmsprop": dict(alpha=0.9, eps=1e-3, momentum=0.9)}[name]
+    cls = type(fast)
+    ref = cls(param_groups_weight_decay(ref_net, 0.05), lr=0.01, foreach=False, **kw)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        for m, opt in ((fast_net, fast), (ref_net, ref)):
+            opt.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(fast_net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_cosine_warmup_values():
     f = cosine_warmup_lambda(total_steps=10, warmup_steps=2, min_ratio=0.1)
     assert [f(0), f(1), f(2)] == [0.5, 1.0, 1.0]

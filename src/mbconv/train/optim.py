@@ -13,7 +13,8 @@ from torch import nn
 from ..checkpoint import unwrap_model
 from .config import TrainConfig
 
-__all__ = ["ModelEma", "cosine_warmup_lambda", "make_optimizer", "make_scheduler", "param_groups_weight_decay"]
+__all__ = ["ModelEma", "cosine_warmup_lambda", "fused_step_ok", "make_optimizer", "make_scheduler",
+           "param_groups_weight_decay"]
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -26,17 +27,30 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     return [g for g in groups if g["params"]]
 
 
+def fused_step_ok(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused (one kernel for all parameters) SGD/AdamW step can run on `params`: floating point,
+    all on CPU or all on CUDA."""
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum), AdamW or RMSprop (TF-style hyperparameters) over :func:`param_groups_weight_decay`."""
+    """SGD (momentum), AdamW or RMSprop (TF-style hyperparameters) over :func:`param_groups_weight_decay`.
+
+    SGD and AdamW take torch's fused step where it can run (:func:`fused_step_ok`), RMSprop the multi-tensor one:
+    on CPU the default per-parameter loop costs 3-4x as much (tour model, 213 tensors, one thread: AdamW 6.9 ms
+    per step vs 1.9 ms fused, about 6 % of its training step; benchmarks/profile.py --only tour).
+    """
     groups = param_groups_weight_decay(model, cfg.weight_decay)
     name = cfg.optimizer.lower()
+    fused = fused_step_ok([p for g in groups for p in g["params"]]) or None  # None: torch's default
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
     if name == "rmsprop":
         # EfficientNet's TF recipe: decay 0.9, eps 1e-3, momentum 0.9 (torch adds eps outside the sqrt)
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-3, momentum=cfg.momentum)
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-3, momentum=cfg.momentum, foreach=True)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'sgd', 'adamw' or 'rmsprop'")
 
 
