@@ -15,29 +15,34 @@ import torch
 
 from .datasets import ArrayDataset, DatasetInfo
 from .image_folder import load_image_folder
+from .photos import PHOTO_INFOS, PHOTO_LOADERS
 from .sources import DATASET_INFOS, DATASET_LOADERS, Source
 from .splits import SPLITS
 from .transforms import RandomShiftNoise1d, RandomTranslate, Transform, resize_batch
 
 __all__ = ["dataset_info", "get_source", "list_datasets", "load_dataset", "split_indices"]
 
+# The registry: the bundled pools of `sources` and the photo crops of `photos` (which builds on `sources`).
+_INFOS = {**DATASET_INFOS, **PHOTO_INFOS}
+_LOADERS = {**DATASET_LOADERS, **PHOTO_LOADERS}
+
 
 def list_datasets() -> list[str]:
     """Names of the bundled datasets (sorted)."""
-    return sorted(DATASET_LOADERS)
+    return sorted(_LOADERS)
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """Static info of a registered dataset (no data is loaded), or of an image folder (which is scanned)."""
-    if name in DATASET_INFOS:
-        return DATASET_INFOS[name]
+    if name in _INFOS:
+        return _INFOS[name]
     return get_source(name).info
 
 
 def get_source(name_or_path: str) -> Source:
     """The cached raw pool and fixed split of a registry name or an image folder."""
-    if name_or_path in DATASET_LOADERS:
-        return DATASET_LOADERS[name_or_path]()
+    if name_or_path in _LOADERS:
+        return _LOADERS[name_or_path]()
     if os.path.isdir(os.path.expanduser(name_or_path)):
         return load_image_folder(name_or_path)
     raise ValueError(
@@ -95,7 +100,8 @@ def load_dataset(
         seed: seed of the augmentation randomness. It does not change the split.
 
     Samples are normalised per channel with the train split's mean/std (also for val and test), so
-    the train split has mean 0 and std 1 per channel at the requested resolution.
+    the train split has mean 0 and std 1 per channel at the requested resolution; the photo crops
+    (`photos`, `photos_imagenet`) use their pretrained config's fixed mean/std instead.
 
     Raises:
         ValueError: unknown name, bad split or resolution, or a malformed image folder.
@@ -117,7 +123,9 @@ def load_dataset(
 
     stats = _STATS_CACHE.setdefault(src, {})
     x = prepare(idx)
-    if split == "train":
+    if src.norm is not None:  # a pretrained network's normalisation, whatever the train split's statistics
+        stats[size] = (torch.tensor(src.norm[0], dtype=torch.float32), torch.tensor(src.norm[1], dtype=torch.float32))
+    elif split == "train":
         stats[size] = _channel_stats(x)
     elif size not in stats:
         stats[size] = _channel_stats(prepare(src.train_idx))

@@ -46,6 +46,8 @@ class Source:
     info: DatasetInfo
     classes: tuple[str, ...]
     pad_mode: str  # padding used by the shift augmentation
+    # A fixed per-channel (mean, std) instead of the train split's statistics (a pretrained network's inputs).
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # The validation split, carved from the training split (disjoint from train_idx); None: the dataset has none.
     val_idx: np.ndarray | None = None
 
