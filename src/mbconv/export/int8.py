@@ -6,9 +6,23 @@ Choices (measured on this project's CPU, AVX-512 VNNI; see docs/bench/int8.md):
 - The same graph as fp32 deployment: BN folded, TF pads static, SE squeeze and the final pooling as
   GlobalAveragePool (ORT's int8 graph runs a ReduceMean on NHWC tensors with a slow generic reduction, ~19 % of
   B0's int8 time; GlobalAveragePool quantizes to QLinearGlobalAveragePool).
-- u8 activations / s8 weights: ORT's default s8/s8 is about 4x slower on this CPU (issue 5).
+- u8 activations / s8 weights: ORT's default s8/s8 is about 4x slower on this CPU (issue 5), where the CPU computes
+  u8 x s8 exactly; elsewhere `int8_kernels` picks the types the CPU computes exactly (below).
 - Everything else is `onnxruntime.quantization.quantize_static` with QDQ format; ORT fuses the QDQ pairs into
   QLinearConv / QLinearSigmoid / QLinearMul / QLinearAdd kernels at session creation.
+
+Kernels by CPU (`int8_kernels`, the default of every function here). ONNX Runtime's u8 x s8 kernels on x86-64
+without VNNI multiply with vpmaddubsw, which adds each pair of u8 x s8 products into a *saturating* int16:
+255 x 127 x 2 > 32767, so large activations against large same-signed weights clip. On the real EfficientNet-Lite0
+(ReLU6 activations up to 255 on the u8 grid, BN-folded depthwise weights using the whole s8 range) that cost
+top-1 agreement with fp32: 52 % of photo crops (73 % of the confident ones) on an AVX2 machine without VNNI
+(issue 14). VNNI (avx512_vnni, avx_vnni: vpdpbusd) accumulates u8 x s8 in int32, exact. So:
+
+- x86-64 with VNNI: u8 activations, s8 symmetric per-channel weights (ORT's recommendation; the fast path);
+- x86-64 without VNNI (or flags unknown): u8 activations, u8 asymmetric weights: the u8 x u8 kernels widen to
+  int16 before multiplying (vpmaddwd into int32), exact; measured 100 % / 83 % agreement on that machine against
+  75 % for ORT's other remedy, `reduce_range` (7-bit weights, which halves the weight grid);
+- ARM64 and others: u8 activations, s8 weights (dot-product kernels accumulate in int32).
 """
 
 from __future__ import annotations
@@ -28,6 +42,43 @@ from .ort import ort_logits, ort_session, time_sessions
 from .to_onnx import export_onnx
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})  # /proc/cpuinfo spellings
+
+
+def cpu_features() -> tuple[str, frozenset[str]]:
+    """(machine, CPU feature flags): `platform.machine()` and, on Linux, the flags of /proc/cpuinfo (x86 'flags',
+    ARM 'Features'); no flags elsewhere."""
+    import platform
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+                    break
+    except OSError:
+        pass
+    return platform.machine().lower(), frozenset(flags)
+
+
+def int8_kernels(machine: str | None = None, flags: Iterable[str] | None = None) -> dict[str, Any]:
+    """The ORT int8 types this CPU (or the given `machine` / `flags`) computes exactly: {"activation", "weight",
+    "reduce_range", "why"}; see the module docstring."""
+    if machine is None or flags is None:
+        found_machine, found_flags = cpu_features()
+        machine = found_machine if machine is None else machine
+        flags = found_flags if flags is None else flags
+    machine, flags = machine.lower(), {f.lower() for f in flags}
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        if flags & VNNI_FLAGS:
+            return {"activation": "u8", "weight": "s8", "reduce_range": False,
+                    "why": f"x86-64 with VNNI ({', '.join(sorted(flags & VNNI_FLAGS))}): u8 x s8 accumulates in int32"}
+        return {"activation": "u8", "weight": "u8", "reduce_range": False,
+                "why": "x86-64 without VNNI: u8 x s8 saturates in int16 (vpmaddubsw); u8 x u8 is exact"}
+    return {"activation": "u8", "weight": "s8", "reduce_range": False,
+            "why": f"{machine or 'unknown machine'}: u8 x s8 dot products accumulate in int32"}
 
 
 def _need(module: str) -> Any:
@@ -55,10 +106,18 @@ class CalibrationReader:
 
 
 def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calib: Iterable[np.ndarray],
-                  method: str = "minmax", per_channel: bool = True, activation: str = "u8", weight: str = "s8",
-                  exclude_ops: Sequence[str] = ()) -> Path:
-    """Static int8 QDQ quantization of an fp32 ONNX model, calibrated on `calib` batches (numpy, NC...)."""
+                  method: str = "minmax", per_channel: bool = True, activation: str | None = None,
+                  weight: str | None = None, exclude_ops: Sequence[str] = (), reduce_range: bool | None = None,
+                  exclude_nodes: Sequence[str] = ()) -> Path:
+    """Static int8 QDQ quantization of an fp32 ONNX model, calibrated on `calib` batches (numpy, NC...).
+
+    `activation` / `weight` ('u8' | 's8') and `reduce_range` (7-bit weights) default to `int8_kernels()`: the types
+    this CPU computes exactly. `exclude_nodes` are ONNX node names left in float (mixed precision)."""
     q = _need("onnxruntime.quantization")
+    kernels = int8_kernels()
+    activation = kernels["activation"] if activation is None else activation
+    weight = kernels["weight"] if weight is None else weight
+    reduce_range = kernels["reduce_range"] if reduce_range is None else reduce_range
     if method not in CALIB_METHODS:
         raise ValueError(f"invalid calibration method={method!r}: expected one of {CALIB_METHODS}")
     types = {"u8": q.QuantType.QUInt8, "s8": q.QuantType.QInt8}
@@ -79,7 +138,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calib: Iterable[
         q.quantize_static(str(fp32_path), str(int8_path), CalibrationReader(calib, name),
                           quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
                           activation_type=types[activation], weight_type=types[weight],
-                          calibrate_method=cm, op_types_to_quantize=ops)
+                          calibrate_method=cm, op_types_to_quantize=ops, reduce_range=reduce_range,
+                          nodes_to_exclude=list(exclude_nodes) or None)
     except ValueError as e:  # e.g. a tensor the calibrator never saw a valid range for
         raise ValueError(f"ONNX Runtime could not quantize {fp32_path}: {e}") from None
     finally:
@@ -132,6 +192,7 @@ def int8_benchmark(model: nn.Module, calib_data: Any, out: str | Path, test_data
                             "speedup_min": r["ort_fp32"]["min_ms"] / r["ort_int8"]["min_ms"]}
     res: dict[str, Any] = {"fp32_onnx": str(fp32), "int8_onnx": str(out), "calibration": method,
                            "calib_samples": calib_samples, "per_channel": per_channel, "threads": threads,
+                           "kernels": int8_kernels(),
                            "se_multiple": se_multiple, "pool_rewrite": rewrite_pool,
                            "input_shape": list(shape), "quantize_seconds": quant_s, "latency": latency,
                            "size_bytes": {"fp32": fp32.stat().st_size, "int8": out.stat().st_size}}
