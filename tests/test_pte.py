@@ -6,6 +6,7 @@ The nets are tiny (one or two stages, width 0.25, 32 px): lowering time grows wi
 Tests that need executorch skip without the `phone` extra.
 """
 
+import gc
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ from torch import nn
 
 from mbconv import create_model
 from mbconv.cli import main
+from mbconv.export import pte
 from mbconv.export.pte import (
     PHONE_HINT,
     agreement,
@@ -32,7 +34,7 @@ from mbconv.zoo import get_spec
 
 # (zoo name, leading stages kept): each family's own blocks, activations, SE gate, padding and head.
 FAMILIES_2D = [
-    ("efficientnet_b0", 2),  # DS + IR with SE, SiLU, sigmoid gate
+    ("efficientnet_b0", 1),  # DS block with SE, SiLU, sigmoid gate
     ("tf_efficientnet_b0", 1),  # TF 'same' pads (asymmetric StaticPad on the strided stem)
     ("tf_efficientnet_lite0", 2),  # ReLU6, no SE, TF pads on a strided IR block
     ("efficientnetv2_s", 2),  # Fused-MBConv (conv / fused-expand blocks)
@@ -143,8 +145,26 @@ def test_family_int8_program_follows_fp32_and_its_pt2e_reference(et, name, stage
     assert 20 < vs_fp32["sqnr_db"] and 30 < vs_ref["sqnr_db"], (vs_fp32, vs_ref)
 
 
+def test_relu6_is_quantized_after_the_clamp(et, monkeypatch):
+    m = tiny("tf_efficientnet_lite0", 2)
+    for mod in m.modules():  # wide pre-activations, as in a trained net: most of the range lies outside 0..6
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.weight.data *= 4
+    gm = pte.phone_module(m, 32)[0]  # BN folded: every ReLU6 follows its conv
+    xq = need_executorch("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    relu6 = sum(1 for n in gm.graph.nodes if n.target == torch.ops.aten.hardtanh.default)
+    assert relu6 > 0 and pte.annotate_conv_relu6(gm, xq.get_symmetric_quantization_config()) == relu6
+    calib, x = inputs(m, 16), inputs(m, 16)
+    with torch.no_grad():
+        ref = m(x)
+        fixed = agreement(ref, quantize_pt2e(m, calib, 32)[0](x))
+        monkeypatch.setattr(pte, "annotate_conv_relu6", lambda gm, config: 0)  # the quantizer's own annotation
+        shared = agreement(ref, quantize_pt2e(m, calib, 32)[0](x))
+    assert fixed["sqnr_db"] > shared["sqnr_db"] + 3, (fixed, shared)
+
+
 def test_pt2e_int8_is_comparable_to_our_fake_quant(et):
-    m = tiny("efficientnet_b0", 2)
+    m = tiny("efficientnet_b0", 1)
     calib, x = inputs(m, 32), inputs(m, 32)
     with torch.no_grad():
         ref = m(x)
@@ -156,13 +176,31 @@ def test_pt2e_int8_is_comparable_to_our_fake_quant(et):
     assert agreement(ours, pt2e)["top1_agreement"] >= 0.8
 
 
-def test_int8_export_batch_and_errors(et, tmp_path):
+class FakeMethod:
+    """Stands in for a batch-2 ExecuTorch method: returns the per-sample sums, reusing one output buffer."""
+
+    def __init__(self) -> None:
+        self.out = torch.zeros(2, 1)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def execute(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.shapes.append(tuple(args[0].shape))
+        self.out.copy_(args[0].flatten(1).sum(1, keepdim=True))
+        return [self.out]
+
+
+def test_pte_logits_pads_the_last_batch_and_copies_outputs():
+    x = torch.arange(10.0).reshape(5, 2)
+    out = pte_logits(FakeMethod(), x, batch=2)
+    assert out.flatten().tolist() == [1.0, 5.0, 9.0, 13.0, 17.0]  # not five copies of the last buffer
+    m = FakeMethod()
+    pte_logits(m, x, batch=2)
+    assert m.shapes == [(2, 2)] * 3  # the static shape every call, the last sample repeated
+
+
+def test_export_errors(et, tmp_path):
     torch.manual_seed(0)
     m = create_model("ds_r1_k3_s1_c8", num_classes=10).eval()
-    info = export_pte_int8(m, tmp_path / "q.pte", inputs(m, 8), 32, batch=2)
-    assert info["input_shape"] == [2, 3, 32, 32] and info["quantize_seconds"] > 0
-    lq = pte_logits(pte_method(info["path"]), inputs(m, 3), batch=2)  # a short last batch is padded
-    assert lq.shape == (3, 10)
     with pytest.raises(ValueError, match="should end in .pte"):
         export_pte(m, tmp_path / "m.onnx", 32)
     with pytest.raises(ValueError, match="calibration samples of shape"):
@@ -175,23 +213,32 @@ def test_int8_export_batch_and_errors(et, tmp_path):
         export_pte(m, tmp_path / "m.pte", 32, batch=0)
     with pytest.raises(FileNotFoundError):
         pte_method(tmp_path / "missing.pte")
-
-
-def test_threadpool_size_is_set(et):
-    assert set_pte_threads(2) == 2
-    assert set_pte_threads(1) == 1
-    with pytest.raises(ValueError, match="invalid threads"):
-        set_pte_threads(0)
+    assert not list(tmp_path.iterdir())  # nothing written by a failed export
 
 
 def test_cli_export_pte_and_bench_executorch(et, tmp_path, capsys):
     out = tmp_path / "m.pte"
     net = "ds_r1_k3_s1_c8"
-    assert main(["export", net, "--resolution", "32", "--num-classes", "5", "--format", "pte",
-                 "--out", str(out)]) == 0
+    assert main(["export", net, "--resolution", "32", "--num-classes", "5", "--format", "pte", "--int8",
+                 "--calib-samples", "8", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert out.exists() and "max abs diff" in text and "(ok," in text and "ops outside XNNPACK: none" in text
-    assert main(["bench", net, "--resolution", "32", "--rounds", "2", "--backend", "executorch"]) == 0
-    assert "executorch, 1 thread(s)" in capsys.readouterr().out
+    assert out.exists() and "calibrating on random inputs" in text and "XNNPACK int8" in text
+    assert "ops outside XNNPACK: none" in text and "top-1 agreement" in text
+    assert main(["bench", net, "--resolution", "32", "--rounds", "2", "--batch", "2", "--backend", "executorch"]) == 0
+    assert "batch 2, executorch, 1 thread(s)" in capsys.readouterr().out
     assert main(["export", net, "--format", "pte", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "should end in .pte" in capsys.readouterr().err
+    # the threadpool: resized only while no loaded method is alive (one loaded before a resize crashes)
+    assert set_pte_threads(1) == 1
+    method = pte_method(out)
+    with pytest.raises(ValueError, match="1 loaded method"):
+        set_pte_threads(2)
+    assert set_pte_threads(1) == 1  # the same size: nothing to do
+    del method
+    gc.collect()
+    assert set_pte_threads(2) == 2
+    assert pte_logits(pte_method(out), torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="invalid threads"):
+        set_pte_threads(0)
+    gc.collect()
+    assert set_pte_threads(1) == 1
