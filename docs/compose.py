@@ -2,6 +2,9 @@
 
     python docs/compose.py          # rewrite both files
     python docs/compose.py --check  # exit 1 if either file is out of date (used by the tests)
+
+Every table of a fragment is generated: its numbers are placeholders over committed result files, rendered here
+(docs/tables.py says how), so a table cannot drift from the file it cites.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS))
+from tables import render_fragment  # noqa: E402  (docs/ is not a package)
+
 TARGETS = {
     DOCS / "claims.md": (DOCS / "claims", ["_header", "a_b_cost", "c_se_pruning", "d_scaling_conditioning",
                                            "e_kernel_resolution", "f_quant_se_placement", "g_beyond_2d",
@@ -21,7 +27,8 @@ TARGETS = {
 
 def compose(folder: Path, names: list[str]) -> str:
     """The fragments that exist, in order; each ends with exactly one newline, joined by a blank line."""
-    parts = [(folder / f"{n}.md").read_text() for n in names if (folder / f"{n}.md").exists()]
+    parts = [render_fragment((folder / f"{n}.md").read_text(), DOCS.parent, f"{folder.name}/{n}.md")
+             for n in names if (folder / f"{n}.md").exists()]
     head, rest = parts[0], [p.rstrip("\n") + "\n" for p in parts[1:]]
     return head + "\n".join(rest)
 
