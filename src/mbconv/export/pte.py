@@ -4,9 +4,10 @@
   export), lowered by `executorch.exir.to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`.
 - int8 (`export_pte_int8`): PT2E static quantization with ExecuTorch's `XNNPACKQuantizer` (symmetric int8
   weights, per channel; affine int8 activations per tensor, histogram-calibrated on data), then the same
-  lowering. The quantizer annotates convs, adds, muls and the ops that share their input's scale (ReLU/ReLU6,
-  means, reshapes); sigmoid, SiLU and hard-swish stay fp32 inside the delegate, between a dequantize and a
-  quantize (XNNPACK's delegate takes them in fp32 only), so SiLU networks gain less from int8 than ReLU6 ones.
+  lowering. The quantizer annotates convs, adds, muls and the ops that share their input's scale (ReLU, means,
+  reshapes); conv -> ReLU6 is observed after the clamp (`annotate_conv_relu6`; the stock quantizer does that for
+  ReLU only). Sigmoid, SiLU and hard-swish stay fp32 inside the delegate, between a dequantize and a quantize
+  (XNNPACK's delegate takes them in fp32 only), so SiLU networks gain less from int8 than ReLU6 ones.
 - Spatial means (`rewrite_means`): XNNPACK lowers a mean only over the last two axes of a 4-D tensor with
   keepdim, so the classifier's pooling (keepdim=False) and every 1-D mean (3-D tensors) are rewritten as such a
   mean plus a reshape; otherwise they run as portable kernels between delegate calls.
