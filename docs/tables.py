@@ -5,7 +5,8 @@ In a fragment (docs/claims/*.md, docs/bench/*.md) every table is preceded by a m
     <!-- table-sources: b=experiments/results/se_gates_pruning/bench_s1/bench.json -->
 
 and every number in its body cells is a placeholder ``{{expression;format}}``: a Python expression over the sources'
-JSON (``b["rows"][0]["macs_removed"]``, arithmetic, ``abs``/``min``/``max``/``round``/``len``/``sum``) and an
+JSON (``b["rows"][0]["macs_removed"]``, arithmetic, ``abs``/``min``/``max``/``round``/``len``/``sum``, and
+``pick(list, key=value, ...)`` for the first entry of a result list with those fields) and an
 optional format spec (``.1f``, ``,``, ``+.2f``; a leading ``u`` writes a negative sign as the typographic minus
 "−"). `docs/compose.py` renders the placeholders when it assembles the two documents, keeping the marker (so the raw
 markdown still says where a table comes from). `check_fragment` lists what breaks the rule: a table without a marker,
@@ -30,7 +31,19 @@ PLACEHOLDER = re.compile(r"\{\{(.+?)\}\}")
 # A number standing alone (also after a multiplication "x": x2.67), not a digit inside a name such as k3, W8A4, b0,
 # fp32 or 2-D: what must be generated.
 LITERAL_NUMBER = re.compile(r"(?:(?<=\bx)|(?<![\w.]))[-+−]?(?>\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)(?![\w.]|-[A-Za-z])")
-SAFE_BUILTINS = {"abs": abs, "min": min, "max": max, "round": round, "len": len, "sum": sum, "sorted": sorted}
+
+
+def pick(items: list, **fields: Any) -> Any:
+    """The first mapping of `items` whose fields equal `fields` (how a placeholder finds a row of a result list);
+    ValueError when there is none."""
+    for item in items:
+        if all(item.get(k) == v for k, v in fields.items()):
+            return item
+    raise ValueError(f"no entry with {fields}")
+
+
+SAFE_BUILTINS = {"abs": abs, "min": min, "max": max, "round": round, "len": len, "sum": sum, "sorted": sorted,
+                 "pick": pick}
 
 
 def _is_row(line: str) -> bool:
