@@ -27,7 +27,7 @@ def per_seed(model: dict) -> dict[int, float]:
     return dict(zip(model["seeds"], model["per_seed_final_acc"]))
 
 
-@pytest.mark.parametrize("mode", ["full", "quick", "full_e40_p10"])
+@pytest.mark.parametrize("mode", ["full", "quick", "full_e40_p10", "full_rerun17"])
 def test_mnist1d_benchmark(mode: str) -> None:
     import mnist1d_benchmark as g
 
