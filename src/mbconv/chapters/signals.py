@@ -76,7 +76,7 @@ def chapter_signals(ctx: TourContext) -> None:
     r_m = fit_spec(se4, tr, te, out / "mnist1d_se4", 1 if quick else 5, max_steps=steps)
     r_s = fit_spec(se4, trs, tes, out / "mnist1d_se4_shuffled", 1 if quick else 3, max_steps=steps)
     results["mnist1d"] = {"mbconv": r_m, "shuffled": r_s}
-    ch.text(f"MNIST-1D (4000 train / 1000 test signals of length 40): the 4-block 1-D MBConv-SE net "
+    ch.text(f"MNIST-1D (3601 train / 399 validation / 1000 test signals of length 40): the 4-block 1-D MBConv-SE net "
             f"({r_m['params']:,} params, {r_m['macs'] / 1e6:.2f} M MACs) after {r_m['epochs_done']} epoch(s) here: "
             f"{100 * r_m['final_acc']:.1f} % test accuracy; with the positions shuffled by one fixed permutation "
             f"({r_s['epochs_done']} epochs): {100 * r_s['final_acc']:.1f} %. The MNIST-1D paper reports 94 % for "
