@@ -120,6 +120,7 @@ class Context:
         self.val = load_dataset("photos", "val").x[::s].contiguous()
         self.test = load_dataset("photos", "test").x[::s].contiguous()
         self.ref_val, self.ref_test = logits(self.model, self.val), logits(self.model, self.test)
+        self.results: dict[str, Any] = {}  # the sections run so far (later sections may read earlier ones)
 
     def score(self, net: nn.Module) -> dict[str, Any]:
         """Agreement with fp32 on val (what choices read) and on test (what is reported)."""
@@ -321,11 +322,30 @@ def sec_lowbit(ctx: Context) -> dict[str, Any]:
     if ctx.mode == "quick":
         w4 = {k: v for k, v in w4.items() if k in ("W4A8 min/max", "W4A8 MSE + BC, first/last 8 bit")}
         a4 = {k: v for k, v in a4.items() if k in ("W8A4 min/max", "W8A4 MSE activations + BC")}
+    # sensitivity-guided mixed precision: the k layers whose W4 (+ BC) alone costs most logit SQNR on val stay 8 bit
+    single = ctx.results.get("sources", {}).get("single_layer", {})
+    ranked = sorted(single, key=lambda site: single[site]["w4_bc_db"])
+    for k in (4, 8, 16) if len(ranked) >= 16 else ():
+        w4[f"W4A8 MSE + BC, the {k} most sensitive layers 8 bit"] = (
+            dict(wbits=4, w_calib="mse", overrides=dict.fromkeys(ranked[:k], 8)), True)
     out: dict[str, Any] = {}
     for name, group in (("w4a8", w4), ("w8a4", a4)):
-        rows = {k: ctx.score(fake_quant(ctx.model, w8a8(**kw), ctx.calib, bc)) for k, (kw, bc) in group.items()}
+        rows = {}
+        for k, (kw, bc) in group.items():
+            q = fake_quant(ctx.model, w8a8(**kw), ctx.calib, bc)
+            rows[k] = {**ctx.score(q), "weight_bits": mean_weight_bits(q)}
         out[name] = {"rows": rows, "chosen_on_val": best_on_val(rows)}
+    out["sensitivity_order"] = ranked
     return out
+
+
+def mean_weight_bits(q: nn.Module) -> float:
+    """Bits per weight, averaged over the quantized layers' weights (float layers count 32)."""
+    total = bits = 0
+    for fq in quantizers(q, ["weight"]).values():
+        n = q.get_submodule(fq.host).parametrizations["weight"].original.numel()
+        total, bits = total + n, bits + n * fq.spec.bits
+    return bits / max(total, 1)
 
 
 def sec_noise_model(ctx: Context) -> dict[str, Any]:
@@ -572,6 +592,161 @@ def sec_lite12(ctx: Context, tmp: Path) -> dict[str, Any]:
     return out
 
 
+# -- tables -----------------------------------------------------------------------------------------------------
+def _pct(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def _db(v: float) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _agree_cells(a: dict[str, Any]) -> list[str]:
+    return [_pct(a["top1_all"]), _pct(a["top1_confident"]), _pct(a["top5_overlap"]), f"{a['kl']:.4f}",
+            _db(a["logit_sqnr_db"])]
+
+
+AGREE_HEAD = ["top-1 all", "top-1 confident", "top-5 overlap", "KL", "logit SQNR dB"]
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def tables(r: dict[str, Any]) -> str:
+    """The markdown tables of docs/bench/real.md, from a result file (tests/experiments check the page)."""
+    out: list[str] = [f"<!-- tables of experiments/results/real_lite0/{r['mode']}.json -->"]
+
+    def section(title: str, lines: list[str]) -> None:
+        out.extend(["", f"**{title}**", "", *lines])
+
+    if "ort" in r:
+        rows = []
+        for name, v in r["ort"]["rows"].items():
+            rows.append([f"ORT {name}", *_agree_cells(v["test"])])
+            if "fake_quant_test" in v:
+                rows.append([f"fake-quant mirror of {name}", *_agree_cells(v["fake_quant_test"])])
+        for name, v in r["ort"]["rows"].items():
+            if "parity_ort_vs_fake_quant" in v:
+                rows.append([f"parity: ORT vs fake-quant, {name}", *_agree_cells(v["parity_ort_vs_fake_quant"])])
+        f = r["ort"]["ort_fp32_vs_torch"]
+        rows.append(["ORT fp32 vs torch fp32", *_agree_cells(f)])
+        section("W8A8 int8 in ONNX Runtime and in fake-quant, test photos vs fp32 "
+                f"({r['ort']['kernels']['why']})", _table(["network", *AGREE_HEAD], rows))
+    if "w8a8" in r:
+        rows = [[k, _db(v["val"]["logit_sqnr_db"]), *_agree_cells(v["test"])] for k, v in r["w8a8"].items()]
+        section("Fake-quant W8A8 and its parts (per-channel s8 weights, u8 per-tensor activations, min/max)",
+                _table(["variant", "val SQNR dB", *AGREE_HEAD], rows))
+    if "calib" in r:
+        c = r["calib"]
+        rows = [[f"{k}{' (chosen on val)' if k == c['method_chosen_on_val'] else ''}",
+                 _db(v["val"]["logit_sqnr_db"]), *_agree_cells(v["test"])] for k, v in c["method"].items()]
+        rows += [[f"min/max, {k} calibration crops", _db(v["val"]["logit_sqnr_db"]), *_agree_cells(v["test"])]
+                 for k, v in c["amount"].items()]
+        section("Activation calibration, W8A8 + bias correction", _table(["calibration", "val SQNR dB", *AGREE_HEAD],
+                                                                       rows))
+    if "sources" in r:
+        src = r["sources"]
+        single = sorted(src["single_layer"].items(), key=lambda kv: kv[1]["w8_db"])[:10]
+        rows = [[k.removesuffix(":weight"), _db(v["w8_db"]), _db(v["w8_bc_db"]), _db(v["w4_db"]), _db(v["w4_bc_db"])]
+                for k, v in single]
+        section("One weight layer quantized at a time (all else float): logit SQNR on val, the 10 worst at 8 bits",
+                _table(["layer", "W8", "W8 + BC", "W4", "W4 + BC"], rows))
+        share = src["predicted_share_by_kind"]
+        rows = [[k, _pct(v)] for k, v in sorted(share.items(), key=lambda kv: -kv[1])]
+        rows.append(["predicted output SQNR (zero-mean noise only)", _db(src["predicted_output_db"])])
+        rows.append(["measured output SQNR", _db(src["measured_output_db"])])
+        section("Where the W8A8 min/max noise goes (noise gains x each quantizer's noise, logits; val)",
+                _table(["quantizer kind", "share of predicted logit noise"], rows))
+    if "speed" in r:
+        rows = []
+        for bs in ("1", "16"):
+            v = r["speed"][bs]
+            rows.append([bs, f"{v['ort_fp32']['median_ms']:.1f} / {v['ort_fp32']['min_ms']:.1f}",
+                         f"{v['ort_int8']['median_ms']:.1f} / {v['ort_int8']['min_ms']:.1f}",
+                         f"{v['speedup_median']:.2f}x ({v['speedup_min']:.2f}x)"])
+        section("ORT int8 (the recipe) vs ORT fp32, one thread, interleaved",
+                _table(["batch", "fp32 ms median / min", "int8 ms median / min", "speed-up median (min)"], rows))
+    if "lowbit" in r:
+        rows = []
+        for group in ("w4a8", "w8a4"):
+            g = r["lowbit"][group]
+            rows += [[f"{k}{' (chosen on val)' if k == g['chosen_on_val'] else ''}",
+                      f"{v['weight_bits']:.2f}" if "weight_bits" in v else "-", _db(v["val"]["logit_sqnr_db"]),
+                      *_agree_cells(v["test"])] for k, v in g["rows"].items()]
+        section("Low bit, fake-quant (BC = bias correction)", _table(["variant", "bits / weight", "val SQNR dB",
+                                                                      *AGREE_HEAD], rows))
+    if "noise_model" in r:
+        rows = []
+        for k, v in r["noise_model"].items():
+            errs = [abs(x["model_err_db"]) for x in v["rows"] if x["model_err_db"] is not None]
+            first = v["rows"][1] if len(v["rows"]) > 1 else v["rows"][0]
+            rows.append([k, f"{first['measured_db']:.1f} / {first['model_db']:.1f}",
+                         f"{v['output_measured_db']:.1f} / {v['output_model_db']:.1f}",
+                         f"{sum(errs) / len(errs):.1f}", f"{max(errs):.1f}"])
+        section("Analytic noise model vs measurement, per block (val crops)",
+                _table(["config", "first block measured / model dB", "logits measured / model dB",
+                        "mean abs error dB", "max abs error dB"], rows))
+    if "spread" in r:
+        sp = r["spread"]
+        rows = [[k.removesuffix(".conv"), b["channels"], b["dead"], f"{b['max_over_min']:.0f}",
+                 f"{b['max_over_median']:.1f}", _pct(b["under_1_16"]),
+                 f"{sp['depthwise_after_cle'][k]['max_over_min']:.1f}"] for k, b in sp["depthwise_before"].items()]
+        section("Depthwise weight ranges per channel (BN folded): live channels' max/min, before and after CLE",
+                _table(["layer", "channels", "dead", "max/min", "max/median", "under max/16", "max/min after CLE"],
+                       rows))
+        rows = [[k, _db(v["val"]["logit_sqnr_db"]), *_agree_cells(v["test"])] for k, v in sp["rows"].items()]
+        section("Per-tensor vs per-channel weights, CLE and bias correction", _table(["variant", "val SQNR dB",
+                                                                                     *AGREE_HEAD], rows))
+    if "prune" in r:
+        pr = r["prune"]
+        rows = []
+        for k, v in pr["rows"].items():
+            b, a = v["before"]["test"], v.get("after", {}).get("test")
+            rows.append([k, v["scope_chosen_on_val"], _pct(v["macs_removed"]), f"{v['params'] / 1e6:.2f} M",
+                         f"{_pct(b['top1_all'])} / {_pct(b['top1_confident'])} / {_db(b['logit_sqnr_db'])}",
+                         "-" if a is None else f"{_pct(a['top1_all'])} / {_pct(a['top1_confident'])} / "
+                                               f"{_db(a['logit_sqnr_db'])}"])
+        section("Structured pruning of the expanded channels vs the unpruned network (test photos); "
+                "agreement all / confident / logit SQNR dB",
+                _table(["criterion, MACs removed", "scope (val)", "MACs removed", "params", "before distillation",
+                        "after distillation"], rows))
+        tp = pr.get("torch_pruning", {})
+        if "l1" in tp:
+            rows = [[c, str(v["same_channels_with_our_scores"]), f"{v['macs_torch_pruning'] / 1e6:.1f} M",
+                     f"{v['macs_ours'] / 1e6:.1f} M", f"{v['max_abs_output_diff']:.1e}", v["native_importance"],
+                     _pct(v["native_kept_overlap"]), _pct(v["native_before"]["test"]["top1_all"])]
+                    for c, v in tp.items() if isinstance(v, dict) and "macs_ours" in v]
+            section(f"torch-pruning {tp['version']} on the same model and plan (MACs counted by torch-pruning; "
+                    f"unpruned {tp['macs_unpruned_torch_pruning'] / 1e6:.1f} M)",
+                    _table(["criterion", "same channels (our scores)", "MACs torch-pruning", "MACs ours",
+                            "max output diff", "its own importance", "kept overlap", "its top-1 all"], rows))
+    if "export" in r:
+        e = r["export"]
+        rows = [["torch fp32 vs ORT fp32 (check_onnx, 8 crops)", f"max abs {e['check_onnx_max_abs_diff']:.1e}"],
+                ["ORT fp32 vs torch fp32, test", f"{_pct(e['ort_fp32_vs_torch']['top1_all'])}, "
+                                                 f"{_db(e['ort_fp32_vs_torch']['logit_sqnr_db'])} dB"],
+                ["ORT int8 (recipe) vs fp32, test", f"{_pct(e['ort_int8_vs_fp32']['top1_all'])} / "
+                                                    f"{_pct(e['ort_int8_vs_fp32']['top1_confident'])}, "
+                                                    f"{_db(e['ort_int8_vs_fp32']['logit_sqnr_db'])} dB"],
+                ["ORT int8 vs fake-quant, test", f"{_pct(e['ort_int8_vs_fake_quant']['top1_all'])}, "
+                                                 f"{_db(e['ort_int8_vs_fake_quant']['logit_sqnr_db'])} dB"],
+                ["file sizes", f"fp32 {e['sizes_bytes']['fp32'] / 2**20:.1f} MiB, int8 "
+                               f"{e['sizes_bytes']['int8'] / 2**20:.1f} MiB"]]
+        section(f"Export of the converted run ({e['model']}, {e['config']})", _table(["check", "result"], rows))
+    if "lite12" in r:
+        rows = []
+        for which, v in r["lite12"].items():
+            for name, row in v["rows"].items():
+                for kind in ("fake_quant", "ort"):
+                    rows.append([f"{which} ({v['input_size']} px), {name}, {kind.replace('_', '-')}",
+                                 *_agree_cells(row[kind])])
+        section("EfficientNet-Lite1/2, W8A8 min/max, test photos at each model's input size",
+                _table(["network", *AGREE_HEAD], rows))
+    return "\n".join(out) + "\n"
+
+
 # -- driver -----------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -579,8 +754,15 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a dry run of the sections on a few crops (tests)")
     ap.add_argument("--only", default="", help=f"comma-separated sections to (re)run: {', '.join(SECTIONS)}")
     ap.add_argument("--out", default=None, help="result file (default experiments/results/real_lite0/MODE.json)")
+    ap.add_argument("--tables", action="store_true", help="only write MODE.md, the tables of the result file")
     args = ap.parse_args()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    out_path = Path(args.out) if args.out else OUT / f"{mode}.json"
+    if args.tables:
+        from mbconv.files import atomic_write_text
+
+        print(atomic_write_text(out_path.with_suffix(".md"), tables(json.loads(out_path.read_text()))))
+        return
     only = [s for s in args.only.split(",") if s]
     bad = sorted(set(only) - set(SECTIONS))
     if bad:
@@ -590,14 +772,20 @@ def main() -> None:
     torch.manual_seed(0)
     record = RunRecord(seeds={"torch": 0, "crops": 0, "val_crops": 1, "distill_crops": DISTILL_SEED},
                        device="cpu")
-    out_path = Path(args.out) if args.out else OUT / f"{mode}.json"
     result: dict[str, Any] = json.loads(out_path.read_text()) if only and out_path.exists() else {}
+    # every run that wrote sections of this file: its command, commit and versions (the last one is "provenance")
+    runs = [{**r, "sections": [k for k in r["sections"] if k not in sections]} for r in result.get("runs", [])]
+    runs = [r for r in runs if r["sections"]]
+    if "provenance" in result and not result.get("runs"):
+        runs = [{"sections": [k for k in SECTIONS if k in result and k not in sections],
+                 "provenance": result["provenance"]}]
     result.pop("provenance", None)
     result.update(mode=mode, config={k: list(v) if isinstance(v, tuple) else v for k, v in MODES[mode].items()},
                   data={"calibration": "photos train", "choices": "photos val", "report": "photos test",
                         "batch": BATCH})
     t0 = time.time()
     ctx = Context(mode)
+    ctx.results = result
     result["fp32_confident"] = {"val": agreement(ctx.ref_val, ctx.ref_val)["n_confident"],
                                 "test": agreement(ctx.ref_test, ctx.ref_test)["n_confident"]}
     result.setdefault("seconds", {})["setup"] = time.time() - t0
@@ -612,8 +800,13 @@ def main() -> None:
             result[name] = fn(ctx, Path(tmp)) if needs_tmp else fn(ctx)
             result["seconds"][name] = time.time() - t0
             print(f"[{name}] {result['seconds'][name]:.0f} s", flush=True)
+            result["runs"] = [*runs, {"sections": [k for k in sections if k in result],
+                                      "provenance": record.as_dict(threads=1)}]
             write_result(out_path, result, record, threads=1)  # partial results survive a later failure
-    print(f"wrote {out_path}")
+    from mbconv.files import atomic_write_text
+
+    atomic_write_text(out_path.with_suffix(".md"), tables(json.loads(out_path.read_text())))
+    print(f"wrote {out_path} and {out_path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
