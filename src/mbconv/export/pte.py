@@ -3,7 +3,7 @@
 - fp32 (`export_pte`): `torch.export` of the inference module (`mbconv.inference.prepare_inference`, as every
   export), lowered by `executorch.exir.to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`.
 - int8 (`export_pte_int8`): PT2E static quantization with ExecuTorch's `XNNPACKQuantizer` (symmetric int8
-  weights, per channel; affine int8 activations per tensor, histogram-calibrated on data), then the same
+  weights, per channel; affine int8 activations per tensor, min/max-calibrated on data), then the same
   lowering. The quantizer annotates convs, adds, muls and the ops that share their input's scale (ReLU, means,
   reshapes); conv -> ReLU6 is observed after the clamp (`annotate_conv_relu6`; the stock quantizer does that for
   ReLU only). Sigmoid, SiLU and hard-swish stay fp32 inside the delegate, between a dequantize and a quantize
@@ -23,6 +23,7 @@ torchao): every import of it is inside a function, so the rest of mbconv works w
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib
 import itertools
 import logging
@@ -44,6 +45,7 @@ from ..quant.ptq import iter_batches
 from .to_onnx import inference_graph_module
 
 PHONE_HINT = "pip install 'mbconv[phone]'"
+OBSERVERS = ("minmax", "histogram")
 
 
 def need_executorch(module: str = "executorch") -> Any:
@@ -161,11 +163,14 @@ def annotate_conv_relu6(gm: torch.fx.GraphModule, config: Any) -> int:
 
 @torch.no_grad()
 def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] | None = None, *,
-                  example: torch.Tensor | None = None, per_channel: bool = True, num_samples: int | None = None,
-                  batch_size: int = 32) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+                  example: torch.Tensor | None = None, per_channel: bool = True, observer: str = "minmax",
+                  num_samples: int | None = None, batch_size: int = 32) -> tuple[torch.fx.GraphModule, torch.Tensor]:
     """(quantized graph module, batch-1 example): the PT2E int8 form of `model` that `export_pte_int8` lowers,
     calibrated on `calib` (a tensor N, C, ..., a Dataset of (x, y) or an iterable of batches; `num_samples` of
-    them, all if None). Running the module in PyTorch gives the reference (quantize/dequantize) int8 outputs."""
+    them, all if None) with activation `observer`s (see `xnnpack_quantizer`). Running the module in PyTorch gives
+    the reference (quantize/dequantize) int8 outputs."""
+    if observer not in OBSERVERS:
+        raise ValueError(f"invalid observer={observer!r}: expected one of {OBSERVERS}")
     need_executorch("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -189,18 +194,32 @@ def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] 
     rewrite_means(gm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchao's deprecation notices
-        prepared = prepare_pt2e(gm, xnnpack_quantizer(per_channel))
+        prepared = prepare_pt2e(gm, xnnpack_quantizer(per_channel, observer))
         for x in itertools.chain([first], batches):
             prepared(checked(x))
         return convert_pt2e(prepared), x1
 
 
-def xnnpack_quantizer(per_channel: bool = True) -> Any:
+def xnnpack_quantizer(per_channel: bool = True, observer: str = "minmax") -> Any:
     """ExecuTorch's XNNPACKQuantizer with its symmetric int8 config, conv -> ReLU6 quantized after the clamp
     (`annotate_conv_relu6`) and without the conv+BN patterns (BN is folded before export, so they never match,
-    and each is traced by dynamo on every call: seconds; same annotations, same program)."""
+    and each is traced by dynamo on every call: seconds; same annotations, same program).
+
+    `observer` sets the activation ranges: 'minmax' (the calibration min/max, as ONNX Runtime's int8 and
+    mbconv.quant's fake-quant calibrate; several times faster to calibrate) or 'histogram' (ExecuTorch's default,
+    L2-optimal clipping of a histogram). On the pretrained Lite0 both give the same logit SQNR; on the held-out
+    photos minmax kept every fp32-confident top-1 and histogram flipped 3 of 96 (docs/bench/phone.md)."""
+    if observer not in OBSERVERS:
+        raise ValueError(f"invalid observer={observer!r}: expected one of {OBSERVERS}")
     xq = need_executorch("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
     config = xq.get_symmetric_quantization_config(is_per_channel=per_channel)
+    if observer == "minmax":
+        from torchao.quantization.pt2e import MinMaxObserver
+
+        ctr = MinMaxObserver.with_args(eps=2**-12)  # the stock config's smallest scale
+        config = dataclasses.replace(
+            config, input_activation=dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr),
+            output_activation=dataclasses.replace(config.output_activation, observer_or_fake_quant_ctr=ctr))
     quantizer = xq.XNNPACKQuantizer().set_global(config)
     quantizer.SUPPORTED_PATTERNS = [p for p in quantizer.SUPPORTED_PATTERNS if "_bn" not in p.name]
     annotate = quantizer.annotate
@@ -275,7 +294,7 @@ def export_pte(model: nn.Module, path: str | os.PathLike, resolution: int | Sequ
 
 def export_pte_int8(model: nn.Module, path: str | os.PathLike, calib: Any,
                     resolution: int | Sequence[int] | None = None, *, example: torch.Tensor | None = None,
-                    per_channel: bool = True, num_samples: int | None = None,
+                    per_channel: bool = True, observer: str = "minmax", num_samples: int | None = None,
                     batch: int = 1) -> dict[str, Any]:
     """Quantize `model` to int8 with PT2E and the XNNPACK quantizer, calibrated on `calib` (see `quantize_pt2e`),
     and write the ExecuTorch program to `path` (.pte). Returns `lower_to_pte`'s summary plus `quantize_seconds`."""
@@ -283,7 +302,7 @@ def export_pte_int8(model: nn.Module, path: str | os.PathLike, calib: Any,
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"invalid batch={batch!r}: expected a positive int")
     t0 = time.perf_counter()
-    qgm, x = quantize_pt2e(model, calib, resolution, example=example, per_channel=per_channel,
+    qgm, x = quantize_pt2e(model, calib, resolution, example=example, per_channel=per_channel, observer=observer,
                            num_samples=num_samples)
     dt = time.perf_counter() - t0
     return {**lower_to_pte(qgm, x.expand(batch, *x.shape[1:]).contiguous(), path), "quantize_seconds": dt}
