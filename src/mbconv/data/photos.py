@@ -46,8 +46,8 @@ from .datasets import DatasetInfo
 from .hashing import sample_seed
 from .sources import Source, freeze_arrays, import_optional
 
-__all__ = ["CALIB_PHOTOS", "EVAL_PHOTOS", "PHOTO_INFOS", "PHOTO_LOADERS", "PHOTO_SIZE", "crop_params",
-           "crop_records", "photo_crops", "read_photo"]
+__all__ = ["CALIB_CROPS", "CALIB_PHOTOS", "EVAL_CROPS", "EVAL_PHOTOS", "PHOTO_INFOS", "PHOTO_LOADERS", "PHOTO_SIZE",
+           "VAL_CROPS", "crop_params", "crop_records", "photo_crops", "read_photo"]
 
 CALIB_PHOTOS = ("astronaut", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")
 EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "retina", "grace_hopper")
