@@ -28,6 +28,7 @@ from mbconv.export.pte import (
     quantize_pt2e,
     rewrite_means,
     set_pte_threads,
+    split_silu,
 )
 from mbconv.quant import QuantConfig, ptq
 from mbconv.zoo import get_spec
@@ -84,6 +85,17 @@ def test_rewrite_means_gives_xnnpack_means_with_equal_outputs(shape, rewritten):
     assert means and all(n.args[0].meta["val"].dim() == 4 and n.args[2] is True for n in means)
     torch.testing.assert_close(gm(x), Pools()(x))
     assert rewrite_means(gm) == 0  # already XNNPACK's form
+
+
+def test_split_silu_gives_equal_outputs():
+    m = tiny("efficientnet_b0", 1)
+    gm, _ = pte.phone_module(m, 32, batch=2)
+    silus = sum(1 for n in gm.graph.nodes if n.target == torch.ops.aten.silu.default)
+    x = inputs(m, 2)
+    ref = gm(x)
+    assert silus > 0 and split_silu(gm) == silus
+    assert not any(n.target == torch.ops.aten.silu.default for n in gm.graph.nodes)
+    torch.testing.assert_close(gm(x), ref)
 
 
 def test_agreement_metrics():

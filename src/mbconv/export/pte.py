@@ -6,8 +6,8 @@
   weights, per channel; affine int8 activations per tensor, min/max-calibrated on data), then the same
   lowering. The quantizer annotates convs, adds, muls and the ops that share their input's scale (ReLU, means,
   reshapes); conv -> ReLU6 is observed after the clamp (`annotate_conv_relu6`; the stock quantizer does that for
-  ReLU only). Sigmoid, SiLU and hard-swish stay fp32 inside the delegate, between a dequantize and a quantize
-  (XNNPACK's delegate takes them in fp32 only), so SiLU networks gain less from int8 than ReLU6 ones.
+  ReLU only), and SiLU is split into x * sigmoid(x) (`split_silu`) so its mul is int8. Sigmoid and hard-swish
+  stay fp32 inside the delegate, between a dequantize and a quantize (XNNPACK's delegate takes them in fp32 only).
 - Spatial means (`rewrite_means`): XNNPACK lowers a mean only over the last two axes of a 4-D tensor with
   keepdim, so the classifier's pooling (keepdim=False) and every 1-D mean (3-D tensors) are rewritten as such a
   mean plus a reshape; otherwise they run as portable kernels between delegate calls.
@@ -95,6 +95,30 @@ def rewrite_means(gm: torch.fx.GraphModule) -> int:
                 with v.fake_mode:  # the quantizer and the lowering read every node's example value
                     v = op(v, *args)
                 out.meta["val"] = v
+        n.replace_all_uses_with(out)
+        g.erase_node(n)
+        count += 1
+    if count:
+        g.lint()
+        gm.recompile()
+    return count
+
+
+def split_silu(gm: torch.fx.GraphModule) -> int:
+    """Rewrite every SiLU as x * sigmoid(x), in place on an exported graph module (before quantization). The
+    XNNPACK quantizer annotates the mul, so it runs in int8 with only the sigmoid in fp32; a whole SiLU would stay
+    fp32 with a dequantize/quantize around it. EfficientNet-B0 int8 at 224 px: x1.34 -> x1.81 over fp32 (one run,
+    loaded machine); on a trained B0 proxy (MNIST) the same logit SQNR (24.9 vs 25.1 dB). Returns the count."""
+    g = gm.graph
+    count = 0
+    for n in list(g.nodes):
+        if n.op != "call_function" or n.target not in (torch.ops.aten.silu.default, torch.ops.aten.silu_.default):
+            continue
+        x = n.args[0]
+        with g.inserting_before(n):
+            gate = g.call_function(torch.ops.aten.sigmoid.default, (x,))
+            out = g.call_function(torch.ops.aten.mul.Tensor, (x, gate))
+        gate.meta["val"] = out.meta["val"] = n.meta["val"]  # same shape and dtype as the SiLU's output
         n.replace_all_uses_with(out)
         g.erase_node(n)
         count += 1
@@ -192,6 +216,7 @@ def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] 
     x2 = x1.expand(2, *x1.shape[1:]).contiguous()
     gm = torch.export.export(net, (x2,), dynamic_shapes=({0: torch.export.Dim("batch", max=1 << 16)},)).module()
     rewrite_means(gm)
+    split_silu(gm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchao's deprecation notices
         prepared = prepare_pt2e(gm, xnnpack_quantizer(per_channel, observer))
