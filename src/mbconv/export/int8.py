@@ -19,9 +19,11 @@ top-1 agreement with fp32: 52 % of photo crops (73 % of the confident ones) on a
 (issue 14). VNNI (avx512_vnni, avx_vnni: vpdpbusd) accumulates u8 x s8 in int32, exact. So:
 
 - x86-64 with VNNI: u8 activations, s8 symmetric per-channel weights (ORT's recommendation; the fast path);
-- x86-64 without VNNI (or flags unknown): u8 activations, u8 asymmetric weights: the u8 x u8 kernels widen to
-  int16 before multiplying (vpmaddwd into int32), exact; measured 100 % / 83 % agreement on that machine against
-  75 % for ORT's other remedy, `reduce_range` (7-bit weights, which halves the weight grid);
+- x86-64 without VNNI (or flags unknown): u8 activations, u8 weights (ORT's default: symmetric around zero point
+  128): the u8 x u8 kernels widen to int16 before multiplying (vpmaddwd into int32), exact; measured 100 % / 83 %
+  agreement on that machine against 75 % for ORT's other remedy, `reduce_range` (7-bit weights, which halves the
+  weight grid). On a VNNI machine the u8-weight graph tracks the fake-quant model less closely than u8/s8 (logit
+  parity 18 vs 27 dB, docs/bench/real.md), so a bias correction computed on s8 rounding carries over only partly;
 - ARM64 and others: u8 activations, s8 weights (dot-product kernels accumulate in int32).
 """
 
