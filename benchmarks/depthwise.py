@@ -37,7 +37,9 @@ import contextlib
 import copy
 import functools
 import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,7 @@ import torch
 from torch import nn
 
 from benchmarks.run import build_pair, ratio_stats
+from mbconv.files import atomic_write_text
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
     INPUT_GRAD_METHODS,
@@ -60,6 +63,7 @@ from mbconv.layers.depthwise import (
     weight_grad,
     weight_grad_method,
 )
+from mbconv.provenance import RunRecord, write_result
 
 MODELS: dict[str, dict[str, Any]] = {
     "tour": dict(label="tour model (B0 x0.5, 1 ch, 32 px, batch 64)", name="efficientnet_b0", res=32,
@@ -336,9 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(s)
 
     t_start = time.perf_counter()
+    # models are seeded with torch.manual_seed(0); no training, so no epochs or init to state
+    record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
+    load_start = os.getloadavg()
     log(f"# depthwise benchmark: torch {torch.__version__}, threads {threads}, clock {args.clock}, "
-        f"quick={args.quick}")
-    result: dict[str, Any] = {"torch": torch.__version__, "quick": args.quick, "clock": args.clock, "runs": {}}
+        f"quick={args.quick}, load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    result: dict[str, Any] = {"torch": torch.__version__, "quick": args.quick, "clock": args.clock,
+                              "threads": threads, "load_average_start": list(load_start), "runs": {}}
     for th in threads:
         torch.set_num_threads(th)
         for key in models:
@@ -351,11 +359,15 @@ def main(argv: list[str] | None = None) -> int:
                 quick_rounds = 3 if key == "b0" else 5
                 run["step"] = section_step(key, args.rounds or (quick_rounds if args.quick else 10), log)
             result["runs"][f"{key}@{th}"] = run
-    log(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    result["load_average_end"] = list(os.getloadavg())
+    result["wall_s"] = time.perf_counter() - t_start
+    log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    # tuples (shapes, kernels) become lists; the record holds command, commit, versions, device and threads
+    plain = json.loads(json.dumps(result, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    write_result(out, plain, record, threads=threads)
+    atomic_write_text(out.with_suffix(".txt"), "\n".join(lines) + "\n")
     print(f"wrote {out} and {out.with_suffix('.txt')}")
     return 0
 
