@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
      "mbconv.inference", "mbconv.plotting", "mbconv.efficientnet"],
     ["mbconv.compat", "mbconv.data", "mbconv.data_nd", "mbconv.checkpoint",         # 3 weights, data, files
      "mbconv.files", "mbconv.provenance"],
-    ["mbconv.train", "mbconv.workflow"],                                            # 4 training and runs
+    ["mbconv.train", "mbconv.workflow", "mbconv.finetune"],                         # 4 training and runs
     ["mbconv.gates", "mbconv.prune", "mbconv.stability", "mbconv.roofline",         # 5 analysis, compression
      "mbconv.scaling_search", "mbconv.quant"],
     ["mbconv.export", "mbconv.latency_search"],                                     # 6 deployment, timed search

@@ -479,3 +479,32 @@ def test_array_dataset_from_numpy():
         D.ArrayDataset(x[:, 0], y)
     with pytest.raises(ValueError):
         D.ArrayDataset(x, y, info=D.dataset_info("digits8"))
+
+
+# -- channel conversion and fixed normalisation (fine-tuning RGB weights on gray data) ----------------------------
+def test_channels_replicate_gray_and_match_timms_summed_stem():
+    from mbconv.data import convert_channels
+
+    gray = D.load_dataset("digits8", "test", resolution=16)
+    rgb = D.load_dataset("digits8", "test", resolution=16, channels=3)
+    assert rgb.info.in_chans == 3 and rgb.x.shape == (359, 3, 16, 16) and gray.info.in_chans == 1
+    assert all(torch.equal(rgb.x[:, c], gray.x[:, 0]) for c in range(3))  # same train statistics per channel
+    # timm's adapt_input_conv for in_chans=1 sums the RGB kernels: the same outputs as replicating the data
+    w = torch.randn(8, 3, 3, 3)
+    a = torch.nn.functional.conv2d(rgb.x[:4], w)
+    b = torch.nn.functional.conv2d(gray.x[:4], w.sum(1, keepdim=True))
+    assert torch.allclose(a, b, atol=1e-5)
+    luma = convert_channels(torch.stack([torch.full((2, 2), v) for v in (1.0, 0.0, 0.0)])[None], 1)
+    assert luma.shape == (1, 1, 2, 2) and torch.allclose(luma, torch.full_like(luma, 0.2125))
+    with pytest.raises(ValueError, match="has 1 channel.*to 2"):
+        D.load_dataset("digits8", "test", channels=2)
+
+
+def test_fixed_norm_replaces_the_train_statistics():
+    raw = D.load_dataset("digits8", "val", norm=([0.0], [1.0]))
+    assert float(raw.x.min()) == 0.0 and float(raw.x.max()) == 1.0  # pixels in [0, 1], untouched
+    half = D.load_dataset("digits8", "val", channels=3, norm=([0.5] * 3, [0.5] * 3))
+    assert torch.allclose(half.x[:, 1], raw.x[:, 0] * 2 - 1) and half.mean.tolist() == [0.5] * 3
+    for bad in (([0.5, 0.5], [0.5, 0.5]), ([0.5], [0.0]), ("ab", "cd")):
+        with pytest.raises(ValueError, match="norm"):
+            D.load_dataset("digits8", "val", channels=3, norm=bad)

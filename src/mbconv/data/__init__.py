@@ -42,11 +42,12 @@ from __future__ import annotations
 from .datasets import ArrayDataset, DatasetInfo, WindowDataset
 from .image_folder import read_image
 from .loader import make_epoch_loader
-from .loading import dataset_info, list_datasets, load_dataset
+from .loading import CHANNEL_CONVERSIONS, convert_channels, dataset_info, list_datasets, load_dataset
 from .splits import SPLITS, carve_validation
 from .transforms import RandomShiftNoise1d, RandomTranslate, Transform
 
 __all__ = [
+    "CHANNEL_CONVERSIONS",
     "ArrayDataset",
     "DatasetInfo",
     "RandomShiftNoise1d",
@@ -55,6 +56,7 @@ __all__ = [
     "Transform",
     "WindowDataset",
     "carve_validation",
+    "convert_channels",
     "dataset_info",
     "list_datasets",
     "load_dataset",
