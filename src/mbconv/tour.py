@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .chapters import cost, gates, hardware, quant, signals, stability, train
+from .chapters import cost, gates, hardware, quant, real, signals, stability, train
 from .chapters.context import TourContext
 from .report import Report
 
@@ -26,6 +26,7 @@ CHAPTERS: dict[str, Callable[[TourContext], None]] = {
     "stability": stability.chapter_stability,
     "signals": signals.chapter_signals,
     "hardware": hardware.chapter_hardware,
+    "real": real.chapter_real,  # a real ImageNet network (needs the Lite0 weights package, in mbconv[test])
 }
 
 
