@@ -225,8 +225,13 @@ class GatedConv3d(_ConvMixin, nn.Conv3d):
 _GATED = {nn.Conv1d: GatedConv1d, nn.Conv2d: GatedConv2d, nn.Conv3d: GatedConv3d}
 
 
+def _conv_base(conv: nn.Module) -> type | None:
+    """The nn.Conv1d/2d/3d a conv module is (a `PointwiseConv2d` is an nn.Conv2d), or None."""
+    return next((c for c in type(conv).__mro__ if c in _GATED), None)
+
+
 def _gated_conv(conv: nn.Module, se: DeferredSE) -> nn.Module:
-    new = _GATED[type(conv)](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    new = _GATED[_conv_base(conv)](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                              conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                              device=conv.weight.device, dtype=conv.weight.dtype)
     new.weight, new.bias = conv.weight, conv.bias  # the same Parameter objects (optimizer state stays valid)
@@ -256,7 +261,7 @@ def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True
             feeds_project = "se" in steps and steps[steps.index("se") + 1:][:1] == ("project",)  # from the layout
             if not feeds_project or not isinstance(proj.pad, nn.Identity):
                 continue
-            if type(proj.conv) not in _GATED:
+            if _conv_base(proj.conv) is None or isinstance(proj.conv, _ConvMixin):
                 continue
             deferred = DeferredSE(se)
             block.se = deferred
