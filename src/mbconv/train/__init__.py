@@ -31,7 +31,8 @@ checkpoints while the other ranks wait at a barrier; all ranks resume from the s
 Trainer that created the process group destroys it when ``fit`` returns.
 
 Modules: `config`, `seeding`, `distributed`, `optim` (optimizers, schedule, EMA), `sampling` (seeded shard
-samplers and loaders), `loops` (`train_one_epoch`, `evaluate`), `trainer`. This package re-exports their public
+samplers and loaders), `loops` (`train_one_epoch`, `evaluate`), `threads` (the per-epoch
+thread-count choice), `trainer`. This package re-exports their public
 API.
 """
 
@@ -43,11 +44,13 @@ from .loops import evaluate, model_device, train_one_epoch
 from .optim import ModelEma, cosine_warmup_lambda, make_optimizer, make_scheduler, param_groups_weight_decay
 from .sampling import ResumableSampler, make_shard_loader
 from .seeding import derive_seed, seed_everything
+from .threads import ThreadTuner
 from .trainer import Trainer
 
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "ThreadTuner",
     "TrainingDivergedError",
     "ModelEma",
     "init_distributed",

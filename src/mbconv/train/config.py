@@ -43,6 +43,7 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = 2 * batch_size
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK if available, else cpu
     save_best: bool = True  # also keep out_dir/best (highest val_acc; needs a validation set)
+    tune_threads: bool = True  # CPU, one process, not deterministic: time 1 vs all threads per epoch, keep the faster
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from .distributed import dist_active, dist_rank
 from .optim import ModelEma
 from .sampling import make_shard_loader
 from .seeding import derive_seed, seed_everything
+from .threads import ThreadTuner
 
 __all__ = ["EpochMeter", "evaluate", "model_device", "train_one_epoch"]
 
@@ -82,6 +84,7 @@ def train_one_epoch(
     meter: EpochMeter | None = None,
     on_step: Callable[[int, int, EpochMeter], bool] | None = None,
     progress: bool = False,
+    tuner: ThreadTuner | None = None,
 ) -> dict:
     """One pass over `loader`: forward (optionally bf16 autocast), loss, NaN guard, backward, clip, step.
 
@@ -92,6 +95,7 @@ def train_one_epoch(
         meter: running sums to continue (resume mid-epoch); a fresh one if None.
         on_step: called as ``on_step(step, batches_done_in_epoch, meter)`` after each step; a true return
             value stops the epoch early.
+        tuner: a started :class:`ThreadTuner`: sets each step's thread count and is given its wall time.
 
     Returns:
         ``{"train_loss", "train_acc", "step", "lr", "stopped"}``; loss/acc are over the whole epoch
@@ -113,6 +117,9 @@ def train_one_epoch(
     lr, stopped = optimizer.param_groups[0]["lr"], False
     it = iter(loader)
     for i in range(len(loader)):
+        t0 = time.perf_counter()
+        if tuner is not None:
+            tuner.before_step()
         if seed is not None:
             seed_everything(derive_seed(seed, "step", step, rank))  # before fetching: covers augmentation
         x, y = _to_device(next(it), device)
@@ -145,6 +152,8 @@ def train_one_epoch(
             ema.update(model)
         meter.add(loss, logits, y)
         step += 1
+        if tuner is not None:
+            tuner.after_step(time.perf_counter() - t0)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}", refresh=False)

@@ -26,6 +26,7 @@ from .loops import EpochMeter, evaluate, train_one_epoch
 from .optim import ModelEma, make_optimizer, make_scheduler
 from .sampling import ResumableSampler, make_shard_loader
 from .seeding import derive_seed, deterministic_algorithms
+from .threads import ThreadTuner
 
 __all__ = ["Trainer"]
 
@@ -98,6 +99,9 @@ class Trainer:
             elif self.rank == 0:
                 self._start_fresh()
             barrier()  # nobody writes before every rank has read the checkpoint
+        # CPU thread count timed per epoch (1 vs all): a loaded machine makes 2 threads up to 15x slower
+        self.tuner = ThreadTuner() if cfg.tune_threads and ThreadTuner.wanted(
+            self.device, self.world_size, cfg.deterministic) else None
         self.net = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -112,12 +116,14 @@ class Trainer:
         Raises :class:`TrainingDivergedError` on a NaN/Inf loss, leaving the last good checkpoint as is.
         """
         ok = False
+        threads = torch.get_num_threads()
         try:
             with deterministic_algorithms(self.cfg.deterministic):
                 row = self._fit()
             ok = True
             return row
         finally:
+            torch.set_num_threads(threads)  # the tuner's choice ends with the run
             if self._owns_pg and dist.is_initialized():
                 if ok:  # no rank tears down its connections while a peer still uses them
                     dist.barrier()
@@ -155,11 +161,14 @@ class Trainer:
                 ds.set_epoch(epoch)
             self.sampler.skip = self.epoch_step * cfg.batch_size
             self.train_loader.generator.manual_seed(derive_seed(cfg.seed, "loader", epoch))
+            if self.tuner is not None:
+                self.tuner.start_epoch(epoch)
             stats = train_one_epoch(
                 self.net, self.train_loader, self.optimizer, criterion=self.criterion,
                 scheduler=self.scheduler, ema=self.ema, device=self.device, bf16=cfg.bf16,
                 grad_clip=cfg.grad_clip, epoch=epoch, step=self.step, seed=cfg.seed,
-                start_batch=self.epoch_step, meter=self.meter, on_step=self._on_step, progress=show_bar)
+                start_batch=self.epoch_step, meter=self.meter, on_step=self._on_step, progress=show_bar,
+                tuner=self.tuner)
             self.sampler.skip = 0
             self.step = stats["step"]
             if stats["stopped"]:  # max_steps reached mid-epoch; _on_step has checkpointed
@@ -169,6 +178,7 @@ class Trainer:
                    "train_acc": stats["train_acc"]}
             row.update(self._eval_metrics())
             row["lr"] = stats["lr"]
+            row["threads"] = torch.get_num_threads()
             row["seconds"] = round(time.time() - t0, 3)
             self.epoch, self.epoch_step = epoch + 1, 0
             self.meter.reset()
