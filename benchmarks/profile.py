@@ -3,15 +3,16 @@ export and timm's, the torch profiler's per-op time of one training step (timm v
 the tour model's training step as the trainer runs it.
 
     .venv/bin/python -m benchmarks.profile [--threads 1] [--batch 1] [--train-batch 8]
-        [--only ort|train|tour|threads] [--clock cpu|wall] [--rounds 10]
+        [--only ort|train|tour|threads] [--clock cpu|wall] [--rounds 10] [--out results/bench/profile.json]
 
 Sections:
 - ort: ONNX Runtime per-op kernel time of B0, ours vs timm's export;
 - train: torch profiler, B0 224 px training step (SGD), timm vs ours vs ours memory-lean;
 - tour: the tour model's training step (B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64, channels_last,
   the tour's recipe: AdamW, label smoothing, drop path, the augmented MNIST 5k loader) "before" (ATen's
-  depthwise backward, torch's per-parameter AdamW loop) and "after" (our depthwise backward, the fused AdamW
-  step `make_optimizer` takes): per-phase and per-kind profiler time, then the two steps timed interleaved;
+  depthwise backward, torch's per-parameter AdamW loop, oneDNN for every 1x1 conv) and "after" (what the trainer
+  runs: our depthwise backward, the fused AdamW step `make_optimizer` takes, small-map 1x1 convs as matrix
+  products): the two steps timed interleaved, then per-phase and per-kind profiler time;
 - threads: the tour step at 1 and at 2 threads, interleaved, wall clock (run it on a quiet machine).
 
 On a shared machine: `taskset -c 1 .venv/bin/python -m benchmarks.profile --only tour --threads 1 --clock cpu`
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -31,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+
+from mbconv.provenance import RunRecord, write_result
 
 
 def ort_profile(batch: int, threads: int, runs: int = 10) -> None:
@@ -104,6 +108,8 @@ def op_kind(name: str, phase: str) -> str:
     n = name.lower()
     if "conv" in n:
         return "conv backward" if phase == "backward" or "backward" in n else "conv forward"
+    if n in ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm"):
+        return "matrix products (small-map 1x1 convs, classifier)"
     for key, kind in (("batch_norm", "batch norm"), ("silu", "SiLU"), ("sigmoid", "SE gate (sigmoid)"),
                       ("adam", "optimizer kernels"), ("bernoulli", "drop path / dropout")):
         if key in n:
@@ -123,32 +129,48 @@ def phase_of(event: object) -> str:
 
 class TourStep:
     """The tour's training step as `Trainer` runs it: seeded per step, the augmented MNIST 5k loader, channels_last
-    model with drop path and dropout, label smoothing, AdamW over weight-decay groups. `before`: ATen's depthwise
-    backward and torch's per-parameter AdamW loop; otherwise our depthwise backward and `make_optimizer`'s step."""
+    model with drop path and dropout, label smoothing, AdamW over weight-decay groups.
 
-    def __init__(self, before: bool):
+    `before`: ATen's depthwise backward, torch's per-parameter AdamW loop and oneDNN for every 1x1 conv (the step
+    before issue 15); otherwise what the trainer runs: our depthwise backward, `make_optimizer`'s fused step and
+    small-map 1x1 convs as matrix products (`fast_pointwise`). The keyword switches override single parts (for the
+    candidates of `benchmarks.step`): `depthwise` (ours or ATen's backward), `fused` (AdamW step), `pointwise`
+    (`fast_pointwise`), `lean` (`memory_efficient`), `cached_data` (batches drawn once, then reused: the step
+    without the data pipeline).
+    """
+
+    def __init__(self, before: bool = False, *, depthwise: bool | None = None, fused: bool | None = None,
+                 pointwise: bool | None = None, lean: bool = False, cached_data: bool = False):
         from mbconv.chapters.context import TourContext
         from mbconv.chapters.train import tour_run_config
         from mbconv.data import load_dataset
+        from mbconv.layers.memory import memory_efficient
+        from mbconv.layers.pointwise import fast_pointwise
         from mbconv.train import TrainConfig, make_optimizer, param_groups_weight_decay
         from mbconv.train.sampling import make_shard_loader
         from mbconv.workflow import build_for_data
 
+        depthwise, fused, pointwise = (not before if v is None else v for v in (depthwise, fused, pointwise))
         cfg = tour_run_config(TourContext(Path("unused"), False, None))  # the chapter's recipe, nothing written
         train = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=0)
         model = build_for_data(cfg.model, train.info, cfg.resolution, cfg.width_mult, cfg.depth_mult, cfg.init,
                                seed=0, **cfg.overrides)
         self.model = model.to(memory_format=torch.channels_last).train()
-        if before:
-            self.opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr,
-                                         foreach=False)
-        else:
+        if pointwise:
+            fast_pointwise(self.model)
+        if lean:
+            memory_efficient(self.model)
+        if fused:
             self.opt = make_optimizer(model, TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr,
                                                          weight_decay=cfg.weight_decay))
+        else:
+            self.opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr,
+                                         foreach=False)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.loader = make_shard_loader(train, cfg.batch_size, train=True, seed=0)
         self.batches: Iterator = iter(())
-        self.fast, self.i = not before, 0
+        self.cache: list | None = [] if cached_data else None
+        self.fast, self.i = depthwise, 0
         self.label = (f"B0 spec x{cfg.width_mult}, {train.info.in_chans} channel, {train.info.num_classes} classes, "
                       f"{cfg.resolution} px, batch {cfg.batch_size}, channels_last")
 
@@ -157,11 +179,16 @@ class TourStep:
 
         seed_everything(derive_seed(0, "step", self.i, 0))  # the trainer reseeds every step (exact resume)
         self.i += 1
+        if self.cache is not None and len(self.cache) >= 4:
+            return self.cache[self.i % len(self.cache)]
         try:
-            return next(self.batches)
+            batch = next(self.batches)
         except StopIteration:
             self.batches = iter(self.loader)
-            return next(self.batches)
+            batch = next(self.batches)
+        if self.cache is not None:
+            self.cache.append(batch)
+        return batch
 
     def __call__(self) -> None:
         from torch.profiler import record_function
@@ -235,7 +262,10 @@ def tour_profile(threads: int, rounds: int, clock: Callable[[], float], profiled
         for k in keys:
             cells = [f"{median[n] * table[n][group][k]:6.1f} ({100 * table[n][group][k]:4.1f} %)" for n in steps]
             print(f"  {group + ': ' + k:56s} {cells[0]:>15s} {cells[1]:>15s}")
-    return {"shares": {n: {g: dict(c) for g, c in t.items()} for n, t in table.items()}, "times": times}
+    return {"label": steps["after"].label, "clock": clock_name, "rounds": rounds, "profiled_steps": profiled_steps,
+            "median_ms": median, "ratio_before_after": {"median": statistics.median(ratios), "min": min(ratios),
+                                                        "max": max(ratios), "per_round": ratios},
+            "shares": {n: {g: dict(c) for g, c in t.items()} for n, t in table.items()}, "times": times}
 
 
 def thread_timing(rounds: int, counts: tuple[int, ...] = (1, 2)) -> dict[str, list[float]]:
@@ -274,17 +304,24 @@ def main() -> None:
     ap.add_argument("--only", choices=("ort", "train", "tour", "threads"))
     ap.add_argument("--clock", choices=("cpu", "wall"), default="wall", help="clock of the interleaved timings")
     ap.add_argument("--rounds", type=int, default=10, help="rounds of the interleaved timings")
+    ap.add_argument("--out", default=None, help="write the tour/threads sections' numbers here (JSON, with provenance)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    record = RunRecord(seeds=0)  # the tour step's seeds: model init, loader and per-step reseeding from 0
+    result: dict = {"threads": args.threads, "clock": args.clock, "load_average_start": list(os.getloadavg())}
     if args.only in (None, "ort"):
         ort_profile(args.batch, args.threads)
     if args.only in (None, "train"):
         train_profile(args.train_batch, args.threads)
     if args.only in (None, "tour"):
-        tour_profile(args.threads, args.rounds, clock)
+        result["tour"] = tour_profile(args.threads, args.rounds, clock)
     if args.only == "threads":  # not in the default run: wall-clock only, for a quiet machine
-        thread_timing(args.rounds)
+        result["threads_timing"] = thread_timing(args.rounds)
+    if args.out:
+        result["load_average_end"] = list(os.getloadavg())
+        write_result(args.out, result, record)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

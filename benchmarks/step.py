@@ -1,0 +1,201 @@
+"""The training step, part by part: which candidate speed-ups of issue 15 pay, and B0's step time and peak memory
+against timm's same network.
+
+    .venv/bin/python -m benchmarks.step [--sections tour,b0] [--threads 1] [--clock cpu|wall] [--rounds 10]
+        [--compile] [--quick] [--out results/bench/step.json]
+
+Sections:
+- tour: the tour model's training step as the trainer runs it (`benchmarks.profile.TourStep`: seeded augmented
+  MNIST 5k loader, channels_last, drop path, label smoothing, AdamW), the trainer's default against one change
+  at a time, interleaved in the same run: ATen's depthwise backward instead of ours; oneDNN for every 1x1 conv
+  instead of matrix products on small maps; torch's per-parameter AdamW instead of the fused step; the
+  memory-lean layers (`memory_efficient`); batches drawn once and reused (the step without the data pipeline);
+  with `--compile`, the model under `torch.compile` (inductor; it traces the plain convolutions: our depthwise
+  Function is bypassed there by design), its compile time (first three steps, wall and CPU, with a fresh inductor
+  cache unless TORCHINDUCTOR_CACHE_DIR is set) beside it. Ratio =
+  candidate / default per round (> 1: the default is faster).
+- b0: EfficientNet-B0, 224 px, batch 8, SGD, channels_last: ours as the trainer runs it (`fast_pointwise`),
+  ours memory-lean, and timm's same network with the same weights (`benchmarks.run.build_pair`), step time
+  interleaved, and each one's peak memory in one step.
+
+Peak memory = the highest sum of live tensor bytes the step allocates on top of what existed before it (weights,
+optimizer state, the input), from torch.profiler's allocator records (`profile_memory=True`): the self memory of
+every op, summed in start-time order, taken at each op boundary (a transient inside one op is not seen, and the
+same holds for every variant). Gradients and the saved activations are counted; the weights are not (equal in all
+variants; reported beside it).
+
+On a shared machine: `taskset -c 1 .venv/bin/python -m benchmarks.step --threads 1 --clock cpu`. On a quiet one the
+wall clock and 2 threads (the issue's targets are stated for 2 threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.profile import TourStep, interleaved_steps
+from benchmarks.run import build_pair, ratio_stats
+from mbconv.files import atomic_write_text
+from mbconv.provenance import RunRecord, write_result
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+TOUR_VARIANTS: dict[str, dict[str, Any]] = {
+    "default (trainer)": {},
+    "ATen depthwise backward": {"depthwise": False},
+    "oneDNN for every 1x1 conv": {"pointwise": False},
+    "per-parameter AdamW": {"fused": False},
+    "memory-lean layers": {"lean": True},
+    "no data pipeline (cached batches)": {"cached_data": True},
+}
+
+
+def section_tour(rounds: int, clock: Callable[[], float], compile_too: bool, log: Callable[[str], None]) -> dict:
+    steps: dict[str, Callable[[], None]] = {k: TourStep(**v) for k, v in TOUR_VARIANTS.items()}
+    compile_info = None
+    if compile_too:
+        # a fresh inductor cache, as on a fresh clone (a warm cache would hide most of the compile time)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_step_"))
+        compiled = TourStep()
+        compiled.model = torch.compile(compiled.model)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(3):  # the forward and backward graphs are compiled on the first step
+            compiled()
+        compile_info = {"first_3_steps_wall_s": time.perf_counter() - t0,
+                        "first_3_steps_cpu_s": time.process_time() - c0}
+        log(f"torch.compile: first 3 steps {compile_info['first_3_steps_wall_s']:.1f} s wall, "
+            f"{compile_info['first_3_steps_cpu_s']:.1f} s CPU of this process (gcc runs in child processes)")
+        steps["torch.compile (plain convs)"] = compiled
+    times = interleaved_steps(steps, rounds, clock)
+    base = times["default (trainer)"]
+    label = steps["default (trainer)"].label
+    log(f"\n### tour training step ({label}), {torch.get_num_threads()} thread(s), {rounds} interleaved rounds")
+    log("| variant | median ms | variant / default per round |")
+    log("|---|---|---|")
+    ratios = {}
+    for name, ts in times.items():
+        r = ratio_stats(ts, base) if name != "default (trainer)" else None
+        ratios[name] = r
+        cell = "-" if r is None else f"x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+        log(f"| {name} | {statistics.median(ts) * 1e3:.1f} | {cell} |")
+    return {"label": label, "times": times, "ratios": {k: v for k, v in ratios.items() if v is not None},
+            "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}, "compile": compile_info}
+
+
+def peak_step_bytes(step: Callable[[], None]) -> int:
+    """Peak of live tensor bytes allocated by one call of `step` above what was live before it (see the module
+    docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        step()
+    cur = peak = 0
+    for e in sorted(p.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+def sgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
+    from mbconv.layers.memory import memory_efficient
+    from mbconv.layers.pointwise import fast_pointwise
+
+    ours, theirs = build_pair("b0")  # same weights, outputs checked equal
+    cl = torch.channels_last
+    ours = ours.train().to(memory_format=cl)
+    fast_pointwise(ours)  # as the Trainer runs it
+    lean = memory_efficient(copy.deepcopy(ours))
+    theirs = theirs.train().to(memory_format=cl)
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 224, 224).contiguous(memory_format=cl)
+    y = torch.randint(0, 1000, (8,))
+    steps = {"ours (trainer)": sgd_step(ours, x, y), "ours memory-lean": sgd_step(lean, x, y),
+             "timm": sgd_step(theirs, x, y)}
+    times = interleaved_steps(steps, rounds, clock)
+    peaks = {k: peak_step_bytes(s) for k, s in steps.items()}  # after the timed steps: momentum buffers exist
+    weights = sum(p.numel() * p.element_size() for p in ours.parameters())
+    log(f"\n### EfficientNet-B0, 224 px, batch 8, SGD, channels_last, {torch.get_num_threads()} thread(s), "
+        f"{rounds} interleaved rounds; weights {weights / 2**20:.1f} MiB (all variants)")
+    log("| variant | median ms | timm / variant per round | step peak MiB | peak / timm |")
+    log("|---|---|---|---|---|")
+    ratios = {}
+    for name, ts in times.items():
+        r = ratio_stats(times["timm"], ts) if name != "timm" else None
+        ratios[name] = r
+        cell = "-" if r is None else f"x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+        log(f"| {name} | {statistics.median(ts) * 1e3:.1f} | {cell} | {peaks[name] / 2**20:.0f} | "
+            f"{peaks[name] / peaks['timm']:.2f} |")
+    return {"times": times, "ratios": {k: v for k, v in ratios.items() if v is not None},
+            "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+            "time_vs_timm": {k: statistics.median(v) / statistics.median(times["timm"]) for k, v in times.items()},
+            "peak_step_mib": {k: v / 2**20 for k, v in peaks.items()},
+            "peak_vs_timm": {k: v / peaks["timm"] for k, v in peaks.items()}, "weights_mib": weights / 2**20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 tour, 6 b0)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the tour step (minutes of compile)")
+    ap.add_argument("--quick", action="store_true", help="3 rounds: checks that everything runs")
+    ap.add_argument("--out", default="results/bench/step.json")
+    args = ap.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    bad = [s for s in sections if s not in ("tour", "b0")]
+    if bad:
+        ap.error(f"unknown section(s) {bad}: choose from tour, b0")
+    if args.threads < 1:
+        ap.error(f"invalid --threads {args.threads}: expected >= 1")
+    torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
+    lines: list[str] = []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])  # no training
+    t_start = time.perf_counter()
+    log(f"# training step benchmark: torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
+        f"load average {os.getloadavg()[0]:.2f}")
+    result: dict[str, Any] = {"threads": args.threads, "clock": args.clock, "quick": args.quick,
+                              "load_average_start": list(os.getloadavg())}
+    if "tour" in sections:
+        result["tour"] = section_tour(args.rounds or (3 if args.quick else 10), clock, args.compile, log)
+    if "b0" in sections:
+        result["b0"] = section_b0(args.rounds or (3 if args.quick else 6), clock, log)
+    result["load_average_end"] = list(os.getloadavg())
+    result["wall_s"] = time.perf_counter() - t_start
+    log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
+    write_result(args.out, result, record)
+    atomic_write_text(os.path.splitext(args.out)[0] + ".txt", "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
