@@ -16,9 +16,10 @@ Sections:
 - methods: per layer, each weight-gradient method (aten / fold / taps) and input-gradient method (aten / flip)
   of the cropped convolution alone, marked where the rule (`weight_grad_method` / `input_grad_method`) picks
   it: the measurements behind the per-shape rule;
-- step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours,
-  ours with ATen's depthwise backward (`use_fast_backward(False)`, a deep copy with the same weights), and for
-  tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal).
+- step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours as
+  the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`), ours with ATen's depthwise
+  backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel differs), and
+  for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal).
 
 Every timing is interleaved: each round runs every variant once (`inner` calls), in an order rotated by one each
 round, so machine noise hits all variants alike. Ratios are per round (theirs / ours; > 1: ours faster), shown as
@@ -63,6 +64,7 @@ from mbconv.layers.depthwise import (
     weight_grad,
     weight_grad_method,
 )
+from mbconv.layers.pointwise import fast_pointwise
 from mbconv.provenance import RunRecord, write_result
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -286,6 +288,7 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
         ours = to_layout(ours.train(), c["dims"])
     else:
         ours, theirs = build_ours(key), None
+    fast_pointwise(ours)  # as the Trainer runs it; the ATen-depthwise copy keeps it: only the depthwise differs
     aten = copy.deepcopy(ours)
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
