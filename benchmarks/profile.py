@@ -268,7 +268,7 @@ def tour_profile(threads: int, rounds: int, clock: Callable[[], float], profiled
             "shares": {n: {g: dict(c) for g, c in t.items()} for n, t in table.items()}, "times": times}
 
 
-def thread_timing(rounds: int, counts: tuple[int, ...] = (1, 2)) -> dict[str, list[float]]:
+def thread_timing(rounds: int, counts: tuple[int, ...] = (1, 2)) -> dict:
     """The tour step (after) at each thread count, interleaved by round, wall clock; CPU time beside it."""
     step = TourStep(before=False)
     steps = {f"{n} thread(s)": step for n in counts}
@@ -293,7 +293,9 @@ def thread_timing(rounds: int, counts: tuple[int, ...] = (1, 2)) -> dict[str, li
     for k in list(times)[1:]:
         r = [a / b for a, b in zip(times[base], times[k])]
         print(f"  {base} / {k} per round: x{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
-    return times
+    return {"times": times, "median_ms": {k: 1e3 * statistics.median(ts) for k, ts in times.items()},
+            "cpu_median_ms": {k: 1e3 * statistics.median(ts[2:]) for k, ts in cpu.items()},
+            "load_average": list(os.getloadavg())}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ __all__ = ["MAX_LINEAR_PIXELS", "PointwiseConv1d", "PointwiseConv2d", "Pointwise
            "is_pointwise", "linear_applies"]
 
 # Largest map (pixels per sample) run as a matrix product; measured on the tour model at one thread
-# (docs/bench/speed.md): 4x4 and smaller win, 8x8 is mixed, 16x16 loses.
+# (docs/bench/depthwise.md): 4x4 and smaller win, 8x8 is mixed, 16x16 loses.
 MAX_LINEAR_PIXELS = 16
 
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}

@@ -2,12 +2,12 @@
 
 A small network's step is a few hundred short kernels. On a quiet 2-core machine two OpenMP threads make the tour
 model's step about 1.2x faster than one; on a loaded one (other processes on the cores) each parallel region
-waits for a descheduled thread, and libgomp's spin-waiting turns that into a 15x slowdown (measured: 3.4 s per
-step at 2 threads vs 0.22 s at 1 thread, load average 5 on 2 cores; docs/bench/speed.md). No fixed choice is right
-on both, so the trainer measures: at the start of an epoch it times steps at the current count and at the other
-one, alternating, and keeps the faster for the rest of the epoch. A confirmed choice is probed again after 1, 2, 4,
-... epochs, a changed one after the next epoch. Steps stay the same computation; only float rounding can differ
-between thread counts.
+waits for a descheduled thread, and libgomp's spin-waiting turns that into a slowdown of several times (measured:
+3.4 s per step at 2 threads vs 0.22 s at 1 thread at load average 5 on 2 cores; 0.67 vs 0.20 s at load 3,
+docs/bench/depthwise.md). No fixed choice is right on both, so the trainer measures: at the start of an epoch it
+times steps at the current count and at the other one, alternating, and keeps the faster for the rest of the epoch.
+A confirmed choice is probed again after 1, 2, 4, ... epochs, a changed one after the next epoch. Steps stay the
+same computation; only float rounding can differ between thread counts.
 """
 
 from __future__ import annotations

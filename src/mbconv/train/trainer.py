@@ -65,7 +65,7 @@ class Trainer:
 
         self.model = unwrap_model(model).to(self.device)
         # small-map 1x1 convs (SE, late stages) train as matrix products on CPU: same parameters, ~1.2x faster
-        # tour step (mbconv.layers.pointwise; docs/bench/speed.md)
+        # tour step (mbconv.layers.pointwise; docs/bench/depthwise.md)
         fast_pointwise(self.model)
         self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = make_shard_loader(
