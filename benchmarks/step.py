@@ -30,23 +30,28 @@ wall clock and 2 threads (the issue's targets are stated for 2 threads).
 
 from __future__ import annotations
 
-import argparse
-import copy
 import os
-import statistics
-import sys
-import tempfile
-import time
-from collections.abc import Callable
-from typing import Any
 
-import torch
-from torch import nn
+# torch caches its compile directory in this variable on first use (importing mbconv's export code may do so):
+# read the user's setting before anything does
+_USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
-from benchmarks.profile import TourStep, interleaved_steps
-from benchmarks.run import build_pair, ratio_stats
-from mbconv.files import atomic_write_text
-from mbconv.provenance import RunRecord, write_result
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks.profile import TourStep, interleaved_steps  # noqa: E402
+from benchmarks.run import build_pair, ratio_stats  # noqa: E402
+from mbconv.files import atomic_write_text  # noqa: E402
+from mbconv.provenance import RunRecord, write_result  # noqa: E402
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -65,14 +70,15 @@ def section_tour(rounds: int, clock: Callable[[], float], compile_too: bool, log
     compile_info = None
     if compile_too:
         # a fresh inductor cache, as on a fresh clone (a warm cache would hide most of the compile time)
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_step_"))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = _USER_INDUCTOR_CACHE or tempfile.mkdtemp(prefix="inductor_step_")
         compiled = TourStep()
         compiled.model = torch.compile(compiled.model)
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(3):  # the forward and backward graphs are compiled on the first step
             compiled()
         compile_info = {"first_3_steps_wall_s": time.perf_counter() - t0,
-                        "first_3_steps_cpu_s": time.process_time() - c0}
+                        "first_3_steps_cpu_s": time.process_time() - c0,
+                        "cache_dir": os.environ["TORCHINDUCTOR_CACHE_DIR"], "fresh_cache": _USER_INDUCTOR_CACHE is None}
         log(f"torch.compile: first 3 steps {compile_info['first_3_steps_wall_s']:.1f} s wall, "
             f"{compile_info['first_3_steps_cpu_s']:.1f} s CPU of this process (gcc runs in child processes)")
         steps["torch.compile (plain convs)"] = compiled
