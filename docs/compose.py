@@ -21,7 +21,7 @@ TARGETS = {
                                            "e_kernel_resolution", "f_quant_se_placement", "g_beyond_2d",
                                            "h_reruns_issue17"]),
     DOCS.parent / "BENCHMARKS.md": (DOCS / "bench", ["_header", "accuracy", "speed", "depthwise", "roofline", "int8",
-                                                    "real", "pruning", "stability", "nd", "phone"]),
+                                                    "real", "finetune", "pruning", "stability", "nd", "phone"]),
 }
 
 
