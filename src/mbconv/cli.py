@@ -189,6 +189,13 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 # -- train / eval / predict -----------------------------------------------------------------------------------
+def channel_count(value: str) -> int:
+    """`--channels`: 1 or 3, written exactly so (an error names the value as given)."""
+    if value.strip() not in ("1", "3"):
+        raise argparse.ArgumentTypeError(f"invalid channel count {value!r}: expected 1 or 3")
+    return int(value)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .workflow import RunConfig, train_run
 
@@ -318,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "class count differs")
     sp.add_argument("--freeze", type=text, help="with --weights, parts kept fixed (and in eval mode): "
                                                 "comma-separated stem, stages, stages.N, stages.A-B, head, backbone")
-    sp.add_argument("--channels", type=int, choices=(1, 3),
+    sp.add_argument("--channels", type=channel_count,
                     help="convert the data's channels: 3 replicates a gray dataset to RGB, 1 takes an RGB one's luma")
     sp.add_argument("--norm", choices=("auto", "data", "weights"), default="auto",
                     help="input mean/std: the weights' (their evaluation config), the train split's, or auto "
