@@ -17,6 +17,7 @@ from .cli_args import (
     finite_float,
     float_range,
     fraction,
+    int_choice,
     integer,
     model_overrides,
     nonnegative_float,
@@ -189,13 +190,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 # -- train / eval / predict -----------------------------------------------------------------------------------
-def channel_count(value: str) -> int:
-    """`--channels`: 1 or 3, written exactly so (an error names the value as given)."""
-    if value.strip() not in ("1", "3"):
-        raise argparse.ArgumentTypeError(f"invalid channel count {value!r}: expected 1 or 3")
-    return int(value)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .workflow import RunConfig, train_run
 
@@ -295,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cin", type=positive_int, default=64)
     sp.add_argument("--cout", type=positive_int, default=64)
     sp.add_argument("--kernel", type=positive_int, default=3)
-    sp.add_argument("--dims", type=int, choices=(1, 2, 3), default=2)
+    sp.add_argument("--dims", type=int_choice(1, 2, 3), default=2)
     sp.add_argument("--resolution", type=positive_int, default=56)
     sp.add_argument("--t", type=positive_float, default=6.0)
     sp = add("scale", cmd_scale, "compound-scale a base model (phi, alpha/beta/gamma) or by an explicit triple")
@@ -325,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "class count differs")
     sp.add_argument("--freeze", type=text, help="with --weights, parts kept fixed (and in eval mode): "
                                                 "comma-separated stem, stages, stages.N, stages.A-B, head, backbone")
-    sp.add_argument("--channels", type=channel_count,
+    sp.add_argument("--channels", type=int_choice(1, 3),
                     help="convert the data's channels: 3 replicates a gray dataset to RGB, 1 takes an RGB one's luma")
     sp.add_argument("--norm", choices=("auto", "data", "weights"), default="auto",
                     help="input mean/std: the weights' (their evaluation config), the train split's, or auto "

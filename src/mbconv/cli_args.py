@@ -42,6 +42,18 @@ def positive_int(s: str) -> int:
     return v
 
 
+def int_choice(*allowed: int) -> Callable[[str], int]:
+    """An integer from `allowed`, written plainly (argparse's own `choices` would report '05' as 'invalid choice: 5',
+    not naming the value as given)."""
+
+    def parse(s: str) -> int:
+        if s.strip() not in {str(a) for a in allowed}:
+            raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected one of {', '.join(map(str, allowed))}")
+        return int(s)
+
+    return parse
+
+
 def nonnegative_int(s: str) -> int:
     """An integer >= 0 (counts where 0 means off)."""
     v = integer(s)
@@ -111,7 +123,7 @@ def add_model_arguments(sp: argparse.ArgumentParser, name: str = "positional", c
         sp.add_argument("--checkpoint", type=text, help="a trained run or checkpoint directory instead of a NAME")
     sp.add_argument("--num-classes", type=positive_int, help="classifier outputs (NAME only)")
     sp.add_argument("--in-chans", type=positive_int, help="input channels (NAME only)")
-    sp.add_argument("--dims", type=int, choices=(1, 2, 3), help="spatial dimensions (NAME only)")
+    sp.add_argument("--dims", type=int_choice(1, 2, 3), help="spatial dimensions (NAME only)")
     sp.add_argument("--se-position", choices=("after_dw", "before_dw"), help="where SE sits (NAME only)")
     sp.add_argument("--width-mult", type=positive_float, help="channel multiplier (NAME only)")
     if resolution:
