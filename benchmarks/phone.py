@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,8 @@ from typing import Any
 import torch
 
 from benchmarks.run import build_pair, interleaved, ratio_stats
+from mbconv.files import atomic_write_text
+from mbconv.provenance import RunRecord, write_result
 
 RESOLUTION = 224
 CONFIDENT = 0.5
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     t_start = time.perf_counter()
+    record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])  # command, commit, versions
     log(f"mbconv phone bench{' (QUICK: numbers are noise)' if args.quick else ''}: {cpu}, {os.cpu_count()} cpus, "
         f"threads {threads}; torch {torch.__version__}, executorch {et_version}, "
         f"onnxruntime {onnxruntime.__version__}; load average {os.getloadavg()[0]:.1f}")
@@ -249,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average_end"] = os.getloadavg()[0]
     table = markdown_table(result)
     log(f"\n{table}\n\nload average at the end {result['load_average_end']:.1f}; wall {result['wall_s']:.0f} s")
-    (out / "phone.json").write_text(json.dumps(result, indent=1))
-    (out / "phone.txt").write_text("\n".join(lines) + "\n")
+    write_result(out / "phone.json", result, record, threads=threads)
+    atomic_write_text(out / "phone.txt", "\n".join(lines) + "\n")
     log(f"wrote {out / 'phone.json'} and {out / 'phone.txt'}")
     return 0
 
