@@ -172,6 +172,46 @@ def differences(arms: dict) -> dict:
             for a, b, key in pairs if a in arms and b in arms}
 
 
+def step_timing(resolution: int, rounds: int, steps: int, batch: int = 64) -> dict:
+    """Seconds per training step (forward, backward, AdamW step; batch `batch`, random inputs) of the network with
+    everything trained and with `FREEZE["frozen"]` frozen, interleaved in `rounds` rounds of `steps` steps (the
+    order alternating) so that both see the same machine load; the weights do not change the cost, so both start
+    from random init. Returns the per-round seconds per step and their medians."""
+    from mbconv.finetune import freeze, parse_freeze
+    from mbconv.zoo import create_model
+
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, resolution, resolution), torch.randint(0, 10, (batch,))
+    nets = {}
+    for arm in ("pretrained", "frozen"):
+        model = create_model(MODEL, num_classes=10, resolution=resolution, **OVERRIDES)
+        freeze(model, parse_freeze(FREEZE.get(arm), len(model.stages)))
+        model.train()
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3, weight_decay=0.05)
+        nets[arm] = (model, opt)
+
+    def run(arm: str, n: int) -> float:
+        model, opt = nets[arm]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - t0) / n
+
+    for arm in nets:  # warm-up: allocator, first-call costs
+        run(arm, 2)
+    per_round: dict[str, list[float]] = {arm: [] for arm in nets}
+    for i in range(rounds):
+        for arm in (list(nets) if i % 2 == 0 else list(nets)[::-1]):
+            per_round[arm].append(run(arm, steps))
+    med = {arm: statistics.median(v) for arm, v in per_round.items()}
+    return {"resolution": resolution, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "frozen": FREEZE["frozen"], "seconds_per_step": per_round, "median_seconds_per_step": med,
+            "frozen_over_trained": med["frozen"] / med["pretrained"]}
+
+
 def arm_list(text: str | None) -> list[str]:
     """'frozen' or 'pretrained,scratch' -> the arms in ARMS order; SystemExit naming an unknown one."""
     if text is None:
@@ -191,10 +231,20 @@ def main() -> int:
                     "fewer are added to the committed results file, whose other arms are kept unchanged")
     ap.add_argument("--runs", default=str(ROOT / "results/experiments/finetune_lite0"))
     ap.add_argument("--out", default=str(ROOT / "experiments/results/finetune_lite0"))
+    ap.add_argument("--step-timing", action="store_true", help="only time training steps, trained vs frozen "
+                    "(interleaved, same load): writes step_timing_{mode}.json")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one thread: another job runs on the other core
     mode = "quick" if args.quick else "full"
     conf = dict(MODES[mode])
+    if args.step_timing:
+        record = RunRecord(seeds=[0], epochs=None, init="random (timing only)")
+        timing = step_timing(conf["resolution"], rounds=3 if args.quick else 7, steps=3 if args.quick else 10)
+        timing["provenance"] = record.as_dict()
+        write_json(Path(args.out) / f"step_timing_{mode}.json", timing)
+        print(f"seconds per step: {timing['median_seconds_per_step']}; frozen / trained "
+              f"{timing['frozen_over_trained']:.3f}")
+        return 0
     seeds = seed_list(args.seeds or conf["seeds"])
     todo = arm_list(args.arms)
     out = Path(args.out)
