@@ -18,11 +18,14 @@ from mbconv.cli import main
 from mbconv.export import pte
 from mbconv.export.pte import (
     PHONE_HINT,
+    PT2E_WEIGHT_EPS,
     agreement,
+    bias_corrected_copy,
     export_pte,
     export_pte_int8,
     lower_to_pte,
     need_executorch,
+    pt2e_weight_config,
     pte_logits,
     pte_method,
     quantize_pt2e,
@@ -30,7 +33,9 @@ from mbconv.export.pte import (
     set_pte_threads,
     split_silu,
 )
-from mbconv.quant import QuantConfig, ptq
+from mbconv.layers import fuse_bn
+from mbconv.quant import QuantConfig, calibrate, insert_quantizers, ptq
+from mbconv.quant.insert import host_weight, quantizers
 from mbconv.zoo import get_spec
 
 # (zoo name, leading stages kept): each family's own blocks, activations, SE gate, padding and head.
@@ -188,6 +193,56 @@ def test_pt2e_int8_is_comparable_to_our_fake_quant(et):
     assert agreement(ours, pt2e)["top1_agreement"] >= 0.8
 
 
+def pt2e_weights(qgm: torch.fx.GraphModule) -> list[torch.Tensor]:
+    """The dequantized weights of a converted PT2E module, in graph order (its per-channel constants)."""
+    out = []
+    for n in qgm.graph.nodes:
+        if n.op == "call_function" and "dequantize_per_channel" in str(n.target) and n.args[0].op == "get_attr":
+            out.append(n.target(*[getattr(qgm, a.target) if isinstance(a, torch.fx.Node) else a for a in n.args]))
+    return out
+
+
+def test_fake_quant_weights_round_exactly_like_pt2e(et):
+    m = tiny("tf_efficientnet_lite0", 2)
+    with torch.no_grad():  # a near-dead stem channel: its scale is PT2E's eps floor, not max|w| / 127
+        m.stem.conv.weight[0] *= 1e-3
+    qgm, _ = quantize_pt2e(m, inputs(m, 4), 32)
+    q = fuse_bn(m)
+    insert_quantizers(q, pt2e_weight_config())
+    calibrate(q, inputs(m, 1), 1, 1)
+    fqs = list(quantizers(q, ["weight"]).values())
+    theirs = pt2e_weights(qgm)
+    assert len(theirs) == len(fqs) > 5  # every conv and the classifier
+    assert float(fqs[0].scale[0]) < PT2E_WEIGHT_EPS  # the floor matters for that channel
+    for fq in fqs:
+        fq.scale.data.clamp_(min=PT2E_WEIGHT_EPS)  # as bias_corrected_copy does
+    for fq, w in zip(fqs, theirs):
+        ours = fq(host_weight(q, fq)).detach()
+        assert torch.equal(ours, w.reshape(ours.shape)), fq.site
+
+
+def test_bias_correction_brings_pt2e_int8_closer_to_fp32(et, tmp_path):
+    m = tiny("tf_efficientnet_lite0", 2)
+    torch.manual_seed(1)
+    calib, held = inputs(m, 32) * 0.5 + 0.3, inputs(m, 64) * 0.5 + 0.3  # non-zero mean inputs: a mean shift
+    fixed = bias_corrected_copy(m, calib)
+    biases = [mod.bias for mod in fuse_bn(m).modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    moved = [mod.bias for mod in fixed.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    assert len(moved) == len(biases) and all(not torch.equal(a, b) for a, b in zip(biases, moved))
+    with torch.no_grad():
+        ref = m(held)
+        plain = agreement(ref, quantize_pt2e(m, calib, 32)[0](held))
+        qgm, example = quantize_pt2e(m, calib, 32, bias_correction=True)
+        corrected = agreement(ref, qgm(held))
+        same = agreement(qgm(held), quantize_pt2e(fixed, calib, 32)[0](held))  # = PT2E of the corrected copy
+    assert corrected["sqnr_db"] > plain["sqnr_db"] + 0.5, (plain, corrected)
+    assert same["max_abs_diff"] < 1e-5, same
+    info = export_pte_int8(m, tmp_path / "bc.pte", calib, 32, bias_correction=True)
+    assert info["bias_correction"] and info["delegate_calls"] == 1
+    lq = pte_logits(pte_method(info["path"]), held[:4])
+    assert agreement(qgm(held[:4]).detach(), lq)["sqnr_db"] > 30  # the program runs the corrected PT2E graph
+
+
 class FakeMethod:
     """Stands in for a batch-2 ExecuTorch method: returns the per-sample sums, reusing one output buffer."""
 
@@ -221,6 +276,8 @@ def test_export_errors(et, tmp_path):
         export_pte_int8(m, tmp_path / "q.pte", torch.randn(0, 3, 32, 32), 32)
     with pytest.raises(ValueError, match="invalid observer='mse'"):
         export_pte_int8(m, tmp_path / "q.pte", torch.randn(4, 3, 32, 32), 32, observer="mse")
+    with pytest.raises(ValueError, match="needs per_channel=True"):
+        export_pte_int8(m, tmp_path / "q.pte", torch.randn(4, 3, 32, 32), 32, per_channel=False, bias_correction=True)
     with pytest.raises(ValueError, match="dims=3"):
         export_pte(create_model("mbconv3d_small"), tmp_path / "m.pte", 16)
     with pytest.raises(ValueError, match="invalid batch"):
@@ -238,6 +295,10 @@ def test_cli_export_pte_and_bench_executorch(et, tmp_path, capsys):
     text = capsys.readouterr().out
     assert out.exists() and "calibrating on random inputs" in text and "XNNPACK int8" in text
     assert "ops outside XNNPACK: none" in text and "top-1 agreement" in text
+    assert "(no bias correction)" in text  # random calibration: nothing to correct on
+    assert main(["export", net, "--resolution", "32", "--num-classes", "5", "--format", "pte", "--int8", "--data",
+                 "photos", "--calib-samples", "8", "--out", str(tmp_path / "bc.pte")]) == 0
+    assert "ExecuTorch int8 (bias-corrected)" in capsys.readouterr().out  # the default with --data
     assert main(["bench", net, "--resolution", "32", "--rounds", "2", "--batch", "2", "--backend", "executorch"]) == 0
     assert "batch 2, executorch, 1 thread(s)" in capsys.readouterr().out
     assert main(["export", net, "--format", "pte", "--out", str(tmp_path / "m.onnx")]) == 2

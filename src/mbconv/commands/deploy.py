@@ -97,7 +97,9 @@ def _export_pte(args: argparse.Namespace, model: Any, res: int, out: str, what: 
     _need_phone()
     x = torch.randn(3, model.spec.in_chans, *([res] * model.spec.dims))
     calib = _calibration(args, model, res, what) if args.int8 else None
-    info = export_pte_int8(model, out, calib, res) if args.int8 else export_pte(model, out, res)
+    # bias correction needs real data (its mean inputs); on random calibration it would fit noise
+    bc = bool(args.int8 and args.data and not args.no_bias_correction)
+    info = export_pte_int8(model, out, calib, res, bias_correction=bc) if args.int8 else export_pte(model, out, res)
     with torch.no_grad():
         ref = model.eval()(x)
     a = agreement(ref, pte_logits(pte_method(out), x))
@@ -106,8 +108,8 @@ def _export_pte(args: argparse.Namespace, model: Any, res: int, out: str, what: 
           f"MiB, input {info['input_shape']}, {info['seconds']:.1f} s; {info['delegate_calls']} delegate call(s), "
           f"ops outside XNNPACK: {left})")
     if args.int8:
-        print(f"ExecuTorch int8 vs PyTorch fp32 on {len(x)} random inputs: top-1 agreement {a['top1_agreement']:.2f}, "
-              f"logit SQNR {a['sqnr_db']:.1f} dB")
+        print(f"ExecuTorch int8 ({'bias-corrected' if bc else 'no bias correction'}) vs PyTorch fp32 on {len(x)} "
+              f"random inputs: top-1 agreement {a['top1_agreement']:.2f}, logit SQNR {a['sqnr_db']:.1f} dB")
         return 0
     ok = a["max_abs_diff"] <= args.tol
     print(f"ExecuTorch vs PyTorch on {len(x)} random inputs: max abs diff {a['max_abs_diff']:.2e} "
@@ -195,6 +197,9 @@ def register(add: Any) -> None:
                                                          "PT2E with the XNNPACK quantizer)")
     sp.add_argument("--data", type=text, help="calibration dataset for --int8")
     sp.add_argument("--calib-samples", type=positive_int, default=256)
+    sp.add_argument("--no-bias-correction", action="store_true",
+                    help="--format pte --int8 --data: skip bias correction (default: the biases cancel the mean "
+                         "shift of PT2E's weight rounding, measured on --data; docs/bench/phone.md)")
     sp = add("bench", cmd_bench, "quick inference latency of one model on one backend (see `make bench` for the "
                                  "comparison against timm and ONNX Runtime)")
     add_model_arguments(sp, name="optional", resolution=True)

@@ -8,6 +8,12 @@
   reshapes); conv -> ReLU6 is observed after the clamp (`annotate_conv_relu6`; the stock quantizer does that for
   ReLU only), and SiLU is split into x * sigmoid(x) (`split_silu`) so its mul is int8. Sigmoid and hard-swish
   stay fp32 inside the delegate, between a dequantize and a quantize (XNNPACK's delegate takes them in fp32 only).
+- Bias correction (`bias_correction=True`, `bias_corrected_copy`; Nagel et al. 2019, `mbconv.quant.correct_bias`):
+  the mean output shift E[dW x] of each layer's weight rounding, measured with fake-quant weights on the PT2E
+  grid (per-channel symmetric int8 in [-127, 127], scale max|w| / 127, at least the observer's eps 2^-12), is
+  moved into the biases of a float copy, which PT2E then quantizes: PT2E rounds the weights exactly as the
+  correction assumed, so the corrected biases cancel its own rounding shift (as ORT's int8 inherits it in
+  docs/bench/real.md).
 - Spatial means (`rewrite_means`): XNNPACK lowers a mean only over the last two axes of a 4-D tensor with
   keepdim, so the classifier's pooling (keepdim=False) and every 1-D mean (3-D tensors) are rewritten as such a
   mean plus a reshape; otherwise they run as portable kernels between delegate calls.
@@ -40,12 +46,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..layers import fuse_bn
+from ..quant.bias_correction import correct_bias, float_copy
+from ..quant.insert import QuantConfig, insert_quantizers, quantizers
 from ..quant.noise import sqnr_db
-from ..quant.ptq import iter_batches
+from ..quant.ptq import calibrate, iter_batches
 from .to_onnx import inference_graph_module
 
 PHONE_HINT = "pip install 'mbconv[phone]'"
 OBSERVERS = ("minmax", "histogram")
+# The XNNPACK quantizer's weight observer (PerChannelMinMaxObserver, symmetric, [-127, 127]) floors every scale at
+# this eps; the fake-quant grid of `bias_corrected_copy` floors at it too, so both round every weight alike.
+PT2E_WEIGHT_EPS = 2.0**-12
 
 
 def need_executorch(module: str = "executorch") -> Any:
@@ -188,13 +200,17 @@ def annotate_conv_relu6(gm: torch.fx.GraphModule, config: Any) -> int:
 @torch.no_grad()
 def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] | None = None, *,
                   example: torch.Tensor | None = None, per_channel: bool = True, observer: str = "minmax",
-                  num_samples: int | None = None, batch_size: int = 32) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+                  num_samples: int | None = None, batch_size: int = 32, bias_correction: bool = False
+                  ) -> tuple[torch.fx.GraphModule, torch.Tensor]:
     """(quantized graph module, batch-1 example): the PT2E int8 form of `model` that `export_pte_int8` lowers,
     calibrated on `calib` (a tensor N, C, ..., a Dataset of (x, y) or an iterable of batches; `num_samples` of
-    them, all if None) with activation `observer`s (see `xnnpack_quantizer`). Running the module in PyTorch gives
-    the reference (quantize/dequantize) int8 outputs."""
+    them, all if None) with activation `observer`s (see `xnnpack_quantizer`). With `bias_correction`, PT2E
+    quantizes `bias_corrected_copy(model, calib)` instead (same calibration samples). Running the module in
+    PyTorch gives the reference (quantize/dequantize) int8 outputs."""
     if observer not in OBSERVERS:
         raise ValueError(f"invalid observer={observer!r}: expected one of {OBSERVERS}")
+    if bias_correction and not per_channel:  # the correction's grid is per-channel (`pt2e_weight_config`)
+        raise ValueError("bias_correction needs per_channel=True (it is computed on per-channel weight rounding)")
     need_executorch("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -212,6 +228,11 @@ def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] 
     if first is None:
         raise ValueError("calibration data is empty")
     checked(first)  # before the (slow) export
+    if bias_correction:  # the samples are read twice (correction, then PT2E): hold them
+        xs = torch.cat([checked(x) for x in itertools.chain([first], batches)])
+        model = bias_corrected_copy(model, xs, batch_size=batch_size)
+        net, x1 = inference_graph_module(model, example, resolution)
+        first, batches = xs[:batch_size], iter(xs[batch_size:].split(batch_size))
     # a dynamic batch axis for calibration (batches of any size), a static batch-1 program afterwards
     x2 = x1.expand(2, *x1.shape[1:]).contiguous()
     gm = torch.export.export(net, (x2,), dynamic_shapes=({0: torch.export.Dim("batch", max=1 << 16)},)).module()
@@ -223,6 +244,31 @@ def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] 
         for x in itertools.chain([first], batches):
             prepared(checked(x))
         return convert_pt2e(prepared), x1
+
+
+def pt2e_weight_config() -> QuantConfig:
+    """The fake-quant recipe whose weights round like the XNNPACK quantizer's (per-channel symmetric int8, min/max
+    of the weights, restricted range [-127, 127]), activations left in float; `bias_corrected_copy` also floors
+    the scales at `PT2E_WEIGHT_EPS` as PT2E's observer does."""
+    return QuantConfig(wbits=8, abits=None, w_per_channel=True, w_symmetric=True, w_calib="minmax")
+
+
+@torch.no_grad()
+def bias_corrected_copy(model: nn.Module, calib: Any, num_samples: int | None = None,
+                        batch_size: int = 32) -> nn.Module:
+    """A BN-folded float copy of `model` whose biases cancel the mean output shift of PT2E's int8 weight rounding
+    (`mbconv.quant.correct_bias` with the weight grid of `pt2e_weight_config`), the mean inputs measured through
+    the float network on `num_samples` (all if None) samples of `calib`. `model` is untouched."""
+    q = fuse_bn(model)
+    insert_quantizers(q, pt2e_weight_config())
+    if not quantizers(q, ["weight"]):
+        raise ValueError(f"bias correction found no conv/linear weights to quantize in {type(model).__name__}")
+    calibrate(q, calib, num_samples=1, batch_size=1)  # weights only: their ranges come from the weights
+    for fq in quantizers(q, ["weight"]).values():
+        fq.scale.clamp_(min=PT2E_WEIGHT_EPS)
+    n = len(calib) if num_samples is None and isinstance(calib, torch.Tensor) else num_samples
+    correct_bias(q, calib, num_samples=n if n is not None else 1 << 30, batch_size=batch_size)
+    return float_copy(q)
 
 
 def xnnpack_quantizer(per_channel: bool = True, observer: str = "minmax") -> Any:
@@ -320,17 +366,19 @@ def export_pte(model: nn.Module, path: str | os.PathLike, resolution: int | Sequ
 def export_pte_int8(model: nn.Module, path: str | os.PathLike, calib: Any,
                     resolution: int | Sequence[int] | None = None, *, example: torch.Tensor | None = None,
                     per_channel: bool = True, observer: str = "minmax", num_samples: int | None = None,
-                    batch: int = 1) -> dict[str, Any]:
-    """Quantize `model` to int8 with PT2E and the XNNPACK quantizer, calibrated on `calib` (see `quantize_pt2e`),
-    and write the ExecuTorch program to `path` (.pte). Returns `lower_to_pte`'s summary plus `quantize_seconds`."""
+                    batch: int = 1, bias_correction: bool = False) -> dict[str, Any]:
+    """Quantize `model` to int8 with PT2E and the XNNPACK quantizer, calibrated on `calib` (see `quantize_pt2e`;
+    `bias_correction` quantizes the bias-corrected float copy), and write the ExecuTorch program to `path` (.pte).
+    Returns `lower_to_pte`'s summary plus `quantize_seconds` and `bias_correction`."""
     pte_path(path)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"invalid batch={batch!r}: expected a positive int")
     t0 = time.perf_counter()
     qgm, x = quantize_pt2e(model, calib, resolution, example=example, per_channel=per_channel, observer=observer,
-                           num_samples=num_samples)
+                           num_samples=num_samples, bias_correction=bias_correction)
     dt = time.perf_counter() - t0
-    return {**lower_to_pte(qgm, x.expand(batch, *x.shape[1:]).contiguous(), path), "quantize_seconds": dt}
+    return {**lower_to_pte(qgm, x.expand(batch, *x.shape[1:]).contiguous(), path), "quantize_seconds": dt,
+            "bias_correction": bias_correction}
 
 
 # -- runtime --------------------------------------------------------------------------------------------------
