@@ -142,8 +142,8 @@ def figure(result: dict, path: Path) -> None:
     lo = min(100 * min(r["val_acc"]) for r in result["runs"] if r["lr"] == result["arms"][r["arm"]]["lr"])
     ax.set_ylim(max(0.0, lo - 2), 100)
     c = result["config"]
-    ax.set_title(f"Lite0 on MNIST 5k at {c['resolution']} px (RGB-replicated): ImageNet weights (all trained, or "
-                 f"stem + stages 0-1 frozen) vs random init", fontsize=8)
+    ax.set_title(f"Lite0, MNIST 5k at {c['resolution']} px (RGB): ImageNet weights (all trained; stem + stages 0-1 "
+                 f"frozen) vs random init", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     savefig(fig, path)
