@@ -6,10 +6,8 @@ Budget: about 10 s (B0 at 224 px) and about 5 s with ``--quick`` (B0 at 96 px), 
 
 from __future__ import annotations
 
-import torch
-
 from ..report import write_json
-from .context import TourContext
+from .context import TourContext, torch_threads
 
 
 def chapter_hardware(ctx: TourContext) -> None:
@@ -21,9 +19,7 @@ def chapter_hardware(ctx: TourContext) -> None:
     ch = ctx.report.chapter("Design meets hardware: roofline, per-layer latency and a latency budget")
     ctx.log("hardware chapter")
     out = ctx.out / "hardware"
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: reproducible on a shared machine, and the roofs are measured the same way
-    try:
+    with torch_threads(1):  # reproducible on a shared machine, and the roofs are measured the same way
         machine = measure_machine(1, seconds=1.0)
         spec = get_spec("efficientnet_b0")
         res = 96 if ctx.quick else 224
@@ -35,8 +31,6 @@ def chapter_hardware(ctx: TourContext) -> None:
         except ValueError as e:  # a loaded machine can make even the smallest model miss: report, don't crash
             search = None
             ctx.log(f"latency search: {e}")
-    finally:
-        torch.set_num_threads(old)
     write_json(out / "roofline_b0.json", rf.to_dict())
     if search is not None:
         write_json(out / "latency_search.json", search.to_dict())

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..report import write_json
-from .context import TourContext
+from .context import TourContext, torch_threads
 
 
 def _tour_run(ctx: TourContext) -> str:
@@ -41,12 +41,8 @@ def se_placement_summary(results: Path) -> dict[str, Any] | None:
 def chapter_quant(ctx: TourContext) -> None:
     # Small batches of a small net: one intra-op thread is faster and does not fight other jobs for cores
     # (on a busy 2-core machine two threads made this chapter ~6x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _chapter_quant(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _chapter_quant(ctx: TourContext) -> None:

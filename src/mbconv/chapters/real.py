@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..report import plt, savefig, write_json
-from .context import TourContext
+from .context import TourContext, torch_threads
 
 __all__ = ["PACKAGE", "chapter_real", "missing_extras"]
 
@@ -66,12 +66,8 @@ def missing_extras() -> dict[str, list[str]]:
 
 def chapter_real(ctx: TourContext) -> None:
     # One thread: small batches of one network, reproducible on a shared machine, as in the study.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _chapter_real(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
