@@ -360,14 +360,19 @@ def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) ->
             and not exporting_or_transforming())
 
 
-class DepthwiseForward:
-    """Mixin for the nn.ConvNd subclasses below: training steps go through `DepthwiseConvFunction` where it
-    changes something (`own_backward`); everything else is nn.ConvNd's forward."""
+class TrainingForward:
+    """Mixin for nn.ConvNd subclasses whose training step takes another kernel: TorchScript compiles the plain
+    convolution; eager calls go to the subclass's `eager_forward` (marked `@torch.jit.unused`)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.ConvNd's argument name)
         if torch.jit.is_scripting():
             return self._conv_forward(input, self.weight, self.bias)
         return self.eager_forward(input)
+
+
+class DepthwiseForward(TrainingForward):
+    """Mixin for the nn.ConvNd subclasses below: training steps go through `DepthwiseConvFunction` where it
+    changes something (`own_backward`); everything else is nn.ConvNd's forward."""
 
     @torch.jit.unused
     def eager_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import exporting_or_transforming
+from .depthwise import TrainingForward, exporting_or_transforming
 
 __all__ = ["MAX_LINEAR_PIXELS", "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise",
            "is_pointwise", "linear_applies"]
@@ -57,14 +57,9 @@ def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return pixels == 1 or (x.dim() in _LAST and x.is_contiguous(memory_format=_LAST[x.dim()]))
 
 
-class PointwiseForward:
+class PointwiseForward(TrainingForward):
     """Mixin for the nn.ConvNd subclasses below: small-map training steps through `F.linear` (channels as the
     last axis), everything else through nn.ConvNd's forward."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.ConvNd's argument name)
-        if torch.jit.is_scripting():
-            return self._conv_forward(input, self.weight, self.bias)
-        return self.eager_forward(input)
 
     @torch.jit.unused
     def eager_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
