@@ -60,7 +60,7 @@ def cpu_features() -> tuple[str, frozenset[str]]:
                 if key.strip() in ("flags", "Features"):
                     flags.update(value.split())
                     break
-    except OSError:
+    except OSError:  # no /proc/cpuinfo (not Linux): unknown flags, and int8_kernels picks the kernels exact everywhere
         pass
     return platform.machine().lower(), frozenset(flags)
 
