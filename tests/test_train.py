@@ -339,6 +339,101 @@ def test_resume_mid_epoch_after_crash_is_bit_identical(tmp_path, straight_runs):
     assert done["step"] == 24 and done["test_acc"] == metric_rows[-1]["test_acc"]
 
 
+# ----------------------------------------------------------------------------- best/: raw or EMA weights
+
+
+@pytest.fixture(scope="module")
+def pretrained_and_wrong():
+    """A net trained on TRAIN (val ~0.8) and TRAIN with every label shifted by one: training on those wrecks the raw
+    weights while an EMA of decay 0.999 stays at the good start, so the EMA must win on validation."""
+    t = Trainer(net(0), TRAIN, None, cfg_for(None, epochs=15, ema_decay=0.0), val_ds=VAL)
+    t.fit()
+    x, y = TRAIN.tensors
+    return t.model.state_dict(), torch.utils.data.TensorDataset(x, (y + 1) % 4)
+
+
+def load_best(out_dir) -> dict:
+    sd = safetensors.torch.load_file(str(Path(out_dir) / "best" / "model.safetensors"))
+    return {k: sd[k] for k in net().state_dict()}  # in the module's key order, as assert_models_equal wants
+
+
+def test_candidate_prefers_ema_only_when_it_is_better_on_val():
+    row = {"val_acc": 0.5, "test_acc": 0.4, "ema_val_acc": 0.5, "ema_test_acc": 0.9}
+    assert Trainer.candidate(row) == ("raw", 0.5, 0.4)  # tie keeps raw; test never decides
+    assert Trainer.candidate({**row, "ema_val_acc": 0.6}) == ("ema", 0.6, 0.9)
+    assert Trainer.candidate({**row, "ema_val_acc": None}) == ("raw", 0.5, 0.4)
+
+
+def test_best_holds_the_ema_when_it_wins_on_val(tmp_path, pretrained_and_wrong):
+    from mbconv.workflow import describe_selection
+
+    start, wrong = pretrained_and_wrong
+    m = net(1)
+    m.load_state_dict(start)
+    t = Trainer(m, wrong, TEST, cfg_for(tmp_path, epochs=1, ema_decay=0.999), val_ds=VAL)
+    row = t.fit()
+    assert row["ema_val_acc"] > row["val_acc"] + 0.3  # the construction: EMA ~ the good start
+    meta = read_meta(tmp_path / "best")
+    assert meta["selection"]["weights"] == "ema" and meta["model_weights"] == "ema"
+    assert (meta["best_val_acc"], meta["test_acc_at_best"]) == (row["ema_val_acc"], row["ema_test_acc"])
+    assert_models_equal(load_best(tmp_path), t.ema.state_dict())
+    assert "EMA weights" in describe_selection(tmp_path / "best")
+    # last/ keeps the raw weights as the model and the EMA as its own state, as before
+    last = load_checkpoint(tmp_path / "last", model := net(5), ema=(ema := ModelEma(net(6), 0.999)))
+    assert last["model_weights"] == "raw" and last["selection"]["weights"] == "ema"
+    assert_models_equal(model.state_dict(), t.model.state_dict())
+    assert_models_equal(ema.state_dict(), t.ema.state_dict())
+
+
+def test_best_holds_the_raw_weights_when_the_ema_lags(tmp_path):
+    from mbconv.workflow import describe_selection
+
+    t = Trainer(net(0), TRAIN, TEST, cfg_for(tmp_path, epochs=2, ema_decay=0.999), val_ds=VAL)
+    row = t.fit()
+    assert row["val_acc"] > row["ema_val_acc"]  # the EMA is still ~ the random init
+    meta = read_meta(tmp_path / "best")
+    assert meta["selection"]["weights"] == "raw" and meta["model_weights"] == "raw"
+    if meta["epoch"] == 2:  # best/ is the last epoch: its weights are the final raw ones
+        assert_models_equal(load_best(tmp_path), t.model.state_dict())
+    assert not torch.equal(load_best(tmp_path)["fc.weight"], t.ema.state_dict()["fc.weight"])
+    assert "EMA" not in describe_selection(tmp_path / "best")
+
+
+def test_resume_never_starts_from_a_best_holding_the_ema(tmp_path, pretrained_and_wrong, monkeypatch):
+    """Killed between best/ (EMA weights) and last/: resume takes last/ (mid-epoch here) and ends bit-identical to a
+    straight run, instead of training on from the EMA."""
+    start, wrong = pretrained_and_wrong
+
+    def run(out, resume=False):
+        m = net(1)
+        m.load_state_dict(start)
+        cfg = cfg_for(out, epochs=2, ema_decay=0.999, ckpt_every_steps=4, resume=resume)
+        return Trainer(m if not resume else net(3), wrong, TEST, cfg, val_ds=VAL)
+
+    straight = run(tmp_path / "a")
+    straight.fit()
+    save = Trainer._save
+
+    def killed_before_last(self, name, weights="raw"):
+        if name == "last" and self.step == 8:
+            raise KeyboardInterrupt("simulated kill")
+        save(self, name, weights)
+
+    monkeypatch.setattr(Trainer, "_save", killed_before_last)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b").fit()
+    monkeypatch.setattr(Trainer, "_save", save)
+    assert read_meta(tmp_path / "b" / "best")["model_weights"] == "ema"
+    assert latest_checkpoint(tmp_path / "b").name == "best"  # the newest step: what resume must skip
+    t = run(tmp_path / "b", resume=True)
+    assert (t.resumed_from.name, t.step) == ("last", 4)
+    t.fit()
+    assert_models_equal(t.model.state_dict(), straight.model.state_dict())
+    assert_models_equal(t.ema.state_dict(), straight.ema.state_dict())
+    assert_models_equal(load_best(tmp_path / "b"), load_best(tmp_path / "a"))
+    assert rows(tmp_path / "b") == rows(tmp_path / "a")
+
+
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     class NaNAt(TinyNet):
         calls = 0

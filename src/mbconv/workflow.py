@@ -395,8 +395,9 @@ def load_run(path: str | Path) -> tuple[MBConvNet, dict[str, Any], Path]:
 
 
 def describe_selection(checkpoint: str | Path) -> str:
-    """How a checkpoint was chosen, in words: ``best/ (chosen on val_acc: epoch 7, 0.9850)`` or ``last/ (the final
-    epoch saved; not selected)``."""
+    """How a checkpoint was chosen, in words: ``best/ (chosen on val_acc: epoch 7, 0.9850)``, ``best/ (chosen on
+    val_acc: epoch 7, 0.9850, EMA weights)`` when the validation split preferred the weight EMA, or ``last/ (the
+    final epoch saved; not selected)``."""
     ck = Path(checkpoint)
     try:
         meta = json.loads((ck / "meta.json").read_text())
@@ -405,7 +406,8 @@ def describe_selection(checkpoint: str | Path) -> str:
     sel = meta.get("selection") if isinstance(meta, dict) else None
     if ck.name.startswith("best"):
         if selected_on_validation(ck):
-            return f"{ck.name}/ (chosen on {sel['metric']}: epoch {sel['epoch']}, {sel['value']:.4f})"
+            ema = ", EMA weights" if sel.get("weights") == "ema" else ""
+            return f"{ck.name}/ (chosen on {sel['metric']}: epoch {sel['epoch']}, {sel['value']:.4f}{ema})"
         return f"{ck.name}/ (chosen on the test split by an older trainer: biased upward)"
     if ck.name.startswith("last"):
         return f"{ck.name}/ (the last epoch saved; not selected)"

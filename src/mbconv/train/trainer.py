@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap_model
+from ..checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, unwrap_model
 from ..layers.pointwise import fast_pointwise
 from .config import TrainConfig
 from .distributed import barrier, dist_active, init_distributed
@@ -37,8 +37,11 @@ class Trainer:
 
     Model selection reads the validation split only: ``best/`` is the epoch of the highest validation accuracy
     (kept only when `val_ds` is given), and every checkpoint's meta records how it was chosen under
-    ``"selection"``. The test split is evaluated for reporting (``test_acc``; ``test_acc_at_best`` is the test
-    accuracy of the epoch the validation split chose), never for a choice.
+    ``"selection"``. With an EMA (``ema_decay > 0``) each epoch's candidate is the better of the raw and the EMA
+    weights on validation (a tie keeps raw), and ``best/`` stores the chosen ones as its model weights, so
+    everything that loads a run uses them; ``selection["weights"]`` says which. The test split is evaluated for
+    reporting (``test_acc``; ``test_acc_at_best`` is the test accuracy of the weights the validation split
+    chose), never for a choice.
 
     Args:
         model: any ``nn.Module`` mapping a float batch to logits.
@@ -85,6 +88,7 @@ class Trainer:
         self.best_val_acc: float | None = None
         self.best_epoch: int | None = None
         self.test_acc_at_best: float | None = None
+        self.best_weights = "raw"  # which weights best/ holds: "raw" or "ema"
         self.resumed_from: Path | None = None
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         if cfg.resume and self.out_dir is None:
@@ -182,16 +186,17 @@ class Trainer:
             row["seconds"] = round(time.time() - t0, 3)
             self.epoch, self.epoch_step = epoch + 1, 0
             self.meter.reset()
-            improved = row["val_acc"] is not None and (
-                self.best_val_acc is None or row["val_acc"] > self.best_val_acc)
+            weights, val_acc, test_acc = self.candidate(row)
+            improved = val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc)
             if improved:
-                self.best_val_acc, self.best_epoch, self.test_acc_at_best = row["val_acc"], epoch, row["test_acc"]
+                self.best_val_acc, self.best_epoch, self.test_acc_at_best = val_acc, epoch, test_acc
+                self.best_weights = weights
             row.update(self._best_fields())
             if self.rank == 0:
                 self._log(row, plain)
             # best before last: if killed in between, resume redoes this epoch and saves best again
             if improved and cfg.save_best and self.val_ds is not None:
-                self._save("best")
+                self._save("best", weights=weights)
             self._save("last")
             stop = self.on_epoch_end(self, row) if self.on_epoch_end is not None else False
             if stop or (cfg.max_steps and self.step >= cfg.max_steps):
@@ -208,12 +213,23 @@ class Trainer:
         return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
                 "test_acc_at_best": self.test_acc_at_best}
 
+    @staticmethod
+    def candidate(row: dict) -> tuple[str, float | None, float | None]:
+        """This epoch's ``best/`` candidate from its metrics row: ``(weights, val_acc, test_acc)``, weights "ema"
+        when the EMA's validation accuracy beats the raw weights' (a tie keeps "raw"); test only reports."""
+        ema_val = row.get("ema_val_acc")
+        if ema_val is not None and row["val_acc"] is not None and ema_val > row["val_acc"]:
+            return "ema", ema_val, row.get("ema_test_acc")
+        return "raw", row["val_acc"], row["test_acc"]
+
     def selection(self) -> dict:
-        """How ``best/`` is chosen and what it holds so far: split, metric, epoch and value (meta.json records it)."""
+        """How ``best/`` is chosen and what it holds so far: split, metric, epoch and value, and with an EMA whether
+        its weights are the raw or the EMA ones (``"weights"``; without one they are raw). meta.json records it."""
         if self.val_ds is None:
             return {"split": None, "metric": None, "epoch": None, "value": None,
                     "note": "no validation split given: best/ is not kept"}
-        return {"split": "val", "metric": "val_acc", "epoch": self.best_epoch, "value": self.best_val_acc}
+        sel = {"split": "val", "metric": "val_acc", "epoch": self.best_epoch, "value": self.best_val_acc}
+        return sel if self.ema is None else {**sel, "weights": self.best_weights}
 
     def _eval_metrics(self) -> dict:
         out = {}
@@ -236,7 +252,9 @@ class Trainer:
             self._save("last")
         return stop
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, weights: str = "raw") -> None:
+        """Checkpoint to out_dir/name; ``weights="ema"`` stores the EMA as the model weights (best/ only: such a
+        checkpoint is never resumed from, see `_resume`)."""
         if self.out_dir is None:
             return
         sums = self.meter.reduced()  # collective: every rank takes part
@@ -244,14 +262,20 @@ class Trainer:
             extra = {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
                      "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
                      **self._best_fields(), "selection": self.selection(), "train_sums": sums,
-                     "config": asdict(self.cfg)}
-            save_checkpoint(self.out_dir / name, self.model, optimizer=self.optimizer,
+                     "config": asdict(self.cfg), "model_weights": weights}
+            model = self.ema.module if weights == "ema" else self.model
+            save_checkpoint(self.out_dir / name, model, optimizer=self.optimizer,
                             scheduler=self.scheduler, ema=self.ema, extra=extra, spec=self.spec,
                             keep_prev=name == "last")
         barrier()
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.out_dir)
+        if ckpt is not None and read_meta(ckpt).get("model_weights") == "ema":
+            # killed between best/ (EMA as model weights) and last/: resume the raw weights from last/ and redo
+            # the epoch, which saves the same best/ again
+            found = [c for c in (latest_checkpoint(self.out_dir / n) for n in ("last", "last.prev")) if c]
+            ckpt = max(found, key=lambda c: read_meta(c)["step"]) if found else None
         if ckpt is None:
             if self.rank == 0:
                 print(f"resume: no checkpoint in {self.out_dir}, starting from scratch", file=sys.stderr)
@@ -263,6 +287,7 @@ class Trainer:
         # a checkpoint from before validation splits has best_test_acc only: selection starts afresh
         self.best_val_acc, self.best_epoch = meta.get("best_val_acc"), meta.get("best_epoch")
         self.test_acc_at_best = meta.get("test_acc_at_best")
+        self.best_weights = (meta.get("selection") or {}).get("weights", "raw")
         if self.epoch_step and (meta.get("steps_per_epoch") != self.steps_per_epoch
                                 or meta.get("world_size") != self.world_size):
             print("resume: batch size / world size changed mid-epoch; the data order will not match",
