@@ -15,6 +15,19 @@ full-size tensors per layer. An MBConv block with SE also keeps the SE product x
 - `memory_efficient(model)` swaps these into any network built from the layer classes, in place, keeping every
   parameter and buffer name (state dicts and checkpoints are unchanged); `checkpoint_stages(model)` adds
   per-stage activation checkpointing (recompute each stage in backward; BN running statistics are updated once).
+- `lean_layers(model)`, the `Trainer`'s default: the same two Functions with the model's structure untouched. Only
+  classes change (`ConvNormAct` -> `LeanConvNormAct`, an MBConv-type block with SE before its project conv ->
+  `LeanMBConv` / `LeanDepthwiseSeparable` / `LeanFusedMBConv`), like `fast_pointwise`: `.bn`, `.act`, `.se` and
+  `.project.conv` stay the plain modules, so BN folding, pruning surgery, quantization hooks and export see the
+  ordinary network, and a replaced or hooked submodule simply takes the plain path.
+
+The size rule (`min_numel`): the Functions' saving is a full tensor per layer, their cost Python autograd
+overhead and a recomputation. On small maps the step is short and memory is not the limit, so the overhead
+shows (the tour model's step was about a fifth slower with every layer lean); on large maps (B0 at 224 px) the
+cost is lost in the kernels and the saved tensors are what sets the peak. So a layer takes the lean Function only
+when its input has at least `min_numel` elements (`LEAN_MIN_NUMEL` for `lean_layers`, 0 = always for
+`memory_efficient`), and otherwise the plain ops - the same outputs, gradients and running statistics either way.
+Eval mode, no-grad, autocast, tracing, compile and export always take the plain ops.
 
 Gradients equal the plain model's up to float rounding (the recomputed BN output can differ in the last bit);
 the forward outputs and BN running statistics are bitwise equal.
@@ -31,10 +44,38 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .conv import ConvNormAct
+from .depthwise import exporting_or_transforming
 from .se import SqueezeExcite
 
+__all__ = ["ACTS", "LEAN_BLOCK", "LEAN_MIN_NUMEL", "LEAN_MODES", "BNActFn", "BatchNormAct", "DeferredSE",
+           "GatedConv1d", "GatedConv2d", "GatedConv3d", "GatedConvFn", "LeanBlockForward", "LeanConvNormAct",
+           "LeanDepthwiseSeparable", "LeanFusedMBConv", "LeanMBConv", "MemoryEfficientSiLU", "SiLUFn",
+           "checkpoint_stages", "lean_applies", "lean_layers", "memory_efficient"]
+
 _aten = torch.ops.aten
+
+# Smallest input (elements) that `lean_layers` sends through the lean Functions; measured on this project's
+# training steps at one thread (docs/bench/depthwise.md): below it the Functions' Python overhead and
+# recomputation cost time the memory saving does not repay; above it they cost nothing measurable.
+LEAN_MIN_NUMEL = 2**20
+
+
+# `TrainConfig.memory_lean` -> the `lean_layers` threshold: size rule, every layer, none (plain classes)
+LEAN_MODES: dict[str, int | None] = {"auto": LEAN_MIN_NUMEL, "on": 0, "off": None}
+
+
+def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
+    """Whether a lean Function should run on `x`: autograd recording, at least `min_numel` elements, and no
+    autocast, tracing, compile, export or torch.func transform (those see the plain ops)."""
+    return (torch.is_grad_enabled() and x.numel() >= min_numel and not torch.is_autocast_enabled(x.device.type)
+            and not exporting_or_transforming())
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether `module` has forward (pre-)hooks: a lean path that bypasses its call would skip them."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 # -- activations: in-place forward from the pre-activation, backward from the pre-activation -------------------
@@ -110,11 +151,25 @@ class BNActFn(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None
 
 
-class BatchNormAct(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm (any rank) followed by an activation, through `BNActFn` in training. Same parameter and buffer
-    names as the BatchNorm it replaces; the activation module is kept (unregistered) as `act_module`."""
+def bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, kind: type, x: torch.Tensor) -> torch.Tensor:
+    """act(bn(x)) with batch statistics through `BNActFn`, the running statistics and batch counter updated
+    exactly as `nn.BatchNorm`'s forward does."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    track = bn.training and bn.track_running_stats
+    if track:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative average, as nn.BatchNorm
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    rm, rv = (bn.running_mean, bn.running_var) if track else (None, None)
+    return BNActFn.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, kind)
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, act: nn.Module) -> None:
+
+class BatchNormAct(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (any rank) followed by an activation, through `BNActFn` in training on inputs of at least
+    `min_numel` elements (plain BN then the activation module below). Same parameter and buffer names as the
+    BatchNorm it replaces; the activation module is kept (unregistered) as `act_module`."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, act: nn.Module, min_numel: int = 0) -> None:
         kind = _act_kind(act)
         if kind is None or not bn.affine:
             raise ValueError(f"BatchNormAct supports affine BN with {[k.__name__ for k in ACTS]}; got "
@@ -126,7 +181,7 @@ class BatchNormAct(nn.modules.batchnorm._BatchNorm):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             setattr(self, name, getattr(bn, name))
         self.train(bn.training)
-        self.kind = kind
+        self.kind, self.min_numel = kind, min_numel
         self.__dict__["act_module"] = act  # not a child: keeps the state-dict keys of the replaced pair
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -136,16 +191,9 @@ class BatchNormAct(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         batch_stats = self.training or not self.track_running_stats
-        if not batch_stats or not torch.is_grad_enabled():
+        if not batch_stats or not lean_applies(x, self.min_numel):
             return self.act_module(super().forward(x))
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average, as nn.BatchNorm
-                momentum = 1.0 / float(self.num_batches_tracked)
-        rm = self.running_mean if self.track_running_stats and self.training else None
-        rv = self.running_var if self.track_running_stats and self.training else None
-        return BNActFn.apply(x, self.weight, self.bias, rm, rv, momentum, self.eps, self.kind)
+        return bn_act_apply(self, self.kind, x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", act={self.kind.__name__}"
@@ -182,6 +230,17 @@ class GatedConvFn(torch.autograd.Function):
         return gx, gg, gw, gb, None, None, None, None
 
 
+def gate_values(se: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
+    """The (N, C, 1, ...) gate a SqueezeExcite multiplies `x` by (its forward without the multiply)."""
+    s = x.mean(dim=tuple(range(2, 2 + se.dims)), keepdim=True)
+    return se.gate(se.conv_expand(se.act(se.conv_reduce(s))))
+
+
+def gated_conv_apply(conv: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """conv(x * g) through `GatedConvFn` (x * g recomputed in backward, not stored)."""
+    return GatedConvFn.apply(x, g, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class DeferredSE(SqueezeExcite):
     """A SqueezeExcite whose multiply is done by the following `GatedConv`: forward returns its input unchanged;
     `gate_values(x)` gives the gate. Same parameter names as the SqueezeExcite it replaces."""
@@ -193,21 +252,23 @@ class DeferredSE(SqueezeExcite):
         self.train(se.training)
 
     def gate_values(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=tuple(range(2, 2 + self.dims)), keepdim=True)
-        return self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
+        return gate_values(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
 class _ConvMixin:
-    """Shared by the GatedConv classes: conv(x * se.gate_values(x)) through `GatedConvFn` when training."""
+    """Shared by the GatedConv classes: conv(x * se.gate_values(x)), through `GatedConvFn` when recording
+    autograd on an input of at least `min_numel` elements."""
+
+    min_numel: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.__dict__["se_ref"].gate_values(x)
-        if not torch.is_grad_enabled():
+        if not lean_applies(x, self.min_numel):
             return self._conv_forward(x * g, self.weight, self.bias)
-        return GatedConvFn.apply(x, g, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return gated_conv_apply(self, x, g)
 
 
 class GatedConv1d(_ConvMixin, nn.Conv1d):
@@ -230,28 +291,41 @@ def _conv_base(conv: nn.Module) -> type | None:
     return next((c for c in type(conv).__mro__ if c in _GATED), None)
 
 
-def _gated_conv(conv: nn.Module, se: DeferredSE) -> nn.Module:
+def _gated_conv(conv: nn.Module, se: DeferredSE, min_numel: int) -> nn.Module:
     new = _GATED[_conv_base(conv)](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                              conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                              device=conv.weight.device, dtype=conv.weight.dtype)
     new.weight, new.bias = conv.weight, conv.bias  # the same Parameter objects (optimizer state stays valid)
     new.__dict__["se_ref"] = se  # not a child: the SE's parameters stay under `se.`
+    new.min_numel = min_numel
     return new
 
 
 # -- the swap --------------------------------------------------------------------------------------------------
-def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True, silu: bool = True) -> nn.Module:
+def check_min_numel(min_numel: Any) -> int:
+    """`min_numel` if it is an integer >= 0, else a ValueError naming it."""
+    if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
+        raise ValueError(f"invalid min_numel={min_numel!r}: must be an integer >= 0")
+    return min_numel
+
+
+def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True, silu: bool = True,
+                     min_numel: int = 0) -> nn.Module:
     """Swap the memory-lean functions into `model`, in place; returns it. Parameter and buffer names (and the
-    Parameter objects) are kept, so optimizers, state dicts and checkpoints are unaffected.
+    Parameter objects) are kept, so optimizers, state dicts and checkpoints are unaffected; the module structure
+    changes (a training form: for a model that must stay surgery- and folding-ready use `lean_layers`).
 
     - bn_act: every `ConvNormAct` with an affine BatchNorm and a ReLU/ReLU6/SiLU/Hardswish activation gets a
       `BatchNormAct` as `.bn` and Identity as `.act` (BN without activation already stores only its input);
     - se_gate: every block whose SE output feeds its `.project` 1x1 conv directly (SE after the depthwise conv,
       or after a FusedMBConv's expansion) gets a `DeferredSE` and a `GatedConv` project conv;
-    - silu: the remaining `nn.SiLU` modules become `MemoryEfficientSiLU`.
+    - silu: the remaining `nn.SiLU` modules become `MemoryEfficientSiLU`;
+    - min_numel: the BN+activation and gated-conv layers take their Function only on inputs of at least this
+      many elements, the plain ops otherwise (0: always, the default).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"memory_efficient needs an nn.Module, got {type(model).__name__}")
+    check_min_numel(min_numel)
     if se_gate:
         for block in list(model.modules()):
             se, proj = getattr(block, "se", None), getattr(block, "project", None)
@@ -265,12 +339,12 @@ def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True
                 continue
             deferred = DeferredSE(se)
             block.se = deferred
-            proj.conv = _gated_conv(proj.conv, deferred)
+            proj.conv = _gated_conv(proj.conv, deferred, min_numel)
     if bn_act:
         for mod in list(model.modules()):
             if isinstance(mod, ConvNormAct) and type(mod.bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) \
                     and mod.bn.affine and _act_kind(mod.act) is not None:
-                mod.bn = BatchNormAct(mod.bn, mod.act)
+                mod.bn = BatchNormAct(mod.bn, mod.act, min_numel)
                 mod.act = nn.Identity()
     if silu:
         for parent in list(model.modules()):
@@ -278,6 +352,135 @@ def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True
                 if type(child) is nn.SiLU:
                     setattr(parent, name, MemoryEfficientSiLU())
     return model
+
+
+# -- the same, structure-preserving: what the Trainer applies -----------------------------------------------------
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _lean_bn_kind(bn: nn.Module, act: nn.Module) -> type | None:
+    """The ACTS key when `act(bn(.))` can run as `BNActFn`: a plain affine BatchNorm using batch statistics and a
+    known activation, neither hooked (quantizer or recording hooks must see their call); else None."""
+    if type(bn) not in _PLAIN_BN or not bn.affine or not (bn.training or not bn.track_running_stats):
+        return None
+    kind = _act_kind(act)
+    return None if kind is None or hooked(bn) or hooked(act) else kind
+
+
+class LeanConvNormAct(ConvNormAct):
+    """A `ConvNormAct` whose BN + activation, in a training step on an input of at least `min_numel` elements, run
+    as one `BNActFn` node (the BN output is recomputed in backward, not stored). Everything else - small maps, eval
+    mode, frozen (eval-mode) BN, no grad, autocast, export, compile, TorchScript, a replaced or hooked `.bn` /
+    `.act` - is ConvNormAct's forward. Only the class differs (`lean_layers` swaps it in place)."""
+
+    min_numel: int = LEAN_MIN_NUMEL
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(self.pad(x))
+        if torch.jit.is_scripting():
+            return self.act(self.bn(y))
+        return self.norm_act(y)
+
+    @torch.jit.unused
+    def norm_act(self, y: torch.Tensor) -> torch.Tensor:
+        """act(bn(y)), through `BNActFn` where it applies."""
+        kind = _lean_bn_kind(self.bn, self.act)
+        if kind is None or not lean_applies(y, self.min_numel):
+            return self.act(self.bn(y))
+        return bn_act_apply(self.bn, kind, y)
+
+
+def _fusable_project(proj: nn.Module) -> nn.Module | None:
+    """The conv of a block's `project` step when conv(x * g) can run as `GatedConvFn`, else None."""
+    if not isinstance(proj, ConvNormAct) or not isinstance(proj.pad, nn.Identity) or hooked(proj):
+        return None
+    conv = proj.conv
+    if _conv_base(conv) is None or isinstance(conv, _ConvMixin) or hooked(conv) or isinstance(conv.padding, str) \
+            or conv.padding_mode != "zeros":
+        return None
+    return conv
+
+
+class LeanBlockForward:
+    """Mixin for the block classes: in a training step, an SE that feeds the project conv directly, on an input of
+    at least `min_numel` elements, is fused into it (`GatedConvFn`: the SE product x * g is recomputed in
+    backward, not stored); otherwise, and always for a replaced or hooked SE / project, `Block.forward`."""
+
+    min_numel: int = LEAN_MIN_NUMEL
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = self.steps
+        if not (self.training and "se" in steps) or self.inplace or torch.jit.is_scripting():
+            return super().forward(x)
+        shortcut, i = x, 0
+        while i < len(steps):
+            fused = self._gated_project(x) if steps[i] == "se" and steps[i + 1:i + 2] == ("project",) else None
+            if fused is None:
+                x = getattr(self, steps[i])(x)
+                i += 1
+            else:
+                x, i = fused, i + 2
+        if self.has_skip:  # Block.forward's residual (training never adds in place)
+            x = self.drop_path(x) + shortcut
+        return x
+
+    def _gated_project(self, x: torch.Tensor) -> torch.Tensor | None:
+        se, proj = self.se, self.project
+        if type(se) is not SqueezeExcite or se.inplace or hooked(se) or not lean_applies(x, self.min_numel):
+            return None
+        conv = _fusable_project(proj)
+        if conv is None:
+            return None
+        y = gated_conv_apply(conv, x, gate_values(se, x))
+        return proj.norm_act(y) if isinstance(proj, LeanConvNormAct) else proj.act(proj.bn(y))
+
+
+class LeanMBConv(LeanBlockForward, MBConv):
+    """`MBConv` with the SE product fused into the project conv on large maps (see `LeanBlockForward`)."""
+
+
+class LeanDepthwiseSeparable(LeanBlockForward, DepthwiseSeparable):
+    """`DepthwiseSeparable` with the SE product fused into the project conv on large maps."""
+
+
+class LeanFusedMBConv(LeanBlockForward, FusedMBConv):
+    """`FusedMBConv` with the SE product fused into the project conv on large maps."""
+
+
+LEAN_BLOCK: dict[type, type] = {MBConv: LeanMBConv, DepthwiseSeparable: LeanDepthwiseSeparable,
+                                FusedMBConv: LeanFusedMBConv}
+_LEAN_TO_PLAIN = {**{v: k for k, v in LEAN_BLOCK.items()}, LeanConvNormAct: ConvNormAct}
+
+
+def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL) -> int:
+    """Make `model`'s large-map training layers memory-lean, in place, by class only (see the module docstring);
+    returns how many modules are lean. Every `ConvNormAct` with a plain affine BatchNorm and a ReLU / ReLU6 / SiLU
+    / Hardswish becomes a `LeanConvNormAct`, every MBConv / DepthwiseSeparable / FusedMBConv block whose SE feeds
+    its project conv a `LeanBlockForward` class; each takes its Function on inputs of at least `min_numel`
+    elements (0: always). Submodules, parameters (the same objects), buffers, names and hooks are unchanged.
+    Again on a lean model it sets the new threshold; `min_numel=None` turns the classes back into the plain ones.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"lean_layers needs an nn.Module, got {type(model).__name__}")
+    if min_numel is not None:
+        check_min_numel(min_numel)
+    n = 0
+    for mod in model.modules():
+        cls = type(mod)
+        if min_numel is None:
+            if cls in _LEAN_TO_PLAIN:
+                mod.__class__ = _LEAN_TO_PLAIN[cls]
+                mod.__dict__.pop("min_numel", None)
+            continue
+        if cls is ConvNormAct and type(mod.bn) in _PLAIN_BN and mod.bn.affine and _act_kind(mod.act) is not None:
+            mod.__class__ = LeanConvNormAct
+        elif cls in LEAN_BLOCK and "se" in mod.steps and \
+                tuple(mod.steps[mod.steps.index("se") + 1:][:1]) == ("project",):
+            mod.__class__ = LEAN_BLOCK[cls]
+        if isinstance(mod, (LeanConvNormAct, LeanBlockForward)):
+            mod.min_numel = min_numel
+            n += 1
+    return n
 
 
 # -- activation checkpointing ----------------------------------------------------------------------------------

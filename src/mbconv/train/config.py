@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..layers.memory import LEAN_MODES
+
 __all__ = ["TrainConfig", "TrainingDivergedError"]
 
 
@@ -44,10 +46,14 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK if available, else cpu
     save_best: bool = True  # also keep out_dir/best (highest val_acc; needs a validation set)
     tune_threads: bool = True  # CPU, one process, not deterministic: time 1 vs all threads per epoch, keep the faster
+    # memory-lean training layers (layers.memory.lean_layers): "auto" on large maps only, "on" every layer, "off"
+    memory_lean: str = "auto"
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):
             raise ValueError(f"progress must be 'auto', 'tqdm', 'plain' or 'none', not {self.progress!r}")
+        if not isinstance(self.memory_lean, str) or self.memory_lean not in LEAN_MODES:
+            raise ValueError(f"memory_lean must be 'auto', 'on' or 'off', not {self.memory_lean!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.label_smoothing < 1.0:

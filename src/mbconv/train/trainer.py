@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, unwrap_model
+from ..layers.memory import LEAN_MODES, lean_layers
 from ..layers.pointwise import fast_pointwise
 from .config import TrainConfig
 from .distributed import barrier, dist_active, init_distributed
@@ -70,6 +71,9 @@ class Trainer:
         # small-map 1x1 convs (SE, late stages) train as matrix products on CPU: same parameters, ~1.2x faster
         # tour step (mbconv.layers.pointwise; docs/bench/depthwise.md)
         fast_pointwise(self.model)
+        # large-map BN + activation and SE products recomputed in backward instead of stored (by class only: the
+        # structure stays for surgery and export; small maps keep the plain ops, layers.memory.lean_layers)
+        lean_layers(self.model, LEAN_MODES[cfg.memory_lean])
         self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = make_shard_loader(
             train_ds, cfg.batch_size, train=True, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
