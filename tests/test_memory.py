@@ -5,19 +5,28 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from mbconv import create_model
+from mbconv.layers import ConvNormAct, LayerOpts, MBConv, fuse_bn
 from mbconv.layers.memory import (
+    ACTS,
+    LEAN_MIN_NUMEL,
     BatchNormAct,
     BNActFn,
     CheckpointedSequential,
     DeferredSE,
     GatedConvFn,
+    LeanBlockForward,
+    LeanConvNormAct,
+    LeanMBConv,
     MemoryEfficientSiLU,
     SiLUFn,
     checkpoint_stages,
+    lean_layers,
     memory_efficient,
 )
+from mbconv.train import TrainConfig, Trainer
 
 SIZE = {1: (40,), 2: (32, 32), 3: (12, 12, 12)}
 
@@ -141,3 +150,176 @@ def test_silu_module_and_bad_input():
         memory_efficient("not a model")
     with pytest.raises(ValueError, match="BatchNormAct supports"):
         BatchNormAct(nn.BatchNorm2d(3), nn.GELU())
+
+
+# -- the size rule and the structure-preserving classes the Trainer applies --------------------------------------
+def backward_nodes(y):
+    """Names of the autograd nodes behind `y`."""
+    seen, todo, names = set(), [y.grad_fn], []
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def lean_inputs(m, x):
+    """Element counts of the inputs the lean Functions would see: each LeanConvNormAct's BN input and each lean
+    block's project input."""
+    sizes = []
+    hooks = [mod.conv.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel()))
+             for mod in m.modules() if isinstance(mod, LeanConvNormAct)]
+    m(x)
+    for h in hooks:
+        h.remove()
+    return sorted(sizes)
+
+
+@pytest.mark.parametrize("name,dims", [("efficientnet_b0", 2), ("tf_mobilenetv3_small_100", 2),
+                                       ("tf_efficientnetv2_s", 2), ("efficientnet_b0", 1), ("efficientnet_b0", 3)])
+def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims):
+    plain = model(name, dims)
+    x = torch.randn(4, 3, *SIZE[dims])
+    if dims == 2:
+        plain = plain.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    lean = copy.deepcopy(plain)
+    opt = torch.optim.SGD(lean.parameters(), lr=0.1)  # built before the swap: the same Parameter objects
+    n = lean_layers(lean, 0)
+    sizes = lean_inputs(lean, x)
+    threshold = sizes[len(sizes) // 2]  # half the layers on each side
+    lean_layers(lean, threshold)
+    assert n > 0 and all(m.min_numel == threshold for m in lean.modules()
+                         if isinstance(m, (LeanConvNormAct, LeanBlockForward)))
+    for mod in lean.modules():  # only classes changed: plain submodules, state dict and Parameters kept
+        if isinstance(mod, LeanConvNormAct):
+            assert type(mod.bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and type(mod.act) in ACTS
+    assert list(plain.state_dict()) == list(lean.state_dict())
+    for mod in list(plain.modules()) + list(lean.modules()):  # lean_inputs ran a forward
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+    y0, y1 = step(plain, x), step(lean, x)
+    nodes = backward_nodes(y1)
+    n_lean, n_plain = nodes.count("BNActFnBackward"), len([k for k in nodes if k.startswith("NativeBatchNorm")])
+    assert n_lean > 0 and n_plain > 0  # both paths ran in one model
+    assert torch.equal(y0, y1)
+    assert_same_grads(lean, plain)
+    for (k, b0), (_, b1) in zip(plain.named_buffers(), lean.named_buffers()):
+        assert torch.equal(b0, b1), k
+    w = lean.stem.conv.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(w, lean.stem.conv.weight)
+
+
+def test_each_path_by_size():
+    torch.manual_seed(0)
+    cna = ConvNormAct(8, 16, 3, act="swish", opts=LayerOpts(dims=2)).train()
+    block = MBConv(16, 16, 32, kernel=3, se_chs=4, opts=LayerOpts(dims=2)).train()
+    lean_layers(cna, 16 * 8 * 8)
+    lean_layers(block, 32 * 8 * 8)
+    assert type(cna) is LeanConvNormAct and type(block) is LeanMBConv and isinstance(block, MBConv)
+    small, large = torch.randn(1, 8, 6, 6), torch.randn(1, 8, 8, 8)
+    assert type(cna(large).grad_fn).__name__ == "BNActFnBackward"
+    assert type(cna(small).grad_fn).__name__ != "BNActFnBackward"
+    assert "GatedConvFnBackward" in backward_nodes(block(torch.randn(1, 16, 8, 8)))
+    assert "GatedConvFnBackward" not in backward_nodes(block(torch.randn(1, 16, 6, 6)))
+    with torch.no_grad():  # no autograd: always the plain ops
+        assert cna(large).grad_fn is None
+    cna.eval()  # eval (frozen BN): plain, running statistics untouched
+    stats = cna.bn.running_mean.clone()
+    assert type(cna(large).grad_fn).__name__ != "BNActFnBackward"
+    assert torch.equal(stats, cna.bn.running_mean)
+    cna.train()
+    seen = []
+    h = cna.act.register_forward_hook(lambda *a: seen.append(1))  # a hooked activation must be called
+    assert type(cna(large).grad_fn).__name__ != "BNActFnBackward" and seen
+    h.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(cna(large).grad_fn).__name__ != "BNActFnBackward"
+    scripted = torch.jit.script(cna.eval())  # TorchScript compiles the plain forward
+    torch.testing.assert_close(scripted(large), cna(large))
+
+
+def test_lean_layers_keep_the_model_ready_for_folding_and_surgery():
+    plain = model("efficientnet_b0").eval()
+    lean = copy.deepcopy(plain)
+    lean_layers(lean, 0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_bn(lean)(x), plain(x), atol=1e-4, rtol=1e-4)
+    # surgery that replaces the BN or the project conv simply takes the plain path: same result as the plain model
+    lean.train(), plain.train()
+    for m in (lean, plain):
+        blk = m.stages[1][0]
+        blk.project.conv = nn.Conv2d(blk.project.conv.in_channels, blk.project.conv.out_channels, 1, bias=False)
+        blk.expand.bn = nn.BatchNorm2d(blk.expand.bn.num_features)
+        torch.manual_seed(1)
+        blk.project.conv.reset_parameters()
+    torch.testing.assert_close(lean(x), plain(x))
+    assert lean_layers(lean, None) == 0  # back to the plain classes
+    assert not any(isinstance(m, (LeanConvNormAct, LeanBlockForward)) for m in lean.modules())
+    assert type(lean.stages[1][0]) is MBConv
+
+
+def test_memory_efficient_min_numel():
+    plain = model("efficientnet_b0")
+    lean = memory_efficient(copy.deepcopy(plain), min_numel=10**9)  # nothing is that large: plain ops
+    x = torch.randn(2, 3, 32, 32)
+    y0, y1 = step(plain, x), step(lean, x)
+    nodes = backward_nodes(y1)
+    assert "BNActFnBackward" not in nodes and "GatedConvFnBackward" not in nodes
+    assert torch.equal(y0, y1)
+    assert_same_grads(lean, plain)
+    assert "BNActFnBackward" in backward_nodes(memory_efficient(copy.deepcopy(plain))(x))  # default 0: always
+
+
+def test_bad_min_numel_and_mode():
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(ValueError, match="min_numel"):
+            lean_layers(nn.Sequential(), bad)
+        with pytest.raises(ValueError, match="min_numel"):
+            memory_efficient(nn.Sequential(), min_numel=bad)
+    with pytest.raises(ValueError, match="nn.Module"):
+        lean_layers("not a model")
+    for bad in ("yes", None, ["auto"]):
+        with pytest.raises(ValueError, match="memory_lean"):
+            TrainConfig(memory_lean=bad)
+
+
+def image_data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return TensorDataset(torch.randn(n, 3, 16, 16, generator=g) + y.float()[:, None, None, None] / 4, y)
+
+
+def test_trainer_applies_lean_layers_by_default_and_resumes_exactly(tmp_path):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def trainer(mode, out=None, max_steps=0, resume=False):
+            torch.manual_seed(0)
+            net = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, drop_rate=0.0)
+            cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, seed=3, deterministic=True, progress="none",
+                              tune_threads=False, memory_lean=mode, out_dir=out, resume=resume, max_steps=max_steps)
+            return Trainer(net, image_data(32, 0), image_data(16, 1), cfg)
+
+        auto, off = trainer("auto").model, trainer("off").model
+        kinds = {type(m) for m in auto.modules()}
+        assert LeanConvNormAct in kinds and LeanMBConv in kinds
+        assert all(m.min_numel == LEAN_MIN_NUMEL for m in auto.modules() if isinstance(m, LeanConvNormAct))
+        assert not any(isinstance(m, (LeanConvNormAct, LeanBlockForward)) for m in off.modules())
+        assert list(auto.state_dict()) == list(off.state_dict())
+        # every layer lean ("on"): a run stopped after its first epoch and resumed ends bit-identical to a
+        # straight run
+        straight = trainer("on", str(tmp_path / "a"))
+        straight.fit()
+        trainer("on", str(tmp_path / "b"), max_steps=4).fit()
+        resumed = trainer("on", str(tmp_path / "b"), resume=True)
+        resumed.fit()
+        for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+            assert torch.equal(a, b), k
+    finally:
+        torch.set_num_threads(n)

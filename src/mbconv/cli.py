@@ -210,7 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                     label_smoothing=args.label_smoothing, ema_decay=args.ema, augment=not args.no_augment,
                     seed=args.seed, resume=args.resume, deterministic=args.deterministic, weights=args.weights,
-                    freeze=args.freeze, channels=args.channels, norm=args.norm)
+                    freeze=args.freeze, channels=args.channels, norm=args.norm,
+                    extra_train={"memory_lean": args.memory_lean})
     row = train_run(cfg)
     acc = row.get("test_acc")
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=integer, default=0)
     sp.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
     sp.add_argument("--deterministic", action="store_true")
+    sp.add_argument("--memory-lean", choices=("auto", "on", "off"), default="auto",
+                    help="recompute BN outputs and SE products in backward instead of storing them: on large maps "
+                         "only (auto: no cost on small ones), on every layer, or off")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
     sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
     sp.add_argument("--data", type=text, help="another dataset with the same classes")

@@ -262,7 +262,7 @@ class _ConvMixin:
     """Shared by the GatedConv classes: conv(x * se.gate_values(x)), through `GatedConvFn` when recording
     autograd on an input of at least `min_numel` elements."""
 
-    min_numel: int = 0
+    min_numel = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.__dict__["se_ref"].gate_values(x)
@@ -373,7 +373,7 @@ class LeanConvNormAct(ConvNormAct):
     mode, frozen (eval-mode) BN, no grad, autocast, export, compile, TorchScript, a replaced or hooked `.bn` /
     `.act` - is ConvNormAct's forward. Only the class differs (`lean_layers` swaps it in place)."""
 
-    min_numel: int = LEAN_MIN_NUMEL
+    min_numel = LEAN_MIN_NUMEL  # no annotation: TorchScript cannot read a postponed one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(self.pad(x))
@@ -406,7 +406,7 @@ class LeanBlockForward:
     at least `min_numel` elements, is fused into it (`GatedConvFn`: the SE product x * g is recomputed in
     backward, not stored); otherwise, and always for a replaced or hooked SE / project, `Block.forward`."""
 
-    min_numel: int = LEAN_MIN_NUMEL
+    min_numel = LEAN_MIN_NUMEL  # no annotation: TorchScript cannot read a postponed one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps = self.steps
