@@ -12,7 +12,8 @@ Sections:
   the tour's recipe: AdamW, label smoothing, drop path, the augmented MNIST 5k loader) "before" (ATen's
   depthwise backward, torch's per-parameter AdamW loop, oneDNN for every 1x1 conv) and "after" (what the trainer
   runs: our depthwise backward, the fused AdamW step `make_optimizer` takes, small-map 1x1 convs as matrix
-  products): the two steps timed interleaved, then per-phase and per-kind profiler time;
+  products, memory-lean layers on large maps): the two steps timed interleaved, then per-phase and per-kind
+  profiler time;
 - threads: the tour step at 1 and at 2 threads, interleaved, wall clock (run it on a quiet machine).
 
 On a shared machine: `taskset -c 1 .venv/bin/python -m benchmarks.profile --only tour --threads 1 --clock cpu`
@@ -131,20 +132,21 @@ class TourStep:
     """The tour's training step as `Trainer` runs it: seeded per step, the augmented MNIST 5k loader, channels_last
     model with drop path and dropout, label smoothing, AdamW over weight-decay groups.
 
-    `before`: ATen's depthwise backward, torch's per-parameter AdamW loop and oneDNN for every 1x1 conv (the step
-    before issue 15); otherwise what the trainer runs: our depthwise backward, `make_optimizer`'s fused step and
-    small-map 1x1 convs as matrix products (`fast_pointwise`). The keyword switches override single parts (for the
-    candidates of `benchmarks.step`): `depthwise` (ours or ATen's backward), `fused` (AdamW step), `pointwise`
-    (`fast_pointwise`), `lean` (`memory_efficient`), `cached_data` (batches drawn once, then reused: the step
-    without the data pipeline).
+    `before`: ATen's depthwise backward, torch's per-parameter AdamW loop, oneDNN for every 1x1 conv and no
+    memory-lean layers (the step before issue 15); otherwise what the trainer runs: our depthwise backward,
+    `make_optimizer`'s fused step, small-map 1x1 convs as matrix products (`fast_pointwise`) and memory-lean
+    layers on large maps (`lean_layers`, `TrainConfig.memory_lean="auto"`). The keyword switches override single
+    parts (for the candidates of `benchmarks.step`): `depthwise` (ours or ATen's backward), `fused` (AdamW step),
+    `pointwise` (`fast_pointwise`), `memory_lean` ("auto" | "on" | "off", as `TrainConfig.memory_lean`),
+    `cached_data` (batches drawn once, then reused: the step without the data pipeline).
     """
 
     def __init__(self, before: bool = False, *, depthwise: bool | None = None, fused: bool | None = None,
-                 pointwise: bool | None = None, lean: bool = False, cached_data: bool = False):
+                 pointwise: bool | None = None, memory_lean: str | None = None, cached_data: bool = False):
         from mbconv.chapters.context import TourContext
         from mbconv.chapters.train import tour_run_config
         from mbconv.data import load_dataset
-        from mbconv.layers.memory import memory_efficient
+        from mbconv.layers.memory import LEAN_MODES, lean_layers
         from mbconv.layers.pointwise import fast_pointwise
         from mbconv.train import TrainConfig, make_optimizer, param_groups_weight_decay
         from mbconv.train.sampling import make_shard_loader
@@ -158,8 +160,7 @@ class TourStep:
         self.model = model.to(memory_format=torch.channels_last).train()
         if pointwise:
             fast_pointwise(self.model)
-        if lean:
-            memory_efficient(self.model)
+        lean_layers(self.model, LEAN_MODES[memory_lean or ("off" if before else "auto")])  # as the Trainer
         if fused:
             self.opt = make_optimizer(model, TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr,
                                                          weight_decay=cfg.weight_decay))

@@ -1,22 +1,27 @@
 """The training step, part by part: which candidate speed-ups of issue 15 pay, and B0's step time and peak memory
 against timm's same network.
 
-    .venv/bin/python -m benchmarks.step [--sections tour,b0] [--threads 1] [--clock cpu|wall] [--rounds 10]
+    .venv/bin/python -m benchmarks.step [--sections tour,b0,lean] [--threads 1] [--clock cpu|wall] [--rounds 10]
         [--compile] [--quick] [--out results/bench/step.json]
 
 Sections:
 - tour: the tour model's training step as the trainer runs it (`benchmarks.profile.TourStep`: seeded augmented
   MNIST 5k loader, channels_last, drop path, label smoothing, AdamW), the trainer's default against one change
   at a time, interleaved in the same run: ATen's depthwise backward instead of ours; oneDNN for every 1x1 conv
-  instead of matrix products on small maps; torch's per-parameter AdamW instead of the fused step; the
-  memory-lean layers (`memory_efficient`); batches drawn once and reused (the step without the data pipeline);
+  instead of matrix products on small maps; torch's per-parameter AdamW instead of the fused step; no
+  memory-lean layers (`TrainConfig.memory_lean="off"`), and memory-lean layers on every map, not only the large
+  ones (`"on"`, `lean_layers(min_numel=0)`); batches drawn once and reused (the step without the data pipeline);
   with `--compile`, the model under `torch.compile` (inductor; it traces the plain convolutions: our depthwise
   Function is bypassed there by design), its compile time (first three steps, wall and CPU, with a fresh inductor
   cache unless TORCHINDUCTOR_CACHE_DIR is set) beside it. Ratio =
   candidate / default per round (> 1: the default is faster).
-- b0: EfficientNet-B0, 224 px, batch 8, SGD, channels_last: ours as the trainer runs it (`fast_pointwise`),
-  ours memory-lean, and timm's same network with the same weights (`benchmarks.run.build_pair`), step time
-  interleaved, and each one's peak memory in one step.
+- b0: EfficientNet-B0, 224 px, batch 8, SGD, channels_last: ours as the trainer runs it (`fast_pointwise`,
+  `lean_layers` with the size rule), ours with no memory-lean layers, ours memory-lean on every layer, and timm's
+  same network with the same weights (`benchmarks.run.build_pair`), step time interleaved, and each one's peak
+  memory in one step.
+- lean (not in the default run): the size rule's threshold, `lean_layers(min_numel=...)` for each of
+  `LEAN_THRESHOLDS` and off, on the tour step (ratio to off per round) and on B0 (ratio to timm per round, step
+  peak / timm's): what `LEAN_MIN_NUMEL` was chosen from.
 
 Peak memory = the highest sum of live tensor bytes the step allocates on top of what existed before it (weights,
 optimizer state, the input), from torch.profiler's allocator records (`profile_memory=True`): the self memory of
@@ -60,7 +65,8 @@ TOUR_VARIANTS: dict[str, dict[str, Any]] = {
     "ATen depthwise backward": {"depthwise": False},
     "oneDNN for every 1x1 conv": {"pointwise": False},
     "per-parameter AdamW": {"fused": False},
-    "memory-lean layers": {"lean": True},
+    "no memory-lean layers": {"memory_lean": "off"},
+    "memory-lean everywhere": {"memory_lean": "on"},
     "no data pipeline (cached batches)": {"cached_data": True},
 }
 
@@ -124,20 +130,34 @@ def sgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[],
     return step
 
 
-def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
-    from mbconv.layers.memory import memory_efficient
+def b0_pair() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """Ours as the trainer prepares it (`fast_pointwise`; memory-lean layers still off), timm's twin with the
+    same weights, both training-mode channels_last, and a seeded batch of 8 at 224 px."""
     from mbconv.layers.pointwise import fast_pointwise
 
     ours, theirs = build_pair("b0")  # same weights, outputs checked equal
     cl = torch.channels_last
     ours = ours.train().to(memory_format=cl)
-    fast_pointwise(ours)  # as the Trainer runs it
-    lean = memory_efficient(copy.deepcopy(ours))
+    fast_pointwise(ours)
     theirs = theirs.train().to(memory_format=cl)
     torch.manual_seed(0)
-    x = torch.randn(8, 3, 224, 224).contiguous(memory_format=cl)
-    y = torch.randint(0, 1000, (8,))
-    steps = {"ours (trainer)": sgd_step(ours, x, y), "ours memory-lean": sgd_step(lean, x, y),
+    return ours, theirs, torch.randn(8, 3, 224, 224).contiguous(memory_format=cl), torch.randint(0, 1000, (8,))
+
+
+def lean_copy(model: nn.Module, mode: str | int | None) -> nn.Module:
+    """A copy of `model` with `lean_layers` at a `TrainConfig.memory_lean` mode or a threshold."""
+    from mbconv.layers.memory import LEAN_MODES, lean_layers
+
+    m = copy.deepcopy(model)
+    lean_layers(m, LEAN_MODES[mode] if isinstance(mode, str) else mode)
+    return m
+
+
+def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
+    ours, theirs, x, y = b0_pair()
+    steps = {"ours (trainer)": sgd_step(lean_copy(ours, "auto"), x, y),
+             "ours, no memory-lean layers": sgd_step(lean_copy(ours, "off"), x, y),
+             "ours memory-lean (all layers)": sgd_step(lean_copy(ours, "on"), x, y),
              "timm": sgd_step(theirs, x, y)}
     times = interleaved_steps(steps, rounds, clock)
     peaks = {k: peak_step_bytes(s) for k, s in steps.items()}  # after the timed steps: momentum buffers exist
@@ -160,9 +180,42 @@ def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], Non
             "peak_vs_timm": {k: v / peaks["timm"] for k, v in peaks.items()}, "weights_mib": weights / 2**20}
 
 
+LEAN_THRESHOLDS = (0, 2**18, 2**19, 2**20, 2**21, 2**22)
+
+
+def section_lean(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
+    """The tour and B0 steps at each `LEAN_THRESHOLDS` min_numel and with no memory-lean layers, interleaved."""
+    from mbconv.layers.memory import lean_layers
+
+    names = {"off": None, **{f"min_numel=2^{t.bit_length() - 1}" if t else "min_numel=0": t
+                             for t in LEAN_THRESHOLDS}}
+    tour = {}
+    for name, t in names.items():
+        tour[name] = TourStep(memory_lean="off")
+        lean_layers(tour[name].model, t)
+    tour_times = interleaved_steps(tour, rounds, clock)
+    ours, theirs, x, y = b0_pair()
+    b0 = {"timm": sgd_step(theirs, x, y), **{n: sgd_step(lean_copy(ours, t), x, y) for n, t in names.items()}}
+    b0_times = interleaved_steps(b0, max(3, rounds // 2), clock)
+    peaks = {k: peak_step_bytes(s) for k, s in b0.items()}
+    log(f"\n### memory-lean threshold: tour step ({tour['off'].label}) and B0 224 px batch 8 (SGD), "
+        f"{torch.get_num_threads()} thread(s)")
+    log("| lean_layers | tour median ms | tour / off per round | B0 median ms | B0 / timm per round | "
+        "B0 step peak / timm |")
+    log("|---|---|---|---|---|---|")
+    tour_r = {n: ratio_stats(tour_times[n], tour_times["off"]) for n in names}
+    b0_r = {n: ratio_stats(b0_times[n], b0_times["timm"]) for n in names}
+    for n in names:
+        log(f"| {n} | {statistics.median(tour_times[n]) * 1e3:.1f} | x{tour_r[n]['median']:.3f} | "
+            f"{statistics.median(b0_times[n]) * 1e3:.1f} | x{b0_r[n]['median']:.3f} | {peaks[n] / peaks['timm']:.2f} |")
+    return {"thresholds": names, "tour_times": tour_times, "tour_vs_off": tour_r, "b0_times": b0_times,
+            "b0_vs_timm": b0_r, "b0_peak_step_mib": {k: v / 2**20 for k, v in peaks.items()},
+            "b0_peak_vs_timm": {k: v / peaks["timm"] for k, v in peaks.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0")
+    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, lean")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 tour, 6 b0)")
@@ -171,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench/step.json")
     args = ap.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    bad = [s for s in sections if s not in ("tour", "b0")]
+    bad = [s for s in sections if s not in ("tour", "b0", "lean")]
     if bad:
-        ap.error(f"unknown section(s) {bad}: choose from tour, b0")
+        ap.error(f"unknown section(s) {bad}: choose from tour, b0, lean")
     if args.threads < 1:
         ap.error(f"invalid --threads {args.threads}: expected >= 1")
     torch.set_num_threads(args.threads)
@@ -194,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         result["tour"] = section_tour(args.rounds or (3 if args.quick else 10), clock, args.compile, log)
     if "b0" in sections:
         result["b0"] = section_b0(args.rounds or (3 if args.quick else 6), clock, log)
+    if "lean" in sections:
+        result["lean"] = section_lean(args.rounds or (3 if args.quick else 12), clock, log)
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start
     log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
