@@ -17,7 +17,8 @@ Sections:
   of the cropped convolution alone, marked where the rule (`weight_grad_method` / `input_grad_method`) picks
   it: the measurements behind the per-shape rule;
 - step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours as
-  the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`), ours with ATen's depthwise
+  the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`; large-map memory-lean layers,
+  `lean_layers`), ours with ATen's depthwise
   backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel differs), and
   for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal).
 
@@ -64,6 +65,7 @@ from mbconv.layers.depthwise import (
     weight_grad,
     weight_grad_method,
 )
+from mbconv.layers.memory import lean_layers
 from mbconv.layers.pointwise import fast_pointwise
 from mbconv.provenance import RunRecord, write_result
 
@@ -288,7 +290,8 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
         ours = to_layout(ours.train(), c["dims"])
     else:
         ours, theirs = build_ours(key), None
-    fast_pointwise(ours)  # as the Trainer runs it; the ATen-depthwise copy keeps it: only the depthwise differs
+    fast_pointwise(ours)  # as the Trainer runs it (with its default size-chosen memory-lean layers); the
+    lean_layers(ours)     # ATen-depthwise copy keeps both: only the depthwise differs
     aten = copy.deepcopy(ours)
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
