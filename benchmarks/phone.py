@@ -13,7 +13,9 @@ in `benchmarks.run`: speed only), and tf_efficientnet_lite0 with the real ImageN
   `mbconv.export.export_onnx` / `export_int8` (ORT static QDQ), int8 calibrated on the same photo crops.
 - Latency: per thread count, the four programs run in interleaved rounds (each round runs every variant once, in
   a rotating order, so machine noise hits all alike); ratios are per round (min / median / max). ExecuTorch's
-  threads are its process-wide threadpool (`set_pte_threads`), ORT's the session's intra-op threads.
+  threads are its process-wide threadpool (`set_pte_threads`), ORT's the session's intra-op threads. A net with
+  TF-"same" pads (Lite0) adds a fifth program, `ExecuTorch int8, pads unfolded` (`fold_pads=False`: the int8
+  program before `fold_pads_into_convs`, same outputs), timed in the same rounds.
 - Accuracy: the bundled photo crops (`mbconv.data`'s `photos` / `photos_imagenet`: seeded 224 px crops, 30-100 %
   scale, flips, of scikit-image/matplotlib colour photos), calibrated on the train split's photos and evaluated
   on the test split's, which are other photos. Top-1 agreement of each int8 program (and of our fake-quant W8A8,
@@ -48,6 +50,7 @@ from mbconv.provenance import RunRecord, write_result
 RESOLUTION = 224
 CONFIDENT = 0.5
 PLAIN = "ExecuTorch int8, no bias correction"
+UNFOLDED = "ExecuTorch int8, pads unfolded"  # fold_pads=False: the program before the pad fold, timed beside it
 
 
 def samples(name: str, split: str, n: int) -> torch.Tensor:
@@ -117,10 +120,14 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
     plain = tmp / f"{key}_int8_plain.pte"  # without bias correction: accuracy only, not timed
     if facts["pretrained"]:
         export_pte_int8(model, plain, calib, RESOLUTION, bias_correction=False)
+    if e_int8["folded_pads"]:  # TF-"same" pads: also the program that keeps them as fp32 ops (timed, same outputs)
+        paths["int8_unfolded.pte"] = tmp / f"{key}_int8_unfolded.pte"
+        export_pte_int8(model, paths["int8_unfolded.pte"], calib, RESOLUTION, bias_correction=True, fold_pads=False)
     export_onnx(model, paths["fp32.onnx"], RESOLUTION)
     export_int8(model, paths["int8.onnx"], calib, RESOLUTION, batch_size=16)
     res: dict[str, Any] = {**facts, "export_s": time.perf_counter() - t0,
                            "pte_quantize_s": e_int8["quantize_seconds"], "pte_lower_s": e_int8["seconds"],
+                           "folded_pads": e_int8["folded_pads"],
                            "delegation": {"fp32": {k: e_fp32[k] for k in ("delegate_calls", "portable_ops")},
                                           "int8": {k: e_int8[k] for k in ("delegate_calls", "portable_ops")}},
                            "size_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}}
@@ -179,6 +186,8 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
                     "ExecuTorch int8": method_call(pte_method(paths["int8.pte"]), x),
                     "ORT fp32": session_call(ort_session(paths["fp32.onnx"], t, spinning=False), x),
                     "ORT int8": session_call(ort_session(paths["int8.onnx"], t, spinning=False), x)}
+        if "int8_unfolded.pte" in paths:
+            variants[UNFOLDED] = method_call(pte_method(paths["int8_unfolded.pte"]), x)
         times = interleaved(variants, args.rounds, 1, warmup=3)
         del variants  # the methods go with it, before the next resize
         per = {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v)} for k, v in times.items()}
@@ -186,12 +195,15 @@ def run_model(key: str, args: argparse.Namespace, threads: Sequence[int], tmp: P
                   "ORT int8 vs fp32": ratio_stats(times["ORT fp32"], times["ORT int8"]),
                   "ExecuTorch vs ORT, fp32": ratio_stats(times["ORT fp32"], times["ExecuTorch fp32"]),
                   "ExecuTorch vs ORT, int8": ratio_stats(times["ORT int8"], times["ExecuTorch int8"])}
+        if UNFOLDED in times:
+            ratios["ExecuTorch int8 vs fp32, pads unfolded"] = ratio_stats(times["ExecuTorch fp32"], times[UNFOLDED])
+            ratios["ExecuTorch int8, folded vs unfolded pads"] = ratio_stats(times[UNFOLDED], times["ExecuTorch int8"])
         res["latency"][str(t)] = {"rounds": args.rounds, "variants": per, "speedups": ratios}
         log(f"  batch 1, {t} thread(s), {args.rounds} interleaved rounds:")
         for k, p in per.items():
-            log(f"    {k:16s} median {p['median_ms']:7.2f} ms  min {p['min_ms']:7.2f} ms")
+            log(f"    {k:30s} median {p['median_ms']:7.2f} ms  min {p['min_ms']:7.2f} ms")
         for k, r in ratios.items():
-            log(f"    speed-up {k:26s} x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
+            log(f"    speed-up {k:40s} x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
     return res
 
 
@@ -210,6 +222,11 @@ def markdown_table(result: dict[str, Any]) -> str:
                     sp = f"x{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if prec == "int8" else ""
                     rows.append(f"| {key} | {t} | {backend} | {prec} | {v['median_ms']:.2f} | {v['min_ms']:.2f} | "
                                 f"{sp} | {r['size_mib'][f'{prec}.{short}']:.2f} |")
+            if UNFOLDED in lat["variants"]:
+                v, s = lat["variants"][UNFOLDED], lat["speedups"]["ExecuTorch int8 vs fp32, pads unfolded"]
+                rows.append(f"| {key} | {t} | ExecuTorch | int8, pads unfolded | {v['median_ms']:.2f} | "
+                            f"{v['min_ms']:.2f} | x{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) | "
+                            f"{r['size_mib']['int8_unfolded.pte']:.2f} |")
     return "\n".join(rows)
 
 

@@ -6,6 +6,7 @@ The nets are tiny (one or two stages, width 0.25, 32 px): lowering time grows wi
 Tests that need executorch skip without the `phone` extra.
 """
 
+import copy
 import gc
 import sys
 
@@ -23,6 +24,8 @@ from mbconv.export.pte import (
     bias_corrected_copy,
     export_pte,
     export_pte_int8,
+    fold_pads_into_convs,
+    is_zero_pad,
     lower_to_pte,
     need_executorch,
     pt2e_weight_config,
@@ -160,6 +163,33 @@ def test_family_int8_program_follows_fp32_and_its_pt2e_reference(et, name, stage
     vs_fp32, vs_ref = agreement(ref, lq), agreement(lref, lq)
     assert vs_fp32["max_abs_diff"] > 1e-5  # really quantized
     assert 20 < vs_fp32["sqnr_db"] and 30 < vs_ref["sqnr_db"], (vs_fp32, vs_ref)
+
+
+def test_fold_pads_keeps_outputs_and_xnnpack_folds_the_pads(et, tmp_path):
+    from mbconv.export.pte_profile import pte_op_times
+
+    m = tiny("tf_efficientnet_lite0", 2)  # TF pads: on the strided stem (float input) and a strided depthwise
+    x = inputs(m, 4)
+    plain, example = quantize_pt2e(m, inputs(m, 16), 32, fold_pads=False)
+    folded = copy.deepcopy(plain)
+    pads = [n for n in folded.graph.nodes if is_zero_pad(n)]
+    assert len(pads) == 2 and fold_pads_into_convs(folded) == 2 and fold_pads_into_convs(folded) == 0
+    for n in pads:  # dequantize -> pad -> conv: the pattern ExecuTorch's partitioner takes into the int8 conv
+        assert n.args[0].target == torch.ops.quantized_decomposed.dequantize_per_tensor.default
+        assert [u.target for u in n.users] == [torch.ops.aten.conv2d.default]
+    with torch.no_grad():
+        assert torch.equal(folded(x), plain(x))
+    paths = {k: tmp_path / f"{k}.pte" for k in ("plain", "folded")}
+    for k, gm in (("plain", plain), ("folded", folded)):
+        assert lower_to_pte(gm, example, paths[k])["delegate_calls"] == 1
+    torch.testing.assert_close(pte_logits(pte_method(paths["folded"]), x), pte_logits(pte_method(paths["plain"]), x),
+                               rtol=0, atol=1e-6)
+    set_pte_threads(1)
+    ops = {k: [e["event"] for e in p["events"]] for k, p in pte_op_times(paths, example, runs=1, warmup=0).items()}
+    fp32_pads = {k: sum("Constant Pad (ND, X32)" in e for e in v) for k, v in ops.items()}
+    converts = {k: sum(e.startswith("Convert") for e in v) for k, v in ops.items()}
+    assert fp32_pads == {"plain": 2, "folded": 0}, ops
+    assert converts["folded"] == 2 and converts["plain"] > 2, ops  # only the input's and the output's
 
 
 def test_relu6_is_quantized_after_the_clamp(et, monkeypatch):

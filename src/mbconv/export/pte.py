@@ -14,6 +14,10 @@
   moved into the biases of a float copy, which PT2E then quantizes: PT2E rounds the weights exactly as the
   correction assumed, so the corrected biases cancel its own rounding shift (as ORT's int8 inherits it in
   docs/bench/real.md).
+- TF-"same" pads (`fold_pads_into_convs`, on by default): PT2E leaves each explicit pad in front of a strided conv
+  unquantized, which XNNPACK runs in fp32 between two int8 <-> fp32 conversions (on Lite0 ~28 % of the int8
+  program); the rewrite lets the partitioner take each pad into its int8 conv, where XNNPACK folds it into the
+  conv's padding. Same outputs (docs/bench/phone.md, "Where Lite0's int8 time goes").
 - Spatial means (`rewrite_means`): XNNPACK lowers a mean only over the last two axes of a 4-D tensor with
   keepdim, so the classifier's pooling (keepdim=False) and every 1-D mean (3-D tensors) are rewritten as such a
   mean plus a reshape; otherwise they run as portable kernels between delegate calls.
@@ -197,16 +201,82 @@ def annotate_conv_relu6(gm: torch.fx.GraphModule, config: Any) -> int:
     return count
 
 
+def is_zero_pad(node: torch.fx.Node) -> bool:
+    """Whether `node` pads with zeros (aten.pad in constant mode, or aten.constant_pad_nd), by non-negative
+    amounts (XNNPACK takes no cropping)."""
+    if node.op != "call_function":
+        return False
+    if node.target == torch.ops.aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+    elif node.target == torch.ops.aten.constant_pad_nd.default:
+        mode, value = "constant", node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0.0)
+    else:
+        return False
+    return mode == "constant" and (value is None or float(value) == 0.0) and min(node.args[1], default=0) >= 0
+
+
+def fold_pads_into_convs(gm: torch.fx.GraphModule) -> int:
+    """Let XNNPACK fold every zero pad in front of a quantized conv into that conv, in place on a converted PT2E
+    graph module. Returns the number of pads so rewritten.
+
+    PT2E leaves the explicit pads of TF-"same" padding (the strided convs of TF EfficientNets and Lite) unquantized
+    between a dequantize and the conv's input quantize: XNNPACK then runs each pad in fp32 with an int8 -> fp32 and
+    an fp32 -> int8 conversion around it, and cannot fold it into the conv (on the pretrained Lite0, its 5 pads and
+    10 conversions were ~28 % of the int8 program's time, docs/bench/phone.md). ExecuTorch's XNNPACK partitioner
+    takes a zero pad whose input is a dequantize into the quantized conv it feeds (as an int8 pad, which XNNPACK
+    folds into the conv's padding), so this drops the redundant quantize/dequantize pair between pad and conv
+    when it requantizes to the pad input's own parameters (min/max observers give exactly those: a zero pad adds
+    no new value to the range), and moves it in front of a pad of a float input (the network input): quantizing
+    then padding is exact, since 0 quantizes to the zero point. The module's outputs do not change."""
+    qd = torch.ops.quantized_decomposed
+    convs = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default)
+    g = gm.graph
+    count = 0
+    for pad in list(g.nodes):
+        if not is_zero_pad(pad) or len(pad.users) != 1:
+            continue
+        q = next(iter(pad.users))
+        if q.target != qd.quantize_per_tensor.default or len(q.users) != 1:
+            continue
+        dq = next(iter(q.users))
+        if dq.target != qd.dequantize_per_tensor.default or tuple(dq.args[1:]) != tuple(q.args[1:]) \
+                or len(dq.users) != 1 or next(iter(dq.users)).target not in convs:
+            continue
+        src = pad.args[0]
+        if isinstance(src, torch.fx.Node) and src.target == qd.dequantize_per_tensor.default:
+            if tuple(src.args[1:]) != tuple(q.args[1:]):
+                continue  # a real requantization (e.g. histogram observers): not ours to drop
+            dq.replace_all_uses_with(pad)
+            g.erase_node(dq)
+            g.erase_node(q)
+        else:  # src -> q -> dq -> pad -> conv
+            dq.replace_all_uses_with(pad)
+            q.replace_input_with(pad, src)
+            pad.replace_input_with(src, dq)
+            pad.prepend(q)
+            pad.prepend(dq)
+            for n in (q, dq):
+                n.meta.pop("val", None)  # the shapes changed; the lowering re-exports the module anyway
+        count += 1
+    if count:
+        g.lint()
+        gm.recompile()
+    return count
+
+
 @torch.no_grad()
 def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] | None = None, *,
                   example: torch.Tensor | None = None, per_channel: bool = True, observer: str = "minmax",
-                  num_samples: int | None = None, batch_size: int = 32, bias_correction: bool = False
-                  ) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+                  num_samples: int | None = None, batch_size: int = 32, bias_correction: bool = False,
+                  fold_pads: bool = True) -> tuple[torch.fx.GraphModule, torch.Tensor]:
     """(quantized graph module, batch-1 example): the PT2E int8 form of `model` that `export_pte_int8` lowers,
     calibrated on `calib` (a tensor N, C, ..., a Dataset of (x, y) or an iterable of batches; `num_samples` of
     them, all if None) with activation `observer`s (see `xnnpack_quantizer`). With `bias_correction`, PT2E
-    quantizes `bias_corrected_copy(model, calib)` instead (same calibration samples). Running the module in
-    PyTorch gives the reference (quantize/dequantize) int8 outputs."""
+    quantizes `bias_corrected_copy(model, calib)` instead (same calibration samples). With `fold_pads`, the
+    explicit zero pads in front of convs are arranged so that XNNPACK folds them into the int8 convs
+    (`fold_pads_into_convs`; same outputs, faster program). Running the module in PyTorch gives the reference
+    (quantize/dequantize) int8 outputs."""
     if observer not in OBSERVERS:
         raise ValueError(f"invalid observer={observer!r}: expected one of {OBSERVERS}")
     if bias_correction and not per_channel:  # the correction's grid is per-channel (`pt2e_weight_config`)
@@ -243,7 +313,10 @@ def quantize_pt2e(model: nn.Module, calib: Any, resolution: int | Sequence[int] 
         prepared = prepare_pt2e(gm, xnnpack_quantizer(per_channel, observer))
         for x in itertools.chain([first], batches):
             prepared(checked(x))
-        return convert_pt2e(prepared), x1
+        qgm = convert_pt2e(prepared)
+    if fold_pads:
+        fold_pads_into_convs(qgm)
+    return qgm, x1
 
 
 def pt2e_weight_config() -> QuantConfig:
@@ -366,19 +439,22 @@ def export_pte(model: nn.Module, path: str | os.PathLike, resolution: int | Sequ
 def export_pte_int8(model: nn.Module, path: str | os.PathLike, calib: Any,
                     resolution: int | Sequence[int] | None = None, *, example: torch.Tensor | None = None,
                     per_channel: bool = True, observer: str = "minmax", num_samples: int | None = None,
-                    batch: int = 1, bias_correction: bool = False) -> dict[str, Any]:
+                    batch: int = 1, bias_correction: bool = False, fold_pads: bool = True) -> dict[str, Any]:
     """Quantize `model` to int8 with PT2E and the XNNPACK quantizer, calibrated on `calib` (see `quantize_pt2e`;
-    `bias_correction` quantizes the bias-corrected float copy), and write the ExecuTorch program to `path` (.pte).
-    Returns `lower_to_pte`'s summary plus `quantize_seconds` and `bias_correction`."""
+    `bias_correction` quantizes the bias-corrected float copy; `fold_pads=False` keeps TF-"same" pads as fp32
+    ops between conversions, the slower program of before `fold_pads_into_convs`), and write the ExecuTorch
+    program to `path` (.pte). Returns `lower_to_pte`'s summary plus `quantize_seconds`, `bias_correction` and
+    `folded_pads`."""
     pte_path(path)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"invalid batch={batch!r}: expected a positive int")
     t0 = time.perf_counter()
     qgm, x = quantize_pt2e(model, calib, resolution, example=example, per_channel=per_channel, observer=observer,
-                           num_samples=num_samples, bias_correction=bias_correction)
+                           num_samples=num_samples, bias_correction=bias_correction, fold_pads=False)
+    folded = fold_pads_into_convs(qgm) if fold_pads else 0
     dt = time.perf_counter() - t0
     return {**lower_to_pte(qgm, x.expand(batch, *x.shape[1:]).contiguous(), path), "quantize_seconds": dt,
-            "bias_correction": bias_correction}
+            "bias_correction": bias_correction, "folded_pads": folded}
 
 
 # -- runtime --------------------------------------------------------------------------------------------------
