@@ -14,6 +14,9 @@ from .cost import block_breakdown
 # B0 spec at width 0.5 and 32 px: 1.08 M params, 2.5 M MACs; 30 epochs reach ~98 % (the validation-chosen
 # checkpoint: 98.1 % test) in 364 s on the shared 2-core machine at load average 3-4 (`mbconv tour --chapters
 # train`, one thread chosen by the trainer; docs/bench/depthwise.md); a quiet machine is faster.
+# A weight EMA (validation choosing raw or EMA weights per epoch) was tested against this recipe under a
+# pre-registered rule and not adopted: it never won on validation (experiments/tour_recipe.py,
+# docs/bench/accuracy.md).
 TOUR_MODEL = dict(model="efficientnet_b0", data="mnist5k", resolution=32, width_mult=0.5,
                   overrides={"drop_path_rate": 0.1, "drop_rate": 0.1})
 
