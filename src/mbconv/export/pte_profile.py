@@ -6,8 +6,9 @@ program is loaded with ETDump enabled; `pte_op_times` runs programs that way and
 `executorch.devtools.Inspector`. The events come in execution order, which for a lowered chain network is graph
 order, so `layer_kinds` can name each conv/linear event by the layer it runs (`op_kind` names the rest).
 
-Profiling adds time per event (the method's own time under ETDump is about twice its plain latency), so compare
-operator times with each other, and whole programs with plain interleaved timing. Needs the `phone` extra.
+The operator times add up to nearly all of the method's time under ETDump (`execute_ms`); time whole programs
+without profiling (interleaved rounds) and use these to see which operators the time goes to. Needs the `phone`
+extra.
 """
 
 from __future__ import annotations
