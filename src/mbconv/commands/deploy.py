@@ -108,8 +108,9 @@ def _export_pte(args: argparse.Namespace, model: Any, res: int, out: str, what: 
           f"MiB, input {info['input_shape']}, {info['seconds']:.1f} s; {info['delegate_calls']} delegate call(s), "
           f"ops outside XNNPACK: {left})")
     if args.int8:
-        print(f"ExecuTorch int8 ({'bias-corrected' if bc else 'no bias correction'}) vs PyTorch fp32 on {len(x)} "
-              f"random inputs: top-1 agreement {a['top1_agreement']:.2f}, logit SQNR {a['sqnr_db']:.1f} dB")
+        pads = f", {info['folded_pads']} TF pad(s) folded into int8 convs" if info["folded_pads"] else ""
+        print(f"ExecuTorch int8 ({'bias-corrected' if bc else 'no bias correction'}{pads}) vs PyTorch fp32 on "
+              f"{len(x)} random inputs: top-1 agreement {a['top1_agreement']:.2f}, logit SQNR {a['sqnr_db']:.1f} dB")
         return 0
     ok = a["max_abs_diff"] <= args.tol
     print(f"ExecuTorch vs PyTorch on {len(x)} random inputs: max abs diff {a['max_abs_diff']:.2e} "
