@@ -7,7 +7,8 @@
   lowering. The quantizer annotates convs, adds, muls and the ops that share their input's scale (ReLU, means,
   reshapes); conv -> ReLU6 is observed after the clamp (`annotate_conv_relu6`; the stock quantizer does that for
   ReLU only), and SiLU is split into x * sigmoid(x) (`split_silu`) so its mul is int8. Sigmoid and hard-swish
-  stay fp32 inside the delegate, between a dequantize and a quantize (XNNPACK's delegate takes them in fp32 only).
+  are handed to the delegate in fp32 between a dequantize and a quantize (its partitioner takes them in fp32
+  only); XNNPACK then runs them as int8 unary operators (B0's ETDump profile shows no conversions around them).
 - Bias correction (`bias_correction=True`, `bias_corrected_copy`; Nagel et al. 2019, `mbconv.quant.correct_bias`):
   the mean output shift E[dW x] of each layer's weight rounding, measured with fake-quant weights on the PT2E
   grid (per-channel symmetric int8 in [-127, 127], scale max|w| / 127, at least the observer's eps 2^-12), is
