@@ -159,3 +159,89 @@ def test_cli_export_and_bench(tmp_path, capsys):
     assert main(["export", "efficientnet_b0", "--checkpoint", str(tmp_path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("mbconv: error:") == 3 and "Traceback" not in err
+
+
+# -- ONNX Runtime int8 with bias correction ------------------------------------------------------------------
+def ort_weights(path):
+    """{weight shape: dequantized weights} of the conv/linear weight initializers of an int8 QDQ ONNX file."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    out = {}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim >= 2:
+            q, s, z = (inits[i].astype(np.float64) for i in n.input[:3])
+            shape = [-1] + [1] * (q.ndim - 1)
+            out.setdefault(q.shape, []).append((q - z.reshape(shape)) * s.reshape(shape))
+    return out
+
+
+@pytest.mark.parametrize("weight", ["s8", "u8"])
+def test_ort_bias_correction_grid_is_the_one_ort_writes(tmp_path, weight):
+    pytest.importorskip("onnxruntime")
+    from mbconv.export.int8 import export_int8, ort_weight_quantized
+    from mbconv.quant.insert import host_weight, quantizers
+
+    m = randomized("ds_r1_k3_s1_c8")
+    x = torch.rand(8, 3, 32, 32)
+    info = export_int8(m, tmp_path / "m.onnx", x, 32, weight=weight)
+    assert info["weight"] == weight and not info["bias_correction"]
+    written = ort_weights(tmp_path / "m.onnx")
+    q = ort_weight_quantized(m, weight)
+    for fq in quantizers(q, ["weight"]).values():
+        mine = fq(host_weight(q, fq)).detach().double().numpy()
+        cands = written[mine.shape]
+        steps = fq.step().double().numpy().reshape([-1] + [1] * (mine.ndim - 1))
+        off = min(((abs(c - mine) > 1e-3 * steps).sum(axis=tuple(range(1, mine.ndim))) for c in cands),
+                  key=lambda v: v.sum())
+        # s8: every weight as ORT rounds it; u8: at most one tap per channel (a float32 tie at -max|w|)
+        assert off.max() <= (0 if weight == "s8" else 1), (fq.site, off)
+        assert min(float((abs(c - mine) / steps).max()) for c in cands) <= 1.001  # one step at most
+
+
+@pytest.mark.parametrize("weight", ["s8", "u8"])
+def test_ort_bias_correction_removes_the_mean_logit_shift(tmp_path, weight):
+    pytest.importorskip("onnxruntime")
+    from mbconv.export import ort_logits, ort_session
+    from mbconv.export.int8 import export_int8
+
+    m = randomized("ds_r1_k3_s1_c8")
+    with torch.no_grad():  # one large tap per output channel: coarse weight steps, a large mean rounding shift
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                mod.weight.view(mod.weight.shape[0], -1)[:, 0] = 8 * mod.weight.abs().max()
+    torch.manual_seed(1)
+    x = torch.rand(32, 3, 32, 32) * 2  # a non-zero mean input: what the correction's E[x] must carry
+    with torch.no_grad():
+        ref = m(x).numpy()
+    shift = {}
+    for bc in (False, True):
+        info = export_int8(m, tmp_path / f"m{bc}.onnx", x, 32, weight=weight, bias_correction=bc)
+        assert info["bias_correction"] is bc
+        out, _ = ort_logits(ort_session(tmp_path / f"m{bc}.onnx", 1), x)
+        shift[bc] = float(abs((out - ref).mean(0)).mean())  # per-class mean error: the bias term
+    assert shift[True] < 0.7 * shift[False], shift
+
+
+def test_cli_export_int8_bias_correction(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import mbconv.export.int8 as int8
+    from mbconv.cli import main
+
+    base = ["export", "ds_r1_k3_s1_c8", "--resolution", "32", "--num-classes", "5", "--int8", "--calib-samples", "8"]
+    weight = int8.int8_kernels()["weight"]
+    assert main([*base, "--data", "photos", "--out", str(tmp_path / "d.onnx")]) == 0
+    on = weight in int8.BC_DEFAULT_WEIGHTS  # the measured default for this CPU's weight grid
+    assert (f"{weight} weights, {'bias-corrected' if on else 'no bias correction'}," in capsys.readouterr().out)
+    monkeypatch.setattr(int8, "BC_DEFAULT_WEIGHTS", frozenset({weight}))  # a grid where it is the default
+    assert main([*base, "--data", "photos", "--out", str(tmp_path / "bc.onnx")]) == 0
+    assert ", bias-corrected," in capsys.readouterr().out
+    assert main([*base, "--data", "photos", "--no-bias-correction", "--out", str(tmp_path / "p.onnx")]) == 0
+    assert ", no bias correction," in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "r.onnx")]) == 0  # random calibration: nothing to correct on
+    text = capsys.readouterr().out
+    assert ", no bias correction," in text and "random inputs" in text
+    assert (tmp_path / "bc.onnx").exists() and (tmp_path / "bc.fp32.onnx").exists()

@@ -70,10 +70,14 @@ def _calibration(args: argparse.Namespace, model: Any, res: int, what: str) -> A
 
 def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what: str) -> int:
     calib = _calibration(args, model, res, what)
-    from ..export import export_int8
+    from ..export.int8 import BC_DEFAULT_WEIGHTS, export_int8, int8_kernels
 
-    fp32 = export_int8(model, out, calib, res)["path"]
-    print(f"{what} -> {fp32} (fp32) -> {out} (int8 QDQ, calibrated on {len(calib)} "
+    weight = int8_kernels()["weight"]
+    # bias correction needs real data (its mean inputs), and is on for the weight grids where it measured better
+    bc = bool(args.data and not args.no_bias_correction and weight in BC_DEFAULT_WEIGHTS)
+    fp32 = export_int8(model, out, calib, res, bias_correction=bc)["path"]
+    print(f"{what} -> {fp32} (fp32) -> {out} (int8 QDQ, {weight} weights, "
+          f"{'bias-corrected' if bc else 'no bias correction'}, calibrated on {len(calib)} "
           f"{'samples of ' + args.data if args.data else 'random inputs'})")
     return 0
 
@@ -199,8 +203,9 @@ def register(add: Any) -> None:
     sp.add_argument("--data", type=text, help="calibration dataset for --int8")
     sp.add_argument("--calib-samples", type=positive_int, default=256)
     sp.add_argument("--no-bias-correction", action="store_true",
-                    help="--format pte --int8 --data: skip bias correction (default: the biases cancel the mean "
-                         "shift of PT2E's weight rounding, measured on --data; docs/bench/phone.md)")
+                    help="--int8 --data: skip bias correction (default for pte, and for ONNX where the CPU's "
+                         "int8 kernels use u8 weights: the biases cancel the mean shift of the int8 weight "
+                         "rounding, measured on --data; docs/bench/int8.md, phone.md)")
     sp = add("bench", cmd_bench, "quick inference latency of one model on one backend (see `make bench` for the "
                                  "comparison against timm and ONNX Runtime)")
     add_model_arguments(sp, name="optional", resolution=True)

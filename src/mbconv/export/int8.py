@@ -25,6 +25,19 @@ top-1 agreement with fp32: 52 % of photo crops (73 % of the confident ones) on a
   weight grid). On a VNNI machine the u8-weight graph tracks the fake-quant model less closely than u8/s8 (logit
   parity 18 vs 27 dB, docs/bench/real.md), so a bias correction computed on s8 rounding carries over only partly;
 - ARM64 and others: u8 activations, s8 weights (dot-product kernels accumulate in int32).
+
+Bias correction (`ort_bias_corrected_copy`, `export_int8(bias_correction=True)`; Nagel et al. 2019,
+`mbconv.quant.correct_bias`): the mean output shift E[dW x] of each conv/linear's weight rounding, measured with
+fake-quant weights on the grid ORT will use, moves into the biases of the float network before export. Both of
+ORT's weight grids (`quantize_static` makes weights symmetric for either type) are expressible with
+`mbconv.quant`'s fake quantizers: s8 is symmetric per-channel [-127, 127], scale max|w| / 127 (`ort_weight_config`
+as it stands); u8 is [0, 255] around zero point 128, scale 2 max|w| / 255 (max|w| itself rounds to 255.5 and clips
+to 255), which is the asymmetric [0, 255] quantizer calibrated on the symmetrized range [-max|w|, max|w|] (zero
+point round(127.5) = 128). Each grid gets its own correction; tests/test_deploy.py checks both against the
+weights ORT writes (s8 equal; u8 equal but for float32 ties at -max|w|, which ORT rounds to 0 and the fake
+quantizer, adding the zero point before rounding, sometimes to 1: one step on one tap of some channels). Which
+grids it is on by default for `mbconv export --int8 --data` was measured on the pretrained Lite0
+(`BC_DEFAULT_WEIGHTS`, docs/bench/int8.md).
 """
 
 from __future__ import annotations
@@ -39,11 +52,18 @@ import torch
 from torch import nn
 
 from ..layers import fuse_bn
+from ..quant.bias_correction import correct_bias, float_copy
+from ..quant.insert import QuantConfig, host_weight, insert_quantizers, quantizers, set_mode
 from ..quant.ptq import iter_batches
 from .ort import ort_logits, ort_session, time_sessions
 from .to_onnx import export_onnx
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+# The weight types for which `mbconv export --int8 --data` bias-corrects by default: those where it was at least as
+# good in every column (top-1 agreement on all / fp32-confident crops, logit SQNR) on the pretrained Lite0's val
+# crops (benchmarks/int8_bc.py -> experiments/results/bench/ort_bias_correction.json, docs/bench/int8.md). u8
+# passed; s8 gained 4.6 dB SQNR but flipped one more of 80 val crops, so it stays opt-in (export_int8 argument).
+BC_DEFAULT_WEIGHTS = frozenset({"u8"})
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})  # /proc/cpuinfo spellings
 
 
@@ -149,17 +169,70 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calib: Iterable[
     return int8_path
 
 
+def ort_weight_config(weight: str, per_channel: bool = True) -> QuantConfig:
+    """The fake-quant recipe of `quantize_onnx`'s `weight` type, activations in float: 's8' symmetric [-127, 127]
+    (ORT's grid as it stands); 'u8' asymmetric [0, 255], which `ort_bias_corrected_copy` calibrates on the
+    symmetrized weight range to get ORT's zero point 128 and scale 2 max|w| / 255."""
+    if weight not in ("s8", "u8"):
+        raise ValueError(f"invalid weight type {weight!r}: expected 's8' or 'u8'")
+    return QuantConfig(wbits=8, abits=None, w_per_channel=per_channel, w_symmetric=weight == "s8", w_calib="minmax")
+
+
+@torch.no_grad()
+def ort_weight_quantized(model: nn.Module, weight: str, per_channel: bool = True) -> nn.Module:
+    """A BN-folded copy of `model` with fake-quant weights on ORT's `weight` grid ('s8' | 'u8', see the module
+    docstring), activations in float: what `ort_bias_corrected_copy` measures the rounding shift on."""
+    q = fuse_bn(model)
+    insert_quantizers(q, ort_weight_config(weight, per_channel))
+    ws = quantizers(q, ["weight"])
+    if not ws:
+        raise ValueError(f"bias correction found no conv/linear weights to quantize in {type(model).__name__}")
+    for fq in ws.values():
+        w = host_weight(q, fq).detach()
+        # u8: ORT's weights are symmetric around 128, the asymmetric quantizer on [-max|w|, max|w|]; the concat
+        # runs along axis 1 so that the per-channel axis 0 keeps its channels
+        fq.calibrate_from(torch.cat([w, -w], 1) if weight == "u8" else w)
+    set_mode(q, "quant")  # inserted quantizers start in 'observe' (pass-through)
+    return q
+
+
+@torch.no_grad()
+def ort_bias_corrected_copy(model: nn.Module, calib: torch.Tensor, weight: str | None = None,
+                            per_channel: bool = True, batch_size: int = 32) -> nn.Module:
+    """A BN-folded float copy of `model` whose biases cancel the mean output shift of ONNX Runtime's int8 rounding
+    of its weights (`weight` type, default `int8_kernels()`; `ort_weight_quantized`), the mean inputs measured
+    through the float network on all samples of `calib` (N, C, ...). `model` is untouched."""
+    weight = int8_kernels()["weight"] if weight is None else weight
+    if len(calib) == 0:
+        raise ValueError("bias correction data is empty")
+    q = ort_weight_quantized(model, weight, per_channel)
+    calib = calib.detach().float().cpu()
+    correct_bias(q, calib, num_samples=len(calib), batch_size=batch_size)
+    return float_copy(q)
+
+
 def export_int8(model: nn.Module, path: str | Path, calib: torch.Tensor, resolution: int | None = None,
-                method: str = "minmax", per_channel: bool = True, batch_size: int = 32) -> dict[str, Any]:
+                method: str = "minmax", per_channel: bool = True, batch_size: int = 32,
+                bias_correction: bool = False, activation: str | None = None, weight: str | None = None
+                ) -> dict[str, Any]:
     """Export `model` with `export_onnx` to `<stem>.fp32.onnx` beside `path`, then quantize that graph to int8 at
-    `path`, calibrated on the samples `calib` (N, C, ...). Returns the fp32 export summary plus `int8_path`."""
+    `path`, calibrated on the samples `calib` (N, C, ...), with `activation` / `weight` types (default
+    `int8_kernels()`). With `bias_correction`, the exported network is `ort_bias_corrected_copy(model, calib,
+    weight)` (its biases cancel the mean shift of ORT's weight rounding; needs real calibration data). Returns
+    the fp32 export summary plus `int8_path`, `weight`, `activation` and `bias_correction`."""
     path = Path(path)
     if len(calib) == 0:
         raise ValueError("calibration data is empty")
-    info = export_onnx(model, path.with_name(path.stem + ".fp32.onnx"), resolution, example=calib[:1])
+    kernels = int8_kernels()
+    activation = kernels["activation"] if activation is None else activation
+    weight = kernels["weight"] if weight is None else weight
+    net = ort_bias_corrected_copy(model, calib, weight, per_channel, batch_size) if bias_correction else model
+    info = export_onnx(net, path.with_name(path.stem + ".fp32.onnx"), resolution, example=calib[:1])
     quantize_onnx(info["path"], path, [b.numpy() for b in calib.detach().float().cpu().split(batch_size)],
-                  method=method, per_channel=per_channel)
-    return {**info, "int8_path": str(path)}
+                  method=method, per_channel=per_channel, activation=activation, weight=weight,
+                  reduce_range=False)
+    return {**info, "int8_path": str(path), "weight": weight, "activation": activation,
+            "bias_correction": bool(bias_correction)}
 
 
 def int8_benchmark(model: nn.Module, calib_data: Any, out: str | Path, test_data: Any = None,
