@@ -245,3 +245,20 @@ def test_cli_export_int8_bias_correction(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert ", no bias correction," in text and "random inputs" in text
     assert (tmp_path / "bc.onnx").exists() and (tmp_path / "bc.fp32.onnx").exists()
+
+
+def test_cli_export_int8_bias_correction_forced(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import mbconv.export.int8 as int8
+    from mbconv.cli import main
+
+    base = ["export", "ds_r1_k3_s1_c8", "--resolution", "32", "--num-classes", "5", "--int8", "--calib-samples", "8"]
+    monkeypatch.setattr(int8, "BC_DEFAULT_WEIGHTS", frozenset())  # a grid where it is off by default
+    assert main([*base, "--data", "photos", "--bias-correction", "--out", str(tmp_path / "f.onnx")]) == 0
+    assert ", bias-corrected," in capsys.readouterr().out
+    assert main([*base, "--bias-correction", "--out", str(tmp_path / "g.onnx")]) != 0
+    assert "--bias-correction needs --data" in capsys.readouterr().err
+    assert main([*base, "--data", "photos", "--bias-correction", "--no-bias-correction", "--out",
+                 str(tmp_path / "h.onnx")]) != 0  # the two switches exclude each other
+    assert "not allowed with argument --bias-correction" in capsys.readouterr().err
+    assert not (tmp_path / "g.onnx").exists()

@@ -73,8 +73,11 @@ def _export_int8(args: argparse.Namespace, model: Any, res: int, out: str, what:
     from ..export.int8 import BC_DEFAULT_WEIGHTS, export_int8, int8_kernels
 
     weight = int8_kernels()["weight"]
-    # bias correction needs real data (its mean inputs), and is on for the weight grids where it measured better
-    bc = bool(args.data and not args.no_bias_correction and weight in BC_DEFAULT_WEIGHTS)
+    # bias correction needs real data (its mean inputs); by default on for the weight grids where it measured
+    # better on the validation crops, --bias-correction forces it for the others
+    if args.bias_correction and not args.data:
+        raise ValueError("--bias-correction needs --data (the correction is measured on real calibration data)")
+    bc = bool(args.data and not args.no_bias_correction and (args.bias_correction or weight in BC_DEFAULT_WEIGHTS))
     fp32 = export_int8(model, out, calib, res, bias_correction=bc)["path"]
     print(f"{what} -> {fp32} (fp32) -> {out} (int8 QDQ, {weight} weights, "
           f"{'bias-corrected' if bc else 'no bias correction'}, calibrated on {len(calib)} "
@@ -102,6 +105,8 @@ def _export_pte(args: argparse.Namespace, model: Any, res: int, out: str, what: 
     x = torch.randn(3, model.spec.in_chans, *([res] * model.spec.dims))
     calib = _calibration(args, model, res, what) if args.int8 else None
     # bias correction needs real data (its mean inputs); on random calibration it would fit noise
+    if args.bias_correction and not (args.int8 and args.data):
+        raise ValueError("--bias-correction needs --int8 and --data (the correction is measured on real data)")
     bc = bool(args.int8 and args.data and not args.no_bias_correction)
     info = export_pte_int8(model, out, calib, res, bias_correction=bc) if args.int8 else export_pte(model, out, res)
     with torch.no_grad():
@@ -202,10 +207,14 @@ def register(add: Any) -> None:
                                                          "PT2E with the XNNPACK quantizer)")
     sp.add_argument("--data", type=text, help="calibration dataset for --int8")
     sp.add_argument("--calib-samples", type=positive_int, default=256)
-    sp.add_argument("--no-bias-correction", action="store_true",
-                    help="--int8 --data: skip bias correction (default for pte, and for ONNX where the CPU's "
-                         "int8 kernels use u8 weights: the biases cancel the mean shift of the int8 weight "
-                         "rounding, measured on --data; docs/bench/int8.md, phone.md)")
+    bias = sp.add_mutually_exclusive_group()
+    bias.add_argument("--bias-correction", action="store_true",
+                      help="--int8 --data, ONNX: bias-correct also where the default leaves it off (s8 weights: "
+                           "higher logit SQNR, one more flipped unsure validation crop; docs/bench/int8.md)")
+    bias.add_argument("--no-bias-correction", action="store_true",
+                      help="--int8 --data: skip bias correction (default for pte, and for ONNX where the CPU's "
+                           "int8 kernels use u8 weights: the biases cancel the mean shift of the int8 weight "
+                           "rounding, measured on --data; docs/bench/int8.md, phone.md)")
     sp = add("bench", cmd_bench, "quick inference latency of one model on one backend (see `make bench` for the "
                                  "comparison against timm and ONNX Runtime)")
     add_model_arguments(sp, name="optional", resolution=True)
