@@ -22,8 +22,9 @@ top-1 agreement with fp32: 52 % of photo crops (73 % of the confident ones) on a
 - x86-64 without VNNI (or flags unknown): u8 activations, u8 weights (ORT's default: symmetric around zero point
   128): the u8 x u8 kernels widen to int16 before multiplying (vpmaddwd into int32), exact; measured 100 % / 83 %
   agreement on that machine against 75 % for ORT's other remedy, `reduce_range` (7-bit weights, which halves the
-  weight grid). On a VNNI machine the u8-weight graph tracks the fake-quant model less closely than u8/s8 (logit
-  parity 18 vs 27 dB, docs/bench/real.md), so a bias correction computed on s8 rounding carries over only partly;
+  weight grid). Its grid is symmetric u8 (zero point 128, scale 2 max|w| / 255), so a bias correction must be
+  computed on that grid, not on s8 rounding (`ort_weight_config`; an asymmetric [min w, max w] mirror is what made
+  the u8 graph look poorly tracked in docs/bench/real.md);
 - ARM64 and others: u8 activations, s8 weights (dot-product kernels accumulate in int32).
 
 Bias correction (`ort_bias_corrected_copy`, `export_int8(bias_correction=True)`; Nagel et al. 2019,
