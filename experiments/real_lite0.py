@@ -53,6 +53,7 @@ from mbconv.provenance import RunRecord, write_result  # noqa: E402
 from mbconv.quant import QuantConfig, bit_summary, calibrate, insert_quantizers, measure_sqnr, quantizers  # noqa: E402
 from mbconv.quant.bias_correction import correct_bias, float_copy, mean_inputs, weight_shifts  # noqa: E402
 from mbconv.quant.equalize import channel_ranges, equalize, range_spread  # noqa: E402
+from mbconv.quant.insert import host_weight  # noqa: E402
 from mbconv.zoo import create_model  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "real_lite0"
@@ -136,6 +137,20 @@ def fake_quant(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor, bias_cor
         equalize(f)
     insert_quantizers(f, cfg)
     calibrate(f, calib, num_samples=len(calib), batch_size=BATCH)
+    if bias_correction:
+        correct_bias(f, calib, num_samples=len(calib), batch_size=BATCH)
+    return f
+
+
+def fake_quant_ort(model: nn.Module, weight: str, calib: torch.Tensor, bias_correction: bool = False) -> nn.Module:
+    """`fake_quant` with ORT's weight grid: 's8' symmetric; 'u8' symmetric around zero point 128 (the asymmetric
+    [0, 255] quantizer on each channel's [-max|w|, max|w|], as `mbconv.export.int8.ort_weight_quantized`; an
+    asymmetric [min w, max w] grid is not what `quantize_static` writes), then bias-corrected on that grid."""
+    f = fake_quant(model, w8a8(w_symmetric=weight == "s8"), calib)
+    if weight == "u8":
+        for fq in quantizers(f, ["weight"]).values():
+            w = host_weight(f, fq).detach()
+            fq.calibrate_from(torch.cat([w, -w], 1))  # along axis 1: the per-channel axis 0 keeps its channels
     if bias_correction:
         correct_bias(f, calib, num_samples=len(calib), batch_size=BATCH)
     return f
@@ -263,10 +278,9 @@ def sec_ort(ctx: Context, tmp: Path) -> dict[str, Any]:
         kinds = {"u8/s8": kinds["u8/s8"]}
     rows: dict[str, Any] = {}
     for kname, kw in kinds.items():
-        symmetric = kw["weight"] == "s8"
         for bc in (False, True):
             name = f"{kname}{' + bias correction' if bc else ''}"
-            q = fake_quant(ctx.model, w8a8(w_symmetric=symmetric), ctx.calib, bc)
+            q = fake_quant_ort(ctx.model, kw["weight"], ctx.calib, bc)
             path = ort_int8(float_copy(q), ctx.calib, tmp / f"int8_{len(rows)}.onnx", **kw)
             lo = ort_logits_of(path, ctx.test)
             row = {"test": agreement(ctx.ref_test, lo), "val": agreement(ctx.ref_val, ort_logits_of(path, ctx.val))}
