@@ -8,14 +8,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from mbconv import create_model
-from mbconv.layers import ConvNormAct, LayerOpts, MBConv, fuse_bn
+from mbconv.layers import ConvNormAct, LayerOpts, MBConv, SqueezeExcite, fuse_bn
 from mbconv.layers.memory import (
     ACTS,
+    LEAN_BLOCK,
     LEAN_MIN_NUMEL,
-    BatchNormAct,
     BNActFn,
     CheckpointedSequential,
-    DeferredSE,
     GatedConvFn,
     LeanBlockForward,
     LeanConvNormAct,
@@ -26,6 +25,7 @@ from mbconv.layers.memory import (
     lean_layers,
     memory_efficient,
 )
+from mbconv.prune import prune
 from mbconv.train import TrainConfig, Trainer
 
 SIZE = {1: (40,), 2: (32, 32), 3: (12, 12, 12)}
@@ -74,8 +74,15 @@ def test_memory_efficient_equal_gradients_stats_and_names(name, dims):
     opt = torch.optim.SGD(lean.parameters(), lr=0.1)  # built before the swap: must still drive the model
     memory_efficient(lean)
     kinds = {type(m) for m in lean.modules()}
-    assert BatchNormAct in kinds and DeferredSE in kinds
-    assert any(k.__name__ == f"GatedConv{dims}d" for k in kinds)
+    assert LeanConvNormAct in kinds and kinds & set(LEAN_BLOCK.values())
+    assert (MemoryEfficientSiLU in kinds) == ("mobilenetv3" not in name)  # SE activations (MobileNetV3: ReLU)
+    plain_convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    for (n, a), (_, b) in zip(plain.named_modules(), lean.named_modules()):  # class swaps only, same structure
+        if isinstance(b, LeanConvNormAct):  # the plain BN and activation the Function recognises
+            assert type(b.bn) is type(a.bn) and type(b.act) is type(a.act) in ACTS, n
+        if isinstance(b, LeanBlockForward):  # the plain SE and project conv
+            assert type(b.se) is SqueezeExcite and type(b.project.conv) in plain_convs, n
+        assert type(b) is type(a) or type(b) in (LeanConvNormAct, MemoryEfficientSiLU, *LEAN_BLOCK.values()), n
     assert list(plain.state_dict()) == list(lean.state_dict())
     x = torch.randn(4, 3, *SIZE[dims])
     if dims == 2:
@@ -99,7 +106,35 @@ def test_memory_efficient_stores_less():
     lean = memory_efficient(copy.deepcopy(plain))
     x = torch.randn(2, 3, 64, 64)
     a, b = saved_bytes(plain, x), saved_bytes(lean, x)
-    assert b < 0.7 * a  # measured ~0.63 on B0: the BN outputs and SE products are not stored
+    assert b < 0.7 * a  # measured 0.62 on B0: the BN outputs and SE products are not stored
+
+
+def test_memory_efficient_kinds_and_folding():
+    plain = model("efficientnet_b0")
+    x = torch.randn(2, 3, 32, 32)
+    bn_only = memory_efficient(copy.deepcopy(plain), se_gate=False, silu=False)
+    nodes = backward_nodes(bn_only(x))
+    assert "BNActFnBackward" in nodes and "GatedConvFnBackward" not in nodes
+    assert not any(isinstance(m, (LeanBlockForward, MemoryEfficientSiLU)) for m in bn_only.modules())
+    se_only = memory_efficient(copy.deepcopy(plain), bn_act=False, silu=False)
+    nodes = backward_nodes(se_only(x))
+    assert "GatedConvFnBackward" in nodes and "BNActFnBackward" not in nodes
+    assert not any(isinstance(m, LeanConvNormAct) for m in se_only.modules())
+    # the class-only result folds like the plain model (the old module replacement broke fuse_bn)
+    lean = memory_efficient(copy.deepcopy(plain))
+    step(lean, x)
+    step(plain, x)  # the same running statistics on both
+    lean.eval(), plain.eval()
+    fused = fuse_bn(lean)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())  # every BN folded
+    # and its BN surgery prunes it (the old BatchNormAct made prune raise a TypeError)
+    small = memory_efficient(create_model("efficientnet_b0", num_classes=5, width_mult=0.25).train())
+    result = prune(small, "bn", 0.25)
+    assert result.params_after < result.params_before and result.model(x).shape == (2, 5)
+    with pytest.raises(ValueError, match="kinds"):
+        lean_layers(nn.Sequential(), 0, kinds=("bn_act", "gelu"))
 
 
 def test_checkpoint_stages_equal_and_bn_updated_once():
@@ -148,8 +183,6 @@ def test_silu_module_and_bad_input():
     assert torch.equal(a.grad, b.grad)
     with pytest.raises(ValueError, match="nn.Module"):
         memory_efficient("not a model")
-    with pytest.raises(ValueError, match="BatchNormAct supports"):
-        BatchNormAct(nn.BatchNorm2d(3), nn.GELU())
 
 
 # -- the size rule and the structure-preserving classes the Trainer applies --------------------------------------

@@ -125,9 +125,19 @@ def test_bad_argument_is_named():
 
 
 def test_memory_lean_swap_still_gates_swapped_convs():
-    from mbconv.layers.memory import GatedConv2d, memory_efficient
+    from mbconv.layers.memory import LeanBlockForward, memory_efficient
 
     model = create_model("efficientnet_b0", num_classes=10, in_chans=1, width_mult=0.25)
     fast_pointwise(model)
     memory_efficient(model)
-    assert any(isinstance(m, GatedConv2d) for m in model.modules())
+    # the SE product is fused into project convs that fast_pointwise made PointwiseConv2d
+    blocks = [m for m in model.modules() if isinstance(m, LeanBlockForward)]
+    assert any(isinstance(b.project.conv, PointwiseConv2d) for b in blocks)
+    y = model.train()(torch.randn(2, 1, 32, 32))
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    assert "GatedConvFnBackward" in {type(fn).__name__ for fn in seen}

@@ -4,22 +4,26 @@ What autograd keeps for one `ConvNormAct` (conv -> BN -> act) in plain PyTorch: 
 and the BN output (the activation needs it), and the activation output (the next conv needs it): three
 full-size tensors per layer. An MBConv block with SE also keeps the SE product x * g (the project conv's input).
 
-- `BNActFn` / `BatchNormAct`: BN (batch statistics) + activation in one autograd node that saves only the BN
-  input and the per-channel mean / inv-std; backward recomputes the BN output with one multiply-add and calls
-  the native activation and BN backward kernels. The BN output is never stored, and the activation runs in
-  place (one full tensor less to allocate and keep per layer).
-- `GatedConvFn` / `GatedConv`: the SE gate multiply fused into the following 1x1 conv: y = conv(x * g) saves x
-  and the (N, C, 1, ...) gate g, and recomputes x * g in backward. The SE product is never stored.
+- `BNActFn`: BN (batch statistics) + activation in one autograd node that saves only the BN input and the
+  per-channel mean / inv-std; backward recomputes the BN output with one multiply-add and calls the native
+  activation and BN backward kernels. The BN output is never stored, and the activation runs in place (one full
+  tensor less to allocate and keep per layer).
+- `GatedConvFn`: the SE gate multiply fused into the following 1x1 conv: y = conv(x * g) saves x and the
+  (N, C, 1, ...) gate g, and recomputes x * g in backward. The SE product is never stored.
 - `SiLUFn` / `MemoryEfficientSiLU`: SiLU that keeps only its input and recomputes the sigmoid in backward (native
   `F.silu` already does; this matters for composed x * sigmoid(x) swish, which stores both).
-- `memory_efficient(model)` swaps these into any network built from the layer classes, in place, keeping every
-  parameter and buffer name (state dicts and checkpoints are unchanged); `checkpoint_stages(model)` adds
-  per-stage activation checkpointing (recompute each stage in backward; BN running statistics are updated once).
-- `lean_layers(model)`, the `Trainer`'s default: the same two Functions with the model's structure untouched. Only
+- `lean_layers(model)`, the `Trainer`'s default, applies the first two with the model's structure untouched. Only
   classes change (`ConvNormAct` -> `LeanConvNormAct`, an MBConv-type block with SE before its project conv ->
   `LeanMBConv` / `LeanDepthwiseSeparable` / `LeanFusedMBConv`), like `fast_pointwise`: `.bn`, `.act`, `.se` and
   `.project.conv` stay the plain modules, so BN folding, pruning surgery, quantization hooks and export see the
   ordinary network, and a replaced or hooked submodule simply takes the plain path.
+- `memory_efficient(model)` is the explicit switch: `lean_layers` with every layer lean (`min_numel=0`) and the
+  BN+activation / SE-gate kinds chosen separately, plus `MemoryEfficientSiLU` for the other `nn.SiLU` modules
+  (a class-for-class swap too). It used to replace modules (`BatchNormAct`, `DeferredSE`, `GatedConv2d`), which
+  broke `fuse_bn` and pruning surgery; now the structure, names and Parameter objects are kept and `.bn`, `.act`,
+  `.se` and `.project.conv` stay the plain modules.
+- `checkpoint_stages(model)` adds per-stage activation checkpointing (recompute each stage in backward; BN running
+  statistics are updated once).
 
 The size rule (`min_numel`): the Functions' saving is a full tensor per layer, their cost Python autograd
 overhead and a recomputation. On small maps the step is short and memory is not the limit, so the overhead
@@ -49,10 +53,9 @@ from .conv import ConvNormAct
 from .depthwise import exporting_or_transforming
 from .se import SqueezeExcite
 
-__all__ = ["ACTS", "LEAN_BLOCK", "LEAN_MIN_NUMEL", "LEAN_MODES", "BNActFn", "BatchNormAct", "DeferredSE",
-           "GatedConv1d", "GatedConv2d", "GatedConv3d", "GatedConvFn", "LeanBlockForward", "LeanConvNormAct",
-           "LeanDepthwiseSeparable", "LeanFusedMBConv", "LeanMBConv", "MemoryEfficientSiLU", "SiLUFn",
-           "checkpoint_stages", "lean_applies", "lean_layers", "memory_efficient"]
+__all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "BNActFn", "GatedConvFn",
+           "LeanBlockForward", "LeanConvNormAct", "LeanDepthwiseSeparable", "LeanFusedMBConv", "LeanMBConv",
+           "MemoryEfficientSiLU", "SiLUFn", "checkpoint_stages", "lean_applies", "lean_layers", "memory_efficient"]
 
 _aten = torch.ops.aten
 
@@ -64,6 +67,9 @@ LEAN_MIN_NUMEL = 2**20
 
 # `TrainConfig.memory_lean` -> the `lean_layers` threshold: size rule, every layer, none (plain classes)
 LEAN_MODES: dict[str, int | None] = {"auto": LEAN_MIN_NUMEL, "on": 0, "off": None}
+
+# What `lean_layers` can make lean: BN + activation (`LeanConvNormAct`), SE gate + project conv (the lean blocks)
+LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate")
 
 
 def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
@@ -164,41 +170,6 @@ def bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, kind: type, x: torch.Tenso
     return BNActFn.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, kind)
 
 
-class BatchNormAct(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm (any rank) followed by an activation, through `BNActFn` in training on inputs of at least
-    `min_numel` elements (plain BN then the activation module below). Same parameter and buffer names as the
-    BatchNorm it replaces; the activation module is kept (unregistered) as `act_module`."""
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, act: nn.Module, min_numel: int = 0) -> None:
-        kind = _act_kind(act)
-        if kind is None or not bn.affine:
-            raise ValueError(f"BatchNormAct supports affine BN with {[k.__name__ for k in ACTS]}; got "
-                             f"{type(act).__name__}, affine={bn.affine}")
-        super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                         device=bn.weight.device, dtype=bn.weight.dtype)
-        # the same Parameter and buffer objects: an optimizer built before the swap keeps working
-        self.weight, self.bias = bn.weight, bn.bias
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            setattr(self, name, getattr(bn, name))
-        self.train(bn.training)
-        self.kind, self.min_numel = kind, min_numel
-        self.__dict__["act_module"] = act  # not a child: keeps the state-dict keys of the replaced pair
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        batch_stats = self.training or not self.track_running_stats
-        if not batch_stats or not lean_applies(x, self.min_numel):
-            return self.act_module(super().forward(x))
-        return bn_act_apply(self, self.kind, x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", act={self.kind.__name__}"
-
-
 # -- SE gate fused into the next 1x1 conv ------------------------------------------------------------------------
 class GatedConvFn(torch.autograd.Function):
     """y = conv(x * g) for a gate g of shape (N, C, 1, ...): saves x and g, recomputes x * g in backward."""
@@ -241,67 +212,7 @@ def gated_conv_apply(conv: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch
     return GatedConvFn.apply(x, g, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-class DeferredSE(SqueezeExcite):
-    """A SqueezeExcite whose multiply is done by the following `GatedConv`: forward returns its input unchanged;
-    `gate_values(x)` gives the gate. Same parameter names as the SqueezeExcite it replaces."""
-
-    def __init__(self, se: SqueezeExcite) -> None:
-        nn.Module.__init__(self)
-        self.dims = se.dims
-        self.conv_reduce, self.act, self.conv_expand, self.gate = se.conv_reduce, se.act, se.conv_expand, se.gate
-        self.train(se.training)
-
-    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_values(self, x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class _ConvMixin:
-    """Shared by the GatedConv classes: conv(x * se.gate_values(x)), through `GatedConvFn` when recording
-    autograd on an input of at least `min_numel` elements."""
-
-    min_numel = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.__dict__["se_ref"].gate_values(x)
-        if not lean_applies(x, self.min_numel):
-            return self._conv_forward(x * g, self.weight, self.bias)
-        return gated_conv_apply(self, x, g)
-
-
-class GatedConv1d(_ConvMixin, nn.Conv1d):
-    pass
-
-
-class GatedConv2d(_ConvMixin, nn.Conv2d):
-    pass
-
-
-class GatedConv3d(_ConvMixin, nn.Conv3d):
-    pass
-
-
-_GATED = {nn.Conv1d: GatedConv1d, nn.Conv2d: GatedConv2d, nn.Conv3d: GatedConv3d}
-
-
-def _conv_base(conv: nn.Module) -> type | None:
-    """The nn.Conv1d/2d/3d a conv module is (a `PointwiseConv2d` is an nn.Conv2d), or None."""
-    return next((c for c in type(conv).__mro__ if c in _GATED), None)
-
-
-def _gated_conv(conv: nn.Module, se: DeferredSE, min_numel: int) -> nn.Module:
-    new = _GATED[_conv_base(conv)](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-                             device=conv.weight.device, dtype=conv.weight.dtype)
-    new.weight, new.bias = conv.weight, conv.bias  # the same Parameter objects (optimizer state stays valid)
-    new.__dict__["se_ref"] = se  # not a child: the SE's parameters stay under `se.`
-    new.min_numel = min_numel
-    return new
-
-
-# -- the swap --------------------------------------------------------------------------------------------------
+# -- the class swap: what the Trainer applies, and memory_efficient with every layer lean -----------------------
 def check_min_numel(min_numel: Any) -> int:
     """`min_numel` if it is an integer >= 0, else a ValueError naming it."""
     if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
@@ -309,52 +220,6 @@ def check_min_numel(min_numel: Any) -> int:
     return min_numel
 
 
-def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True, silu: bool = True,
-                     min_numel: int = 0) -> nn.Module:
-    """Swap the memory-lean functions into `model`, in place; returns it. Parameter and buffer names (and the
-    Parameter objects) are kept, so optimizers, state dicts and checkpoints are unaffected; the module structure
-    changes (a training form: for a model that must stay surgery- and folding-ready use `lean_layers`).
-
-    - bn_act: every `ConvNormAct` with an affine BatchNorm and a ReLU/ReLU6/SiLU/Hardswish activation gets a
-      `BatchNormAct` as `.bn` and Identity as `.act` (BN without activation already stores only its input);
-    - se_gate: every block whose SE output feeds its `.project` 1x1 conv directly (SE after the depthwise conv,
-      or after a FusedMBConv's expansion) gets a `DeferredSE` and a `GatedConv` project conv;
-    - silu: the remaining `nn.SiLU` modules become `MemoryEfficientSiLU`;
-    - min_numel: the BN+activation and gated-conv layers take their Function only on inputs of at least this
-      many elements, the plain ops otherwise (0: always, the default).
-    """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"memory_efficient needs an nn.Module, got {type(model).__name__}")
-    check_min_numel(min_numel)
-    if se_gate:
-        for block in list(model.modules()):
-            se, proj = getattr(block, "se", None), getattr(block, "project", None)
-            if not isinstance(se, SqueezeExcite) or isinstance(se, DeferredSE) or not isinstance(proj, ConvNormAct):
-                continue
-            steps = tuple(getattr(block, "steps", ()))
-            feeds_project = "se" in steps and steps[steps.index("se") + 1:][:1] == ("project",)  # from the layout
-            if not feeds_project or not isinstance(proj.pad, nn.Identity):
-                continue
-            if _conv_base(proj.conv) is None or isinstance(proj.conv, _ConvMixin):
-                continue
-            deferred = DeferredSE(se)
-            block.se = deferred
-            proj.conv = _gated_conv(proj.conv, deferred, min_numel)
-    if bn_act:
-        for mod in list(model.modules()):
-            if isinstance(mod, ConvNormAct) and type(mod.bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) \
-                    and mod.bn.affine and _act_kind(mod.act) is not None:
-                mod.bn = BatchNormAct(mod.bn, mod.act, min_numel)
-                mod.act = nn.Identity()
-    if silu:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.SiLU:
-                    setattr(parent, name, MemoryEfficientSiLU())
-    return model
-
-
-# -- the same, structure-preserving: what the Trainer applies -----------------------------------------------------
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -395,7 +260,7 @@ def _fusable_project(proj: nn.Module) -> nn.Module | None:
     if not isinstance(proj, ConvNormAct) or not isinstance(proj.pad, nn.Identity) or hooked(proj):
         return None
     conv = proj.conv
-    if _conv_base(conv) is None or isinstance(conv, _ConvMixin) or hooked(conv) or isinstance(conv.padding, str) \
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or hooked(conv) or isinstance(conv.padding, str) \
             or conv.padding_mode != "zeros":
         return None
     return conv
@@ -452,18 +317,23 @@ LEAN_BLOCK: dict[type, type] = {MBConv: LeanMBConv, DepthwiseSeparable: LeanDept
 _LEAN_TO_PLAIN = {**{v: k for k, v in LEAN_BLOCK.items()}, LeanConvNormAct: ConvNormAct}
 
 
-def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL) -> int:
+def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
+                kinds: Sequence[str] = LEAN_KINDS) -> int:
     """Make `model`'s large-map training layers memory-lean, in place, by class only (see the module docstring);
     returns how many modules are lean. Every `ConvNormAct` with a plain affine BatchNorm and a ReLU / ReLU6 / SiLU
-    / Hardswish becomes a `LeanConvNormAct`, every MBConv / DepthwiseSeparable / FusedMBConv block whose SE feeds
-    its project conv a `LeanBlockForward` class; each takes its Function on inputs of at least `min_numel`
-    elements (0: always). Submodules, parameters (the same objects), buffers, names and hooks are unchanged.
-    Again on a lean model it sets the new threshold; `min_numel=None` turns the classes back into the plain ones.
+    / Hardswish becomes a `LeanConvNormAct` (kind "bn_act"), every MBConv / DepthwiseSeparable / FusedMBConv block
+    whose SE feeds its project conv a `LeanBlockForward` class (kind "se_gate"); each takes its Function on inputs
+    of at least `min_numel` elements (0: always). `kinds` chooses which plain classes are swapped. Submodules,
+    parameters (the same objects), buffers, names and hooks are unchanged. Again on a lean model it sets the new
+    threshold; `min_numel=None` turns the classes back into the plain ones.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"lean_layers needs an nn.Module, got {type(model).__name__}")
     if min_numel is not None:
         check_min_numel(min_numel)
+    if isinstance(kinds, str) or not set(kinds) <= set(LEAN_KINDS):
+        raise ValueError(f"invalid kinds={kinds!r}: must be a sequence drawn from {LEAN_KINDS}")
+    bn_act, se_gate = "bn_act" in kinds, "se_gate" in kinds
     n = 0
     for mod in model.modules():
         cls = type(mod)
@@ -472,15 +342,45 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL) -> int
                 mod.__class__ = _LEAN_TO_PLAIN[cls]
                 mod.__dict__.pop("min_numel", None)
             continue
-        if cls is ConvNormAct and type(mod.bn) in _PLAIN_BN and mod.bn.affine and _act_kind(mod.act) is not None:
+        if bn_act and cls is ConvNormAct and type(mod.bn) in _PLAIN_BN and mod.bn.affine \
+                and _act_kind(mod.act) is not None:
             mod.__class__ = LeanConvNormAct
-        elif cls in LEAN_BLOCK and "se" in mod.steps and \
+        elif se_gate and cls in LEAN_BLOCK and "se" in mod.steps and \
                 tuple(mod.steps[mod.steps.index("se") + 1:][:1]) == ("project",):
             mod.__class__ = LEAN_BLOCK[cls]
         if isinstance(mod, (LeanConvNormAct, LeanBlockForward)):
             mod.min_numel = min_numel
             n += 1
     return n
+
+
+def memory_efficient(model: nn.Module, bn_act: bool = True, se_gate: bool = True, silu: bool = True,
+                     min_numel: int = 0) -> nn.Module:
+    """Make every layer of `model` memory-lean, in place; returns it. The class-only mechanism of `lean_layers`,
+    so the structure, parameter and buffer names, Parameter objects and submodule types are kept (optimizers,
+    state dicts, checkpoints, `fuse_bn`, pruning surgery, quantizer hooks and export are unaffected).
+
+    - bn_act: every `ConvNormAct` with an affine BatchNorm and a ReLU/ReLU6/SiLU/Hardswish activation becomes a
+      `LeanConvNormAct` (BN without activation already stores only its input);
+    - se_gate: every block whose SE output feeds its `.project` conv directly (SE after the depthwise conv, or
+      after a FusedMBConv's expansion) becomes a `LeanBlockForward` class;
+    - silu: the other `nn.SiLU` modules become `MemoryEfficientSiLU` (a lean `ConvNormAct`'s `.act` stays the
+      `nn.SiLU` its `BNActFn` recognises);
+    - min_numel: the lean layers take their Function only on inputs of at least this many elements, the plain
+      ops otherwise (0: always, the default).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"memory_efficient needs an nn.Module, got {type(model).__name__}")
+    check_min_numel(min_numel)
+    kinds = tuple(k for k, on in (("bn_act", bn_act), ("se_gate", se_gate)) if on)
+    if kinds:
+        lean_layers(model, min_numel, kinds=kinds)
+    if silu:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.SiLU and not (name == "act" and isinstance(parent, LeanConvNormAct)):
+                    setattr(parent, name, MemoryEfficientSiLU())
+    return model
 
 
 # -- activation checkpointing ----------------------------------------------------------------------------------
