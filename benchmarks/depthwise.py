@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.run import build_pair, ratio_stats
+from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log
 from mbconv.files import atomic_write_text
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
@@ -335,15 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in ("layers", "methods", "step")]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step")
-    try:
-        threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        ap.error(f"invalid --threads {args.threads!r}: expected comma-separated integers")
-    lines: list[str] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
+    threads = parse_threads(ap, args.threads)
+    lines, log = tee_log()
 
     t_start = time.perf_counter()
     # models are seeded with torch.manual_seed(0); no training, so no epochs or init to state

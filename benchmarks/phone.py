@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.run import build_pair, interleaved, ratio_stats
+from benchmarks.run import build_pair, interleaved, parse_threads, ratio_stats, tee_log
 from mbconv.files import atomic_write_text
-from mbconv.provenance import RunRecord, write_result
+from mbconv.provenance import RunRecord, cpu_name, write_result
 
 RESOLUTION = 224
 CONFIDENT = 0.5
@@ -247,12 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in models if m not in ("b0", "lite0")]
     if bad:
         ap.error(f"unknown model(s) {bad}: expected some of ['b0', 'lite0']")
-    try:
-        threads = [int(t) for t in args.threads.split(",") if t]
-    except ValueError:
-        ap.error(f"invalid --threads {args.threads!r}: expected comma-separated integers")
-    if not threads or min(threads) < 1:
-        ap.error(f"invalid --threads {args.threads!r}: expected integers >= 1")
+    threads = parse_threads(ap, args.threads)
     if args.quick:
         args.rounds, args.eval_crops, args.calib_crops = 3, 12, 16
     try:
@@ -268,14 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
+    lines, log = tee_log()
+    cpu = cpu_name()
     t_start = time.perf_counter()
     record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])  # command, commit, versions
     log(f"mbconv phone bench{' (QUICK: numbers are noise)' if args.quick else ''}: {cpu}, {os.cpu_count()} cpus, "

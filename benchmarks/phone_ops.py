@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 from benchmarks.phone import CONFIDENT, RESOLUTION, build_model, method_call, samples
-from benchmarks.run import interleaved, ratio_stats
+from benchmarks.run import interleaved, parse_threads, ratio_stats, tee_log
 from mbconv.files import atomic_write_text
-from mbconv.provenance import RunRecord, write_result
+from mbconv.provenance import RunRecord, cpu_name, write_result
 
 UNFOLDED = "int8, pads unfolded"
 PER_TENSOR = "int8, per-tensor weights"
@@ -193,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in models if m not in ("b0", "lite0")]
     if bad or not models:
         ap.error(f"invalid --models {args.models!r}: expected some of ['b0', 'lite0']")
-    try:
-        threads = [int(t) for t in args.threads.split(",") if t]
-    except ValueError:
-        ap.error(f"invalid --threads {args.threads!r}: expected comma-separated integers")
-    if not threads or min(threads) < 1:
-        ap.error(f"invalid --threads {args.threads!r}: expected integers >= 1")
+    threads = parse_threads(ap, args.threads)
     if args.runs < 1 or args.rounds < 0:
         ap.error("--runs must be >= 1 and --rounds >= 0")
     if args.quick:
@@ -215,14 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
+    lines, log = tee_log()
+    cpu = cpu_name()
     t_start = time.perf_counter()
     record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
     affinity = sorted(os.sched_getaffinity(0))

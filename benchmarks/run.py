@@ -42,12 +42,34 @@ from typing import Any
 
 import torch
 
-from mbconv.provenance import RunRecord, write_result
+from mbconv.provenance import RunRecord, cpu_name, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- machine limits ----------------------------------------------------------------------------------------
+
+def tee_log() -> tuple[list[str], Callable[[str], None]]:
+    """A log function that prints each line at once and keeps it in the returned list (for the .txt result)."""
+    lines: list[str] = []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    return lines, log
+
+
+def parse_threads(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """Comma-separated thread counts >= 1 from `text`; anything else is an argparse error naming it."""
+    try:
+        threads = [int(t) for t in text.split(",") if t]
+    except ValueError:
+        ap.error(f"invalid --threads {text!r}: expected comma-separated integers")
+    if not threads or min(threads) < 1:
+        ap.error(f"invalid --threads {text!r}: expected integers >= 1")
+    return threads
+
 def machine_roofs() -> tuple[dict[str, float], dict[str, float]]:
     """(fp32 matmul GFLOP/s of 2048^2 products, copy GB/s of a 256 MiB tensor), each as best and median, with the
     current thread count; measured by the library's `roofline.measure_machine`."""
@@ -382,19 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
+    lines, log = tee_log()
 
     import onnxruntime
     import timm
 
     t_start = time.perf_counter()
     record = RunRecord(argv=None if argv is None else [sys.argv[0], *argv])  # no seeds, epochs or init: no training
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
+    cpu = cpu_name()
     log(f"mbconv bench{' (QUICK: few rounds, numbers are noise)' if args.quick else ''}: {cpu}, "
         f"{os.cpu_count()} cpus, {args.threads} thread(s); torch {torch.__version__}, timm {timm.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; load average {os.getloadavg()[0]:.1f}")

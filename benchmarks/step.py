@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.profile import TourStep, interleaved_steps  # noqa: E402
-from benchmarks.run import build_pair, ratio_stats  # noqa: E402
+from benchmarks.run import build_pair, ratio_stats, tee_log  # noqa: E402
 from mbconv.files import atomic_write_text  # noqa: E402
 from mbconv.provenance import RunRecord, write_result  # noqa: E402
 
@@ -231,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"invalid --threads {args.threads}: expected >= 1")
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
-    lines: list[str] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
+    lines, log = tee_log()
 
     record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])  # no training
     t_start = time.perf_counter()

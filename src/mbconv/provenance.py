@@ -52,7 +52,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (else what `platform` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -89,7 +90,7 @@ class RunRecord:
             if torch.cuda.is_available():
                 return f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
             return dev
-        return f"{dev} ({_cpu_name()})" if dev == "cpu" else dev
+        return f"{dev} ({cpu_name()})" if dev == "cpu" else dev
 
     def as_dict(self, **updates: Any) -> dict[str, Any]:
         """The record now (wall time up to this call); `updates` override or add fields (e.g. a chunk's seeds)."""

@@ -53,11 +53,8 @@ def test_unknown_arm_is_one_line(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
-def test_committed_results_follow_from_their_runs(mode: str) -> None:
-    path = RESULTS / f"results_{mode}.json"
-    if not path.exists():
-        pytest.skip(f"{path.name} not committed")
-    r = json.loads(path.read_text())
+def test_committed_results_follow_from_their_runs(mode: str, committed_result) -> None:
+    r = committed_result(RESULTS / f"results_{mode}.json")
     assert r["provenance"]["argv"] and r["provenance"]["threads"] == 1
     runs = [run for arm in r["arms"].values() for run in arm["seeds"].values()]
     assert r["arms"] == json.loads(json.dumps(t.summarise(runs)))
