@@ -102,7 +102,10 @@ fraction.__doc__ = "A number in [0, 1) (rates that must leave something: drop pa
 
 def int_list(s: str) -> tuple[int, ...]:
     """Comma-separated integers >= 1, e.g. ``1,16``."""
-    out = tuple(positive_int(v.strip()) for v in s.split(",") if v.strip())
+    try:
+        out = tuple(positive_int(v.strip()) for v in s.split(",") if v.strip())
+    except argparse.ArgumentTypeError as e:  # name the whole list too: '0' alone does not say where in '8,0,'
+        raise argparse.ArgumentTypeError(f"{e} in {s!r}") from None
     if not out:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {s!r}")
     return out
