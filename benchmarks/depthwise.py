@@ -1,7 +1,7 @@
 """Depthwise training speed on CPU: our depthwise backward (`mbconv.layers.depthwise`) against ATen's, per layer
 and per training step, and the training step against timm's same network.
 
-    .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2] [--sections layers,methods,step]
+    .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2] [--sections layers,methods,step,infer]
         [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
 Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
@@ -20,7 +20,11 @@ Sections:
   the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`; large-map memory-lean layers,
   `lean_layers`), ours with ATen's depthwise
   backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel differs), and
-  for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal).
+  for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal);
+- infer (not in the default list): inference (eval mode, no autograd) of the whole model, NCHW and channels_last,
+  at the benchmark batch and at batch 1, with the cropped kernel where `crop_pays_for_inference` says so (ours)
+  and with ATen's full kernel everywhere (`use_fast_backward(False)`, the same module), and each layer the
+  crop changes on its own.
 
 Every timing is interleaved: each round runs every variant once (`inner` calls), in an order rotated by one each
 round, so machine noise hits all variants alike. Ratios are per round (theirs / ours; > 1: ours faster), shown as
@@ -56,6 +60,7 @@ from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
     INPUT_GRAD_METHODS,
     WEIGHT_GRAD_METHODS,
+    crop_pays_for_inference,
     input_grad,
     input_grad_method,
     is_channels_last,
@@ -308,6 +313,68 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     return dict(times=t, ratios=ratios)
 
 
+def section_infer(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Whole-model inference and the layers whose kernel the crop changes, ours vs ATen's full kernel."""
+    c = MODELS[key]
+    from mbconv import create_model
+
+    torch.manual_seed(0)
+    over = dict(width_mult=c["width"]) if c["width"] != 1.0 else {}
+    base = create_model(c["name"], num_classes=c["classes"], in_chans=c["in_chans"], **over).eval()
+    layouts = [False, True] if c["dims"] in LAST else [False]
+    log(f"\n### inference (eval, no autograd): {c['label']}, {torch.get_num_threads()} thread(s), "
+        f"{_clock['name']} clock, {rounds} rounds")
+    log("| layout | batch | ATen ms | ours ms | ATen/ours per round |")
+    log("|---|---|---|---|---|")
+    whole: dict[str, Any] = {}
+    for last in layouts:
+        model = base.to(memory_format=LAST[c["dims"]]) if last else base
+        for batch in (c["batch"], 1):
+            x = torch.randn(batch, c["in_chans"], *[c["res"]] * c["dims"])
+            x = x.contiguous(memory_format=LAST[c["dims"]]) if last else x
+
+            def run(fast: bool, model: nn.Module = model, x: torch.Tensor = x) -> None:
+                with torch.no_grad(), use_fast_backward(fast):
+                    model(x)
+
+            t = interleaved({"ours": lambda: run(True), "aten": lambda: run(False)}, rounds,
+                            inner=inner_for(lambda: run(False)))
+            r = ratio_stats(t["aten"], t["ours"])
+            name = f"{'channels_last' if last else 'NCHW'}, batch {batch}"
+            whole[name] = dict(times=t, ratio=r, median_ms={k: statistics.median(v) * 1e3 for k, v in t.items()})
+            log(f"| {'channels_last' if last else 'NCHW'} | {batch} | {statistics.median(t['aten']) * 1e3:.2f} | "
+                f"{statistics.median(t['ours']) * 1e3:.2f} | {fmt_ratio(r)} |")
+    log("layers the crop changes (forward alone, the benchmark batch):")
+    layers = []
+    for last in layouts:
+        model = base.to(memory_format=LAST[c["dims"]]) if last else base.to(memory_format=torch.contiguous_format)
+        x = torch.randn(c["batch"], c["in_chans"], *[c["res"]] * c["dims"])
+        for cfg in depthwise_layers(model, x.contiguous(memory_format=LAST[c["dims"]]) if last else x):
+            plan = plan_depthwise(cfg["shape"][2:], cfg["kernel"], cfg["stride"], cfg["padding"])
+            if not crop_pays_for_inference(plan, cfg["last"]):
+                continue
+            ch = cfg["shape"][1]  # the module in the model's layout, the input in the one it has there
+            m = DEPTHWISE_CONV[c["dims"]](ch, ch, cfg["kernel"], cfg["stride"], cfg["padding"], groups=ch).eval()
+            m = m.to(memory_format=LAST[c["dims"]]) if last else m
+            xin = torch.randn(cfg["shape"])
+            xin = xin.contiguous(memory_format=LAST[c["dims"]]) if cfg["last"] else xin
+
+            def fwd(fast: bool, m: nn.Module = m, xin: torch.Tensor = xin) -> None:
+                with torch.no_grad(), use_fast_backward(fast):
+                    m(xin)
+
+            t = interleaved({"ours": lambda: fwd(True), "aten": lambda: fwd(False)}, rounds,
+                            inner=inner_for(lambda: fwd(False)))
+            r = ratio_stats(t["aten"], t["ours"])
+            log(f"  {'channels_last' if last else 'NCHW'} model: {layer_label(cfg)} live "
+                f"{'x'.join(map(str, plan.kernel))}: ATen {statistics.median(t['aten']) * 1e3:.2f} ms, ours "
+                f"{statistics.median(t['ours']) * 1e3:.2f} ms, {fmt_ratio(r)}")
+            layers.append(dict(cfg, model_channels_last=last, shape=list(cfg["shape"]), live_kernel=plan.kernel,
+                               times=t, ratio=r, median_ms={k: statistics.median(v) * 1e3 for k, v in t.items()},
+                               label=layer_label(cfg)))
+    return dict(whole=whole, layers=layers)
+
+
 def inner_for(fn: Callable[[], Any], target_s: float = 0.01) -> int:
     """Calls per timed sample so one sample lasts about `target_s` (small layers are otherwise timer noise)."""
     fn()
@@ -332,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in ("layers", "methods", "step")]
+    known = ("layers", "methods", "step", "infer")
+    bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
-        ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step")
+        ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
+                 "infer")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -357,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             if "step" in sections:
                 quick_rounds = 3 if key == "b0" else 5
                 run["step"] = section_step(key, args.rounds or (quick_rounds if args.quick else 10), log)
+            if "infer" in sections:
+                run["infer"] = section_infer(key, args.rounds or (3 if args.quick else 15), log)
             result["runs"][f"{key}@{th}"] = run
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start

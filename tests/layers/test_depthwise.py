@@ -415,3 +415,91 @@ def test_ddp_single_process(tmp_path):
         torch.testing.assert_close(dw.weight.grad, ref[1].conv.weight.grad)
     finally:
         dist.destroy_process_group()
+
+
+# -- inference on maps smaller than the kernel -----------------------------------------------------------------
+class ConvCalls(torch.overrides.TorchFunctionMode):
+    """Records the kernel size of every convolution torch runs (F.convNd reach torch.conv1d/2d/3d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.conv1d, torch.conv2d, torch.conv3d):
+            self.kernels.append(tuple(args[1].shape[2:]))
+        return func(*args, **(kwargs or {}))
+
+
+INFER_GRID = [(dims, n, k, s, last) for dims in (1, 2, 3) for n in (1, 2, 3) for k in (3, 5, 7) for s in (1, 2)
+              for last in (False, True) if not (last and dims == 1)]
+
+
+@pytest.mark.parametrize("dims, n, k, stride, last", INFER_GRID)
+def test_inference_crop_equals_aten_and_runs_where_it_pays(dims, n, k, stride, last):
+    from mbconv.layers.depthwise import crop_pays_for_inference
+
+    torch.manual_seed(dims * 100 + n * 10 + k)
+    conv = DEPTHWISE_CONV[dims](6, 6, k, stride, k // 2, groups=6).eval()
+    ref = CONV[dims](6, 6, k, stride, k // 2, groups=6)
+    ref.load_state_dict(conv.state_dict())
+    x = make_input(dims, 3, 6, (n,) * dims, last)
+    plan = plan_depthwise((n,) * dims, (k,) * dims, (stride,) * dims, (k // 2,) * dims)
+    with torch.no_grad(), ConvCalls() as calls:
+        y = conv(x)
+    torch.testing.assert_close(y, ref(x).detach(), rtol=1e-5, atol=1e-6)
+    full = (k,) * dims
+    if crop_pays_for_inference(plan, last and n > 1):
+        assert full not in calls.kernels and plan.kernel != full
+    else:
+        assert calls.kernels == [full]
+    conv.requires_grad_(False)  # grad mode on, nothing requires grad: no autograd either, same path
+    with ConvCalls() as calls2:
+        y2 = conv(x)
+    assert calls2.kernels == calls.kernels
+    assert y2.grad_fn is None
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+
+
+def test_inference_crop_follows_the_switch_and_spares_ordinary_maps():
+    conv = DepthwiseConv2d(8, 8, 5, 1, 2, groups=8).eval()
+    with torch.no_grad():
+        with ConvCalls() as calls:
+            conv(torch.randn(2, 8, 1, 1))
+        assert calls.kernels == []  # one live tap: a per-channel multiply
+        with use_fast_backward(False), ConvCalls() as calls:
+            conv(torch.randn(2, 8, 1, 1))
+        assert calls.kernels == [(5, 5)]
+        with ConvCalls() as calls:
+            conv(torch.randn(2, 8, 6, 6))
+        assert calls.kernels == [(5, 5)]
+
+
+def test_tracing_and_onnx_keep_the_full_kernel_on_tiny_maps(tmp_path):
+    conv = DepthwiseConv2d(4, 4, 5, 1, 2, groups=4).eval()
+    x = torch.randn(1, 4, 1, 1)
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x)
+    kinds = [n.kind() for n in traced.graph.nodes()]
+    assert "aten::_convolution" in kinds and "aten::mul" not in kinds
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "dw1x1.onnx"
+    torch.onnx.export(conv, (x,), str(path), dynamo=False, opset_version=17)
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+    assert [tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 4] == [(4, 1, 5, 5)]
+
+
+def test_small_input_network_inference_equals_aten():
+    from mbconv import create_model
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_b0", num_classes=10, in_chans=1, width_mult=0.25).eval()
+    x = torch.randn(4, 1, 32, 32)  # the last stages run 5x5 kernels on 2x2 and 1x1 maps
+    with torch.no_grad():
+        ours = model(x)
+        with use_fast_backward(False):
+            aten = model(x)
+        last = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(ours, aten, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, aten, rtol=1e-4, atol=1e-4)

@@ -3,8 +3,10 @@
 ATen's CPU depthwise backward costs 5-15x its forward for 5-tap kernels, and for any kernel on 1x1 / 2x2 maps
 (channels_last; far more in NCHW). `DepthwiseConv1d/2d/3d` are nn.Conv1d/2d/3d subclasses (same parameters,
 state-dict keys, isinstance checks, surgery and export); during a CPU training step, for shapes where the rule
-below leaves ATen, they run `DepthwiseConvFunction`; otherwise, and for inference, torch.compile, tracing, ONNX
-export and torch.func transforms, the plain `F.convNd`.
+below leaves ATen, they run `DepthwiseConvFunction`. Eager CPU calls without autograd (evaluation, calibration)
+run the cropped kernel where it pays (`crop_pays_for_inference`: maps of one pixel, strided NCHW maps smaller than
+the kernel), which ATen runs 10-300x slower; torch.compile, tracing, ONNX export, torch.func transforms and every
+other call see the plain `F.convNd`.
 
 `DepthwiseConvFunction`:
 - crops the kernel to the taps that ever touch the input (a 5-tap kernel on a 1x1 map has one live tap, on a
@@ -18,8 +20,8 @@ export and torch.func transforms, the plain `F.convNd`.
   and grad_output as the per-group kernel, summed over the batch.
 The rule and the measurements behind it: docs/bench/depthwise.md (`benchmarks/depthwise.py --sections methods`).
 
-`use_fast_backward(False)` (a context manager) or `set_fast_backward(False)` switches back to ATen's backward, for
-benchmarks and checks on the same weights.
+`use_fast_backward(False)` (a context manager) or `set_fast_backward(False)` switches back to ATen's backward and
+ATen's full-kernel inference, for benchmarks and checks on the same weights.
 """
 
 from __future__ import annotations
@@ -337,10 +339,11 @@ def is_depthwise(conv: nn.Module) -> bool:
 
 
 def exporting_or_transforming() -> bool:
-    """True while torch.jit, torch.compile / torch.export or the ONNX exporter traces the model, or inside a
-    torch.func transform (vjp, vmap, jacrev, ...)."""
+    """True while torch.jit, torch.compile / torch.export or the ONNX exporter traces the model, inside a
+    torch.func transform (vjp, vmap, jacrev, ...), or under a torch dispatch mode (FlopCounterMode, FakeTensorMode:
+    analysis tools see the network's nominal ops, not our faster equivalents)."""
     return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-                or functorch_active())
+                or functorch_active() or dispatch_mode_active())
 
 
 def functorch_active() -> bool:
@@ -350,14 +353,36 @@ def functorch_active() -> bool:
     return True if query is None else bool(query())
 
 
-def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `conv(x)` should run `DepthwiseConvFunction`: switch on, a batched CPU float input, a depthwise
-    conv with dilation 1 and numeric zero padding, and autograd recording a gradient for x or the weight."""
-    return (_state["enabled"] and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+def geometry_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether our kernels cover `conv(x)` at all: switch on, a batched CPU float input, a depthwise conv with
+    dilation 1 and numeric zero padding, and nothing tracing, compiling, exporting or transforming the call."""
+    return (_state["enabled"] and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and x.dim() == weight.dim() and is_depthwise(conv) and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and all(d == 1 for d in conv.dilation)
             and not exporting_or_transforming())
+
+
+def dispatch_mode_active() -> bool:
+    """Whether a TorchDispatchMode is on the stack (torch has no public query; True if the query is missing)."""
+    query = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return True if query is None else query() > 0
+
+
+def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `conv(x)` should run `DepthwiseConvFunction`: `geometry_applies` and autograd recording a gradient
+    for x or the weight."""
+    return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and geometry_applies(conv, x, weight))
+
+
+def crop_pays_for_inference(plan: DepthwisePlan, channels_last: bool = False) -> bool:
+    """Whether a call without autograd should run the cropped kernel instead of ATen's full one: one live tap
+    (maps of one pixel: a per-channel multiply; ATen took 53 ms for 256 x 576 at 1x1 with a 5x5 kernel, the
+    multiply 0.15 ms), or a strided NCHW kernel with dead taps (256 x 336 at 2x2, 5x5 stride 2: 29.6 vs 0.3 ms).
+    Elsewhere (3x3 live taps of a 5x5 kernel on 2x2 maps) the two take the same time within the crop's own
+    padding cost, so ATen's runs. Measured in docs/bench/depthwise.md (section "Inference on small maps")."""
+    return plan.cropped and (math.prod(plan.kernel) == 1
+                             or (not channels_last and any(s > 1 for s in plan.stride)))
 
 
 class TrainingForward:
@@ -372,20 +397,38 @@ class TrainingForward:
 
 class DepthwiseForward(TrainingForward):
     """Mixin for the nn.ConvNd subclasses below: training steps go through `DepthwiseConvFunction` where it
-    changes something (`own_backward`); everything else is nn.ConvNd's forward."""
+    changes something (`own_backward`), calls without autograd through the cropped kernel where that pays
+    (`crop_pays_for_inference`); everything else is nn.ConvNd's forward."""
 
     @torch.jit.unused
     def eager_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         weight = self.weight  # read once: a parametrization (fake quantization) computes it on access
-        if fast_path_applies(self, input, weight):
-            try:
-                plan = cached_plan(tuple(input.shape[2:]), self.kernel_size, self.stride, self.padding)
-            except ValueError:  # input too small for the kernel: let nn.ConvNd raise its usual error
-                plan = None
-            if plan is not None and own_backward(plan, is_channels_last(input)):
-                # shapes are the module's own: straight to the Function (its Python costs add up over a net)
-                return DepthwiseConvFunction.apply(input, weight, self.bias, self.stride, self.padding)
+        if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+            if geometry_applies(self, input, weight):
+                plan = self.plan_for(input)
+                if plan is not None and own_backward(plan, is_channels_last(input)):
+                    # shapes are the module's own: straight to the Function (its Python adds up over a net)
+                    return DepthwiseConvFunction.apply(input, weight, self.bias, self.stride, self.padding)
+        elif not torch.jit.is_tracing() and input.dim() == weight.dim() \
+                and min(input.shape[2:], default=0) < max(self.kernel_size):
+            # without autograd only maps smaller than the kernel have dead taps; the cheap tests come first so
+            # that inference on ordinary maps (and on small ones where cropping does not pay) costs nothing extra
+            plan = self.plan_for(input)
+            if plan is not None and crop_pays_for_inference(plan, is_channels_last(input)) \
+                    and geometry_applies(self, input, weight):
+                return dw_conv(conv_input(input, plan), weight[plan.tap_slices()], self.bias, plan.stride,
+                               plan.conv_padding)
         return self._conv_forward(input, weight, self.bias)
+
+    def plan_for(self, input: torch.Tensor) -> DepthwisePlan | None:  # noqa: A002
+        """The cached live-tap plan for this input's spatial size; None where none applies (string padding, an
+        input too small for the kernel: nn.ConvNd then raises its usual error)."""
+        if isinstance(self.padding, str):
+            return None
+        try:
+            return cached_plan(tuple(input.shape[2:]), self.kernel_size, self.stride, self.padding)
+        except ValueError:
+            return None
 
 
 class DepthwiseConv1d(DepthwiseForward, nn.Conv1d):
