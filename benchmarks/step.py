@@ -1,7 +1,7 @@
 """The training step, part by part: which candidate speed-ups of issue 15 pay, and B0's step time and peak memory
 against timm's same network.
 
-    .venv/bin/python -m benchmarks.step [--sections tour,b0,lean] [--threads 1] [--clock cpu|wall] [--rounds 10]
+    .venv/bin/python -m benchmarks.step [--sections tour,b0,modes,lean] [--threads 1] [--clock cpu|wall] [--rounds 10]
         [--compile] [--quick] [--out results/bench/step.json]
 
 Sections:
@@ -19,6 +19,9 @@ Sections:
   `lean_layers` with the size rule), ours with no memory-lean layers, ours memory-lean on every layer, and timm's
   same network with the same weights (`benchmarks.run.build_pair`), step time interleaved, and each one's peak
   memory in one step.
+- modes (not in the default run): B0 as in `b0`, ours (trainer) and timm, each eager, under `torch.compile`
+  (inductor; compile time of the first two steps beside it) and under bf16 autocast: whether either execution
+  mode is a way to the B0 target, for ours or for timm.
 - lean (not in the default run): the size rule's threshold, `lean_layers(min_numel=...)` for each of
   `LEAN_THRESHOLDS` and off, on the tour step (ratio to off per round) and on B0 (ratio to timm per round, step
   peak / timm's): what `LEAN_MIN_NUMEL` was chosen from.
@@ -180,6 +183,54 @@ def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], Non
             "peak_vs_timm": {k: v / peaks["timm"] for k, v in peaks.items()}, "weights_mib": weights / 2**20}
 
 
+def autocast_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """`sgd_step` with the forward and loss under bf16 autocast (CPU)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def section_modes(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
+    ours, theirs, x, y = b0_pair()
+    ours = lean_copy(ours, "auto")
+    steps: dict[str, Callable[[], None]] = {"ours eager": sgd_step(ours, x, y), "timm eager": sgd_step(theirs, x, y)}
+    # a fresh inductor cache unless set (as in section_tour); timm compiles second and reuses the kernels
+    # inductor generated for ours (the same network), so its compile time is the smaller one by construction
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _USER_INDUCTOR_CACHE or tempfile.mkdtemp(prefix="inductor_step_")
+    compile_s = {}
+    for name, model in (("ours", ours), ("timm", theirs)):
+        step = sgd_step(torch.compile(copy.deepcopy(model)), x, y)
+        t0 = time.perf_counter()
+        step()
+        step()
+        compile_s[name] = time.perf_counter() - t0
+        steps[f"{name} compiled"] = step
+    steps["ours bf16 autocast"] = autocast_step(copy.deepcopy(ours), x, y)
+    steps["timm bf16 autocast"] = autocast_step(copy.deepcopy(theirs), x, y)
+    times = interleaved_steps(steps, rounds, clock)
+    median = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    ratios = {k: ratio_stats(times["timm eager"], v) for k, v in times.items() if k != "timm eager"}
+    log(f"\n### B0 224 px, batch 8, SGD, channels_last: execution modes, {torch.get_num_threads()} thread(s), "
+        f"{rounds} interleaved rounds")
+    log("| variant | median ms | timm eager / variant per round |")
+    log("|---|---|---|")
+    for k, m in median.items():
+        r = ratios.get(k)
+        cell = "-" if r is None else f"x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+        log(f"| {k} | {m:.1f} | {cell} |")
+    log(f"compile time, first two steps (s): ours {compile_s['ours']:.0f} (cache "
+        f"{os.environ['TORCHINDUCTOR_CACHE_DIR']}), timm {compile_s['timm']:.0f} (after ours, same cache)")
+    return {"times": times, "median_ms": median, "ratios_timm_eager_over": ratios, "compile_first_2_steps_s": compile_s}
+
+
 LEAN_THRESHOLDS = (0, 2**18, 2**19, 2**20, 2**21, 2**22)
 
 
@@ -215,7 +266,7 @@ def section_lean(rounds: int, clock: Callable[[], float], log: Callable[[str], N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, lean")
+    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, modes, lean")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 tour, 6 b0)")
@@ -224,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench/step.json")
     args = ap.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    bad = [s for s in sections if s not in ("tour", "b0", "lean")]
+    bad = [s for s in sections if s not in ("tour", "b0", "modes", "lean")]
     if bad:
-        ap.error(f"unknown section(s) {bad}: choose from tour, b0, lean")
+        ap.error(f"unknown section(s) {bad}: choose from tour, b0, modes, lean")
     if args.threads < 1:
         ap.error(f"invalid --threads {args.threads}: expected >= 1")
     torch.set_num_threads(args.threads)
@@ -243,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         result["tour"] = section_tour(args.rounds or (3 if args.quick else 10), clock, args.compile, log)
     if "b0" in sections:
         result["b0"] = section_b0(args.rounds or (3 if args.quick else 6), clock, log)
+    if "modes" in sections:
+        result["modes"] = section_modes(args.rounds or (3 if args.quick else 6), clock, log)
     if "lean" in sections:
         result["lean"] = section_lean(args.rounds or (3 if args.quick else 12), clock, log)
     result["load_average_end"] = list(os.getloadavg())
