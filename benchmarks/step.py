@@ -1,8 +1,8 @@
 """The training step, part by part: which candidate speed-ups of issue 15 pay, and B0's step time and peak memory
 against timm's same network.
 
-    .venv/bin/python -m benchmarks.step [--sections tour,b0,modes,lean] [--threads 1] [--clock cpu|wall] [--rounds 10]
-        [--compile] [--quick] [--out results/bench/step.json]
+    .venv/bin/python -m benchmarks.step [--sections tour,b0,modes,heap,lean] [--threads 1] [--clock cpu|wall]
+        [--rounds 10] [--compile] [--quick] [--out results/bench/step.json]
 
 Sections:
 - tour: the tour model's training step as the trainer runs it (`benchmarks.profile.TourStep`: seeded augmented
@@ -22,6 +22,10 @@ Sections:
 - modes (not in the default run): B0 as in `b0`, ours (trainer) and timm, each eager, under `torch.compile`
   (inductor; compile time of the first two steps beside it) and under bf16 autocast: whether either execution
   mode is a way to the B0 target, for ours or for timm.
+- heap (not in the default run): B0 at 224 px, channels_last, batch 8 and 32, ours as the trainer prepares it and
+  timm, each with glibc's default allocation and with `mbconv.train.heap.large_tensor_heap()` (what `Trainer.fit`
+  does on CPU): one fresh process per configuration (`benchmarks.train_step`), so that the allocator state and the
+  peak RSS (VmHWM) are that configuration's own; the configurations alternate over `--rounds` repetitions.
 - lean (not in the default run): the size rule's threshold, `lean_layers(min_numel=...)` for each of
   `LEAN_THRESHOLDS` and off, on the tour step (ratio to off per round) and on B0 (ratio to timm per round, step
   peak / timm's): what `LEAN_MIN_NUMEL` was chosen from.
@@ -231,6 +235,42 @@ def section_modes(rounds: int, clock: Callable[[], float], log: Callable[[str], 
     return {"times": times, "median_ms": median, "ratios_timm_eager_over": ratios, "compile_first_2_steps_s": compile_s}
 
 
+def section_heap(rounds: int, threads: int, log: Callable[[str], None]) -> dict:
+    import json
+    import subprocess
+
+    configs = [(batch, impl, heap) for batch in (8, 32) for impl in ("ours_trainer", "timm") for heap in (False, True)]
+    runs: dict[str, list[dict]] = {}
+    for r in range(rounds):
+        for batch, impl, heap in configs[r % 2:] + configs[:r % 2]:  # alternate the order between rounds
+            cmd = [sys.executable, "-m", "benchmarks.train_step", "--impl", impl, "--batch", str(batch),
+                   "--channels-last", "--threads", str(threads), "--steps", "6", "--warmup", "2"]
+            cmd += ["--large-tensor-heap"] if heap else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.setdefault(f"{impl}, batch {batch}, heap {'on' if heap else 'off'}", []).append(row)
+    summary: dict[str, dict] = {}
+    log(f"\n### B0 224 px, channels_last, SGD: large tensors from the heap, {threads} thread(s), {rounds} process(es) "
+        "per configuration")
+    log("| configuration | median step ms | peak RSS MiB | off / on, step time | on / off, peak RSS |")
+    log("|---|---|---|---|---|")
+    for batch in (8, 32):
+        for impl in ("ours_trainer", "timm"):
+            off, on = (runs[f"{impl}, batch {batch}, heap {h}"] for h in ("off", "on"))
+            med = {h: statistics.median(t for row in rows for t in row["times"]) * 1e3
+                   for h, rows in (("off", off), ("on", on))}
+            rss = {h: max(row["peak_rss_mib"] for row in rows) for h, rows in (("off", off), ("on", on))}
+            key = f"{impl}, batch {batch}"
+            summary[key] = {"median_ms": med, "peak_rss_mib": rss, "time_off_over_on": med["off"] / med["on"],
+                            "rss_on_over_off": rss["on"] / rss["off"]}
+            for h in ("off", "on"):
+                cells = (f"x{med['off'] / med['on']:.2f} | {rss['on'] / rss['off']:.2f}" if h == "on" else "- | -")
+                log(f"| {key}, heap {h} | {med[h]:.0f} | {rss[h]:.0f} | {cells} |")
+    return {"runs": runs, "summary": summary}
+
+
 LEAN_THRESHOLDS = (0, 2**18, 2**19, 2**20, 2**21, 2**22)
 
 
@@ -266,7 +306,7 @@ def section_lean(rounds: int, clock: Callable[[], float], log: Callable[[str], N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, modes, lean")
+    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, modes, heap, lean")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 tour, 6 b0)")
@@ -275,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench/step.json")
     args = ap.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    bad = [s for s in sections if s not in ("tour", "b0", "modes", "lean")]
+    bad = [s for s in sections if s not in ("tour", "b0", "modes", "heap", "lean")]
     if bad:
-        ap.error(f"unknown section(s) {bad}: choose from tour, b0, modes, lean")
+        ap.error(f"unknown section(s) {bad}: choose from tour, b0, modes, heap, lean")
     if args.threads < 1:
         ap.error(f"invalid --threads {args.threads}: expected >= 1")
     torch.set_num_threads(args.threads)
@@ -296,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         result["b0"] = section_b0(args.rounds or (3 if args.quick else 6), clock, log)
     if "modes" in sections:
         result["modes"] = section_modes(args.rounds or (3 if args.quick else 6), clock, log)
+    if "heap" in sections:
+        result["heap"] = section_heap(args.rounds or (1 if args.quick else 2), args.threads, log)
     if "lean" in sections:
         result["lean"] = section_lean(args.rounds or (3 if args.quick else 12), clock, log)
     result["load_average_end"] = list(os.getloadavg())

@@ -1,7 +1,11 @@
 """One training configuration, timed and measured in this (child) process; prints one JSON line.
 
-    python -m benchmarks.train_step --impl timm|ours|ours_lean|ours_ckpt [--batch 8] [--resolution 224]
-        [--steps 5] [--warmup 2] [--channels-last] [--threads 2] [--tour]
+    python -m benchmarks.train_step --impl timm|ours|ours_trainer|ours_lean|ours_ckpt [--batch 8] [--resolution 224]
+        [--steps 5] [--warmup 2] [--channels-last] [--threads 2] [--tour] [--large-tensor-heap]
+
+`ours_trainer` is ours as the Trainer prepares it (small-map 1x1 convs as matrix products, memory-lean layers on
+large maps); `--large-tensor-heap` runs the steps inside `mbconv.train.heap.large_tensor_heap()`, as `Trainer.fit`
+does on CPU.
 
 Run by `benchmarks.run` in a fresh process per configuration, so that peak RSS (`ru_maxrss`) belongs to that
 configuration alone (VmHWM of this process). Reports the RSS after imports and after building the model and
@@ -11,6 +15,7 @@ optimizer (baselines) and the peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -38,7 +43,8 @@ def peak_mib() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", required=True,
-                    choices=("timm", "ours", "ours_lean", "ours_ckpt", "ours_lean_ckpt", "ours_lean_ckpt3"))
+                    choices=("timm", "ours", "ours_trainer", "ours_lean", "ours_ckpt", "ours_lean_ckpt",
+                             "ours_lean_ckpt3"))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--steps", type=int, default=5)
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tour", action="store_true", help="the tour model: B0 spec, width 0.5, 1 channel, 10 classes")
+    ap.add_argument("--large-tensor-heap", action="store_true", help="steps inside large_tensor_heap() (as fit)")
     args = ap.parse_args()
 
     import torch
@@ -69,6 +76,12 @@ def main() -> None:
 
         over = dict(width_mult=0.5) if args.tour else {}
         model = create_model("efficientnet_b0", num_classes=classes, in_chans=in_chans, **over)
+        if args.impl == "ours_trainer":
+            from mbconv.layers.memory import lean_layers
+            from mbconv.layers.pointwise import fast_pointwise
+
+            fast_pointwise(model)
+            lean_layers(model)
         if "lean" in args.impl:
             memory_efficient(model)
         if args.impl.endswith("ckpt"):
@@ -87,6 +100,10 @@ def main() -> None:
     rss_model = rss_mib()
     peak_before = peak_mib()
     times, cpu = [], []
+    from mbconv.train.heap import large_tensor_heap
+
+    heap = contextlib.ExitStack()
+    heap_active = heap.enter_context(large_tensor_heap(args.large_tensor_heap))
     for i in range(args.warmup + args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
@@ -97,7 +114,9 @@ def main() -> None:
         if i >= args.warmup:
             times.append(dt)
             cpu.append(dc)
+    heap.close()
     print(json.dumps({"impl": args.impl, "channels_last": args.channels_last, "batch": args.batch,
+                      "large_tensor_heap": heap_active,
                       "resolution": args.resolution, "times": times, "median_s": statistics.median(times),
                       "cpu_times": cpu, "median_cpu_s": statistics.median(cpu),
                       "min_s": min(times), "rss_after_model_mib": rss_model, "rss_after_import_mib": rss_import,

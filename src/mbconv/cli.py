@@ -211,7 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     label_smoothing=args.label_smoothing, ema_decay=args.ema, augment=not args.no_augment,
                     seed=args.seed, resume=args.resume, deterministic=args.deterministic, weights=args.weights,
                     freeze=args.freeze, channels=args.channels, norm=args.norm,
-                    extra_train={"memory_lean": args.memory_lean})
+                    extra_train={"memory_lean": args.memory_lean,
+                                 "large_tensor_heap": not args.no_large_tensor_heap})
     row = train_run(cfg)
     acc = row.get("test_acc")
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -346,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--memory-lean", choices=("auto", "on", "off"), default="auto",
                     help="recompute BN outputs and SE products in backward instead of storing them: on large maps "
                          "only (auto: no cost on small ones), on every layer, or off")
+    sp.add_argument("--no-large-tensor-heap", action="store_true",
+                    help="keep glibc's default of a fresh mmap per tensor over 32 MiB (by default freed large "
+                         "tensors are reused from the heap during training: faster on large maps, higher peak RSS)")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
     sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
     sp.add_argument("--data", type=text, help="another dataset with the same classes")

@@ -48,6 +48,7 @@ class TrainConfig:
     tune_threads: bool = True  # CPU, one process, not deterministic: time 1 vs all threads per epoch, keep the faster
     # memory-lean training layers (layers.memory.lean_layers): "auto" on large maps only, "on" every layer, "off"
     memory_lean: str = "auto"
+    large_tensor_heap: bool = True  # CPU: glibc keeps freed large tensors for reuse during fit (train/heap.py)
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):

@@ -23,6 +23,7 @@ from ..layers.memory import LEAN_MODES, lean_layers
 from ..layers.pointwise import fast_pointwise
 from .config import TrainConfig
 from .distributed import barrier, dist_active, init_distributed
+from .heap import large_tensor_heap
 from .loops import EpochMeter, evaluate, train_one_epoch
 from .optim import ModelEma, make_optimizer, make_scheduler
 from .sampling import ResumableSampler, make_shard_loader
@@ -110,6 +111,7 @@ class Trainer:
         # CPU thread count timed per epoch (1 vs all): a loaded machine makes 2 threads up to 15x slower
         self.tuner = ThreadTuner() if cfg.tune_threads and ThreadTuner.wanted(
             self.device, self.world_size, cfg.deterministic) else None
+        self.heap_active = False  # whether fit() runs with large tensors from the heap (train/heap.py)
         self.net = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -126,7 +128,9 @@ class Trainer:
         ok = False
         threads = torch.get_num_threads()
         try:
-            with deterministic_algorithms(self.cfg.deterministic):
+            # large tensors reused from the heap instead of mmapped afresh each step (train/heap.py); CPU only
+            with deterministic_algorithms(self.cfg.deterministic), large_tensor_heap(
+                    self.cfg.large_tensor_heap and self.device.type == "cpu") as self.heap_active:
                 row = self._fit()
             ok = True
             return row
@@ -187,6 +191,7 @@ class Trainer:
             row.update(self._eval_metrics())
             row["lr"] = stats["lr"]
             row["threads"] = torch.get_num_threads()
+            row["large_tensor_heap"] = self.heap_active
             row["seconds"] = round(time.time() - t0, 3)
             self.epoch, self.epoch_step = epoch + 1, 0
             self.meter.reset()
