@@ -503,3 +503,16 @@ def test_small_input_network_inference_equals_aten():
         last = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(ours, aten, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(last, aten, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_fx_symbolic_trace_records_the_plain_conv(grad):
+    from mbconv.layers.pointwise import PointwiseConv2d
+
+    seq = nn.Sequential(DepthwiseConv2d(8, 8, 5, 1, 2, groups=8), PointwiseConv2d(8, 4, 1))
+    with torch.set_grad_enabled(grad):
+        gm = torch.fx.symbolic_trace(seq)
+    x = torch.randn(2, 8, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), seq(x))
+    assert sum(n.target is F.conv2d or "conv" in str(n.target) for n in gm.graph.nodes) == 2

@@ -362,6 +362,12 @@ def geometry_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> 
             and not exporting_or_transforming())
 
 
+def fx_proxy(x: object) -> bool:
+    """Whether `x` is a torch.fx symbolic-tracing proxy (its shape and flags are not values: such calls take the
+    plain op before anything reads them)."""
+    return isinstance(x, torch.fx.Proxy)
+
+
 def dispatch_mode_active() -> bool:
     """Whether a TorchDispatchMode is on the stack (torch has no public query; True if the query is missing)."""
     query = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -403,13 +409,15 @@ class DepthwiseForward(TrainingForward):
     @torch.jit.unused
     def eager_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         weight = self.weight  # read once: a parametrization (fake quantization) computes it on access
-        if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        if fx_proxy(input):
+            pass
+        elif torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
             if geometry_applies(self, input, weight):
                 plan = self.plan_for(input)
                 if plan is not None and own_backward(plan, is_channels_last(input)):
                     # shapes are the module's own: straight to the Function (its Python adds up over a net)
                     return DepthwiseConvFunction.apply(input, weight, self.bias, self.stride, self.padding)
-        elif not torch.jit.is_tracing() and input.dim() == weight.dim() \
+        elif not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and input.dim() == weight.dim() \
                 and min(input.shape[2:], default=0) < max(self.kernel_size):
             # without autograd only maps smaller than the kernel have dead taps; the cheap tests come first so
             # that inference on ordinary maps (and on small ones where cropping does not pay) costs nothing extra

@@ -50,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .conv import ConvNormAct
-from .depthwise import exporting_or_transforming
+from .depthwise import exporting_or_transforming, fx_proxy
 from .se import SqueezeExcite
 
 __all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "BNActFn", "GatedConvFn",
@@ -75,8 +75,8 @@ LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate")
 def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
     """Whether a lean Function should run on `x`: autograd recording, at least `min_numel` elements, and no
     autocast, tracing, compile, export or torch.func transform (those see the plain ops)."""
-    return (torch.is_grad_enabled() and x.numel() >= min_numel and not torch.is_autocast_enabled(x.device.type)
-            and not exporting_or_transforming())
+    return (not fx_proxy(x) and torch.is_grad_enabled() and x.numel() >= min_numel
+            and not torch.is_autocast_enabled(x.device.type) and not exporting_or_transforming())
 
 
 def hooked(module: nn.Module) -> bool:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import TrainingForward, exporting_or_transforming
+from .depthwise import TrainingForward, exporting_or_transforming, fx_proxy
 
 __all__ = ["MAX_LINEAR_PIXELS", "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise",
            "is_pointwise", "linear_applies"]
@@ -47,9 +47,9 @@ def is_pointwise(conv: nn.Module) -> bool:
 def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a pointwise conv of `x` runs as `F.linear`: a CPU float training step (autograd recording) on a map
     of at most `MAX_LINEAR_PIXELS` pixels that is a single pixel or channels_last."""
-    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64) and x.dim() == weight.dim() and x.dim() >= 3) \
-            or exporting_or_transforming():
+    if fx_proxy(x) or not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+                           and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                           and x.dim() == weight.dim() and x.dim() >= 3) or exporting_or_transforming():
         return False
     pixels = math.prod(x.shape[2:])
     if pixels > MAX_LINEAR_PIXELS:
