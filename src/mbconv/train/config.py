@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from ..layers.memory import LEAN_MODES
@@ -55,7 +57,38 @@ class TrainConfig:
             raise ValueError(f"progress must be 'auto', 'tqdm', 'plain' or 'none', not {self.progress!r}")
         if not isinstance(self.memory_lean, str) or self.memory_lean not in LEAN_MODES:
             raise ValueError(f"memory_lean must be 'auto', 'on' or 'off', not {self.memory_lean!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError("ema_decay and label_smoothing must be in [0, 1)")
+        if not isinstance(self.optimizer, str) or self.optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        for name in ("epochs", "batch_size"):
+            check_int(name, getattr(self, name), low=1)
+        for name in ("ckpt_every_steps", "max_steps", "num_workers", "eval_batch_size"):
+            check_int(name, getattr(self, name), low=0)
+        check_int("seed", self.seed)
+        check_real("lr", self.lr, positive=True)
+        for name in ("weight_decay", "warmup_epochs", "min_lr", "grad_clip"):
+            check_real(name, getattr(self, name))
+        for name in ("momentum", "ema_decay", "label_smoothing"):
+            check_real(name, getattr(self, name), below_one=True)
+        for name in ("bf16", "deterministic", "resume", "drop_last", "save_best", "tune_threads",
+                     "large_tensor_heap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
+
+
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+
+
+def check_int(name: str, value: object, low: int | None = None) -> None:
+    """A one-line error naming the field unless `value` is an int (not a bool) of at least `low`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, not {value!r}")
+
+
+def check_real(name: str, value: object, positive: bool = False, below_one: bool = False) -> None:
+    """A one-line error naming the field unless `value` is a finite number >= 0 (> 0 if `positive`, < 1 if
+    `below_one`)."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > 0 if positive else value >= 0) and (not below_one or value < 1))
+    if not ok:
+        rng = "> 0" if positive else ("in [0, 1)" if below_one else ">= 0")
+        raise ValueError(f"{name} must be a finite number {rng}, not {value!r}")
