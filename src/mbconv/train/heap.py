@@ -3,11 +3,12 @@
 glibc serves an allocation above its mmap threshold with a fresh ``mmap`` and unmaps it on free; the threshold
 adapts upwards to at most 32 MiB and no further. Every larger tensor (an EfficientNet-B0 activation or gradient at
 224 px from batch 8 on: 8 x 96 x 112^2 floats are 38.5 MiB) is therefore mapped anew in every training step and
-page-faulted on first touch: filling a fresh 38.5 MiB tensor took 13.7 ms here against 1.4 ms for a reused
-30 MiB one. :func:`large_tensor_heap` raises the mmap and trim thresholds for the duration of a run, so freed large
-tensors stay in the heap and the next step reuses them. Measured on B0 at 224 px (docs/bench/depthwise.md,
-section "Large tensors from the heap"): a large gain at batch 32, none at batch 8, and a higher peak RSS (the heap
-keeps freed blocks; fragmentation), which is why it is a run-scoped setting with an off switch
+page-faulted on first touch (docs/bench/depthwise.md, "Found on the way": filling a new 38.5 MiB tensor took
+17.6 ms there against 1.1 ms for a 30 MiB one). :func:`large_tensor_heap` raises the mmap and trim
+thresholds for the duration of a run, so freed large tensors stay in the heap and the next step reuses them.
+Measured at 224 px (docs/bench/depthwise.md, section "Large tensors from the heap"): B0's step faster at batch 8
+and more so at batch 32, the pretrained Lite0's too, for a higher peak RSS (the heap keeps freed blocks, fragmented),
+which is why it is a run-scoped setting with an off switch
 (``TrainConfig.large_tensor_heap``, ``mbconv train --no-large-tensor-heap``).
 
 On exit the thresholds go to the values glibc's own adaptation ends at after large frees (mmap 32 MiB, trim
