@@ -1,10 +1,14 @@
 """mbconv.workflow: the initial weights are a function of the run's seed; fit_spec caches its runs."""
 
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 
 from mbconv.cost import spec_cost
 from mbconv.data import ArrayDataset, DatasetInfo
-from mbconv.workflow import build_for_data, fit_spec
+from mbconv.workflow import RunConfig, build_for_data, fit_spec
 from mbconv.zoo import get_spec
 from mbconv.zoo_nd import mbconv1d_se4_spec
 
@@ -43,3 +47,44 @@ def test_fit_spec_caches(tmp_path) -> None:
     r3 = fit_spec(mbconv1d_se4_spec(), ds, ds, tmp_path / "run", epochs=1, batch_size=8, seed=1)
     assert r3["seed"] == 1 and r3["epochs_done"] == 1
     assert r3["history"][0]["train_loss"] != r1["history"][0]["train_loss"]
+
+
+# -- RunConfig refuses bad values when built, in one line naming the field --------------------------------------
+RUN_BAD = [
+    ("epochs", 0), ("lr", -1.0), ("lr", float("nan")), ("batch_size", 0), ("weight_decay", -1.0),
+    ("label_smoothing", 1.5), ("ema_decay", 1.0), ("seed", 1.5), ("optimizer", "lamb"), ("progress", "loud"),
+    ("resume", "yes"), ("augment", "no"), ("data", ""), ("out", ""), ("out", None), ("model", ""), ("model", 5),
+    ("weights", ""), ("resolution", 0), ("resolution", 2.5), ("width_mult", 0.0), ("depth_mult", float("inf")),
+    ("init", "bogus"), ("channels", 2), ("channels", "3"), ("norm", "bogus"), ("norm", (1, 2, 3)),
+    ("freeze", "stem"), ("freeze", 3), ("overrides", None), ("overrides", {"num_classes": 0}),
+    ("overrides", {"nosuch": 1}), ("extra_train", None), ("extra_train", {"lr": 0.1}), ("extra_train", {"nosuch": 1}),
+    ("extra_train", {"max_steps": -1}),
+]
+
+
+@pytest.mark.parametrize("field, value", RUN_BAD)
+def test_run_config_names_the_bad_field(field, value) -> None:
+    with pytest.raises(ValueError) as e:
+        RunConfig(**{field: value})
+    msg = str(e.value)
+    assert "\n" not in msg
+    # the message names the field (or, for extra_train/overrides, the key inside it) and the value or key
+    key = next(iter(value)) if isinstance(value, dict) and value else None
+    assert field in msg or (key is not None and key in msg)
+    assert repr(value) in msg or (key is not None and repr(key) in msg) or str(key) in msg
+
+
+def test_run_config_checks_model_before_the_data() -> None:
+    with pytest.raises(ValueError, match="missing required token"):
+        RunConfig(model="ir_r1_k3_s1_e6")
+    with pytest.raises(ValueError, match="drop_path_rate=2.0"):
+        RunConfig(model=ARCH, overrides={"drop_path_rate": 2.0})
+    with pytest.raises(ValueError, match="norm=.weights. needs --weights"):
+        RunConfig(norm="weights")
+
+
+def test_run_config_accepts_good_values() -> None:
+    cfg = RunConfig(model=get_spec(ARCH), data="digits8", out=Path("x"), resolution=np.int64(8), width_mult=0.5,
+                    norm=([0.5], [0.25]), channels=3, weights="w.pt", freeze="stem,stages.0-1",
+                    overrides={"se_position": "before_dw"}, extra_train={"max_steps": 3, "memory_lean": "off"})
+    assert cfg.train_config().max_steps == 3 and cfg.train_config().out_dir == "x"

@@ -12,6 +12,7 @@ preprocessed exactly as in training without any pickled object.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -66,6 +67,85 @@ class RunConfig:
     # "weights", or a fixed (mean, std).
     norm: str | tuple[Any, Any] = "auto"
 
+    def __post_init__(self) -> None:
+        """Refuse bad values now, in one line naming the field and value, not after the data are loaded."""
+        from .train.config import check_int, check_real
+
+        for name in ("model", "weights"):  # "" would silently mean "no model" / "no weights"
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, NetSpec) and not _nonempty_path(v):
+                raise ValueError(f"{name} must be a non-empty name or path{' or a NetSpec' * (name == 'model')}, "
+                                 f"not {v!r}")
+        for name in ("data", "out"):
+            if not _nonempty_path(getattr(self, name)):
+                raise ValueError(f"{name} must be a non-empty name or path, not {getattr(self, name)!r}")
+        if self.resolution is not None:
+            check_int("resolution", self.resolution, low=1)
+        for name in ("width_mult", "depth_mult"):
+            check_real(name, getattr(self, name), positive=True)
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"augment must be True or False, not {self.augment!r}")
+        if self.init not in ("tf", "torch"):
+            raise ValueError(f"init must be 'tf' or 'torch', not {self.init!r}")
+        if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
+            raise ValueError(f"channels must be 1, 3 or None, not {self.channels!r}")
+        if isinstance(self.norm, str):
+            if self.norm not in ("auto", "data", "weights"):
+                raise ValueError(f"norm must be 'auto', 'data', 'weights' or (mean, std), not {self.norm!r}")
+        elif not isinstance(self.norm, (tuple, list)) or len(self.norm) != 2:
+            raise ValueError(f"norm must be 'auto', 'data', 'weights' or (mean, std), not {self.norm!r}")
+        if self.freeze is not None:
+            from .finetune import parse_freeze
+
+            if not isinstance(self.freeze, str):
+                raise ValueError(f"freeze must be a string such as 'stem,stages.0' or None, not {self.freeze!r}")
+            if self.freeze.strip() and not self.weights:
+                raise ValueError(f"freeze={self.freeze!r} needs --weights (RunConfig weights=): it keeps "
+                                 "parts of a pretrained network fixed")
+            parse_freeze(self.freeze, num_stages=1000)  # the syntax; stage numbers are checked on the model
+        if self.norm == "weights" and not self.weights:
+            raise ValueError("norm='weights' needs --weights (RunConfig weights=): the mean/std come from them")
+        for name, taken in (("overrides", FROM_DATA), ("extra_train", RUN_TRAIN_FIELDS)):
+            v = getattr(self, name)
+            if not isinstance(v, dict):
+                raise ValueError(f"{name} must be a dict, not {v!r}")
+            clash = sorted(set(v) & set(taken))
+            if clash:
+                raise ValueError(f"{name} must not set {', '.join(map(repr, clash))}: "
+                                 + ("it comes from the data or a RunConfig field" if name == "overrides" else
+                                    "set the RunConfig field of that name instead"))
+        fields_ = {f.name for f in dataclasses.fields(NetSpec)}
+        unknown = sorted(set(self.overrides) - fields_)
+        if unknown:
+            raise ValueError(f"overrides has unknown NetSpec field(s) {unknown}")
+        if self.weights is None:  # a bad name, block string or override value fails here, before the data load
+            get_spec(self.model or "efficientnet_b0", **self.overrides)
+        self.train_config()  # the recipe fields and extra_train, checked by TrainConfig (names the field)
+
+    def train_config(self) -> Any:
+        """The run's `mbconv.train.TrainConfig`: the recipe fields plus `extra_train`, writing to `out`."""
+        from .train import TrainConfig
+
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.extra_train) - known)
+        if unknown:
+            raise ValueError(f"extra_train has unknown TrainConfig field(s) {unknown}")
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
+                           label_smoothing=self.label_smoothing, ema_decay=self.ema_decay, seed=self.seed,
+                           out_dir=str(self.out), resume=self.resume,
+                           deterministic=self.deterministic, progress=self.progress, **self.extra_train)
+
+
+# NetSpec fields a run takes from its dataset or its own fields, and TrainConfig fields RunConfig sets itself.
+FROM_DATA = ("num_classes", "in_chans", "dims", "resolution", "width_mult", "depth_mult")
+RUN_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing",
+                    "ema_decay", "seed", "out_dir", "resume", "deterministic", "progress")
+
+
+def _nonempty_path(v: Any) -> bool:
+    return isinstance(v, (str, os.PathLike)) and bool(str(v).strip())
+
 
 def build_for_data(model: str | NetSpec, data_info: Any, resolution: int, width_mult: float = 1.0,
                    depth_mult: float = 1.0, init: str = "tf", seed: int | None = None, **overrides: Any) -> MBConvNet:
@@ -100,11 +180,9 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     eval and predict prepare inputs the same way).
     """
     from .data import load_dataset
-    from .train import TrainConfig, Trainer
+    from .train import Trainer
 
     ft = FineTune(cfg) if cfg.weights else None
-    if ft is None and cfg.freeze:
-        raise ValueError("--freeze needs --weights: it keeps parts of a pretrained network fixed")
     opts = {"channels": ft.channels if ft else cfg.channels, "norm": ft.norm if ft else _fixed_norm(cfg.norm)}
     train_ds = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=cfg.seed, **opts)
     val_ds = load_dataset(cfg.data, "val", resolution=cfg.resolution, **opts)
@@ -118,11 +196,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
                                seed=cfg.seed, **cfg.overrides)
     if info.dims == 2:
         model = model.to(memory_format=torch.channels_last)  # ~2x faster conv training on CPU
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
-                       weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
-                       label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, seed=cfg.seed,
-                       out_dir=cfg.out, resume=cfg.resume, deterministic=cfg.deterministic, progress=cfg.progress,
-                       **cfg.extra_train)
+    tcfg = cfg.train_config()
     meta = {"net": model.spec.to_dict(), "init": cfg.init,
             "data": data_meta(train_ds, cfg.data, res, fixed_norm=opts["norm"] is not None),
             **({"finetune": ft.record} if ft else {})}
