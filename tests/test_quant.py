@@ -220,6 +220,56 @@ def test_mixed_precision_overrides(net_and_data):
             QuantConfig(**bad)
 
 
+QUANT_BAD = [("wbits", 0), ("wbits", 33), ("abits", -1), ("wbits", 8.0), ("w_calib", "kl"), ("percentile", math.nan),
+             ("percentile", 10.0), ("placement", None), ("overrides", None), ("w_per_channel", "no"),
+             ("learn_step", 1), ("gate_fixed_range", "yes"), ("calib_max_samples", 10)]
+
+
+@pytest.mark.parametrize("field, value", QUANT_BAD)
+def test_quant_config_names_the_bad_field(field, value):
+    with pytest.raises(ValueError) as e:
+        QuantConfig(**{field: value})
+    msg = str(e.value)
+    assert f"{field}={value!r}" in msg and "\n" not in msg
+
+
+def test_quant_config_takes_numpy_bits(net_and_data):
+    import numpy as np
+
+    m, x = net_and_data
+    cfg = QuantConfig(np.int64(6), np.int64(8), overrides={"stem.conv:weight": np.int64(4)})
+    assert cfg.wbits == 6 and type(cfg.wbits) is int
+    bits = {s: v.spec.bits for s, v in quantizers(ptq(m, cfg, x)).items()}
+    assert bits["stem.conv:weight"] == 4 and bits["stages.0.0.expand.conv:weight"] == 6
+
+
+def test_ptq_and_qat_refuse_bad_arguments(net_and_data):
+    from mbconv.quant.qat import qat
+
+    m, x = net_and_data
+    for kw, words in ((dict(batch_size=0), "batch_size=0"), (dict(num_samples=0), "num_samples=0")):
+        with pytest.raises(ValueError, match=words):
+            ptq(m, QuantConfig(), x, **kw)
+    with pytest.raises(ValueError, match="cfg must be a QuantConfig"):
+        ptq(m, {"wbits": 8}, x)
+    bad = x.clone()
+    bad[3, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):  # would become every quantizer's range
+        ptq(m, QuantConfig(), bad)
+    with pytest.raises(ValueError, match=r"invalid kinds=\['wieght'\]"):
+        quantizers(m, ["wieght"])
+    q = ptq(m, QuantConfig(), x)
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
+    for kw in (dict(lr=-1.0), dict(lr=math.nan), dict(batch_size=0), dict(weight_decay=-1.0),
+               dict(label_smoothing=1.5), dict(max_steps=-1), dict(epochs=0)):
+        (name, value), = kw.items()
+        with pytest.raises(ValueError, match=f"{name} must be") as e:
+            qat(q, ds, **kw)
+        assert repr(value) in str(e.value)
+    with pytest.raises(ValueError, match="fewer than batch_size=128"):  # was a ZeroDivisionError
+        qat(q, ds, batch_size=128)
+
+
 def test_more_bits_less_noise_and_per_channel_weights_matter(net_and_data):
     from mbconv.quant.noise import measure_sqnr
 

@@ -25,6 +25,7 @@ the gate values, which a runtime multiplies in without storing); 'full' = the an
 from __future__ import annotations
 
 import fnmatch
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,19 +82,34 @@ class QuantConfig:
     calib_max_samples: int = 2**16  # values kept per quantizer for percentile/MSE ranges (memory and time)
 
     def __post_init__(self) -> None:
-        if self.placement not in PLACEMENTS:
+        if not isinstance(self.placement, str) or self.placement not in PLACEMENTS:
             raise ValueError(f"invalid placement={self.placement!r}: expected one of {list(PLACEMENTS)}")
         for name in ("wbits", "abits", "gate_bits", "first_last_bits"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 16):
+            if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool) or not 2 <= v <= 16):
                 raise ValueError(f"invalid {name}={v!r}: expected an integer in [2, 16] or None (float)")
+            if v is not None:
+                setattr(self, name, int(v))  # numpy integers too; QuantSpec keeps plain ints
+        for name in ("w_per_channel", "a_per_channel", "a_per_channel_pooled", "w_symmetric", "a_symmetric",
+                     "gate_fixed_range", "learn_step"):
+            if not isinstance(getattr(self, name), bool):  # 'no' would be truthy
+                raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected True or False")
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 50.0 < p <= 100.0:  # also nan
+            raise ValueError(f"invalid percentile={p!r}: expected a number in (50, 100]")
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"invalid overrides={self.overrides!r}: expected a dict of site pattern -> bits")
         for name in ("w_calib", "a_calib"):
             if getattr(self, name) not in CALIBS:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected one of {CALIBS}")
-        if not isinstance(self.calib_max_samples, int) or self.calib_max_samples < 256:
+        cms = self.calib_max_samples
+        if isinstance(cms, bool) or not isinstance(cms, numbers.Integral) or cms < 256:
             raise ValueError(f"invalid calib_max_samples={self.calib_max_samples!r}: expected an integer >= 256")
         for pat, v in self.overrides.items():
-            if v not in (None, 0) and (not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 16):
+            if not isinstance(pat, str):
+                raise ValueError(f"invalid override pattern {pat!r}: expected an fnmatch string such as 'stem.*'")
+            if v not in (None, 0) and (not isinstance(v, numbers.Integral) or isinstance(v, bool)
+                                       or not 2 <= v <= 16):
                 raise ValueError(f"invalid override {pat!r}={v!r}: expected bits in [2, 16], or 0/None for float")
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +205,8 @@ def insert_quantizers(model: nn.Module, cfg: QuantConfig) -> dict[str, FakeQuant
 
     Returns {site: FakeQuantize} in forward order. Quantizers start in 'observe' mode (calibrate next).
     """
+    if not isinstance(cfg, QuantConfig):
+        raise ValueError(f"cfg must be a QuantConfig, not a {type(cfg).__name__}: QuantConfig(**...)")
     if getattr(model, "_quant_handles", None):
         raise ValueError("model already has quantizers: insert into a fresh (BN-folded) copy")
     kinds = PLACEMENTS[cfg.placement]
@@ -205,7 +223,7 @@ def insert_quantizers(model: nn.Module, cfg: QuantConfig) -> dict[str, FakeQuant
             bits = cfg.first_last_bits
         for pat, v in cfg.overrides.items():
             if fnmatch.fnmatchcase(site, pat):
-                bits = v or None
+                bits = int(v) if v else None
                 break
         if bits is None:
             continue
@@ -245,6 +263,8 @@ def _post_hook(fq: FakeQuantize):
 def quantizers(model: nn.Module, kinds: Iterable[str] | None = None) -> dict[str, FakeQuantize]:
     """{site: FakeQuantize} of a quantized model, in forward order (the network input first)."""
     ks = set(kinds) if kinds is not None else None
+    if ks is not None and not ks <= set(KINDS):  # a misspelt kind would select nothing, silently
+        raise ValueError(f"invalid kinds={sorted(ks - set(KINDS))}: expected some of {KINDS}")
     found = [m for m in model.modules() if isinstance(m, FakeQuantize) and m.site and (ks is None or m.kind in ks)]
     found.sort(key=lambda m: getattr(m, "order", 0))
     return {m.site: m for m in found}

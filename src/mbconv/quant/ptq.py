@@ -9,6 +9,7 @@ activations can be compared tensor by tensor (see `mbconv.quant.noise`).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -25,8 +26,11 @@ def iter_batches(data: Any, num_samples: int | None = None, batch_size: int = 12
     """Input batches from a Dataset of (x, y), a DataLoader / iterable of batches, or one tensor; stops after
     `num_samples` samples (all if None), moved to `device` if given. Datasets are read in order (calibration
     must be reproducible)."""
-    if num_samples is not None and num_samples < 1:
-        raise ValueError(f"invalid num_samples={num_samples!r}: must be >= 1")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral)
+                                    or num_samples < 1):
+        raise ValueError(f"invalid num_samples={num_samples!r}: must be an integer >= 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"invalid batch_size={batch_size!r}: must be an integer >= 1")
     if device is not None:
         for x in iter_batches(data, num_samples, batch_size):
             yield x.to(device)
@@ -90,6 +94,8 @@ def calibrate(qmodel: nn.Module, data: Any, num_samples: int = 512, batch_size: 
             q.mode = "observe"
         n = 0
         for x in iter_batches(data, num_samples, batch_size, device=model_device(qmodel)):
+            if not torch.isfinite(x).all():  # NaN/inf would become the ranges of every quantizer, silently
+                raise ValueError(f"calibration data holds NaN or infinite values (batch of shape {tuple(x.shape)})")
             qmodel(x)
             n += x.shape[0]
         if n == 0:

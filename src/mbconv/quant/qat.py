@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..train import evaluate, make_shard_loader, model_device, seed_everything
+from ..train.config import check_int, check_real
 from .insert import quantizers, set_mode
 
 
@@ -24,8 +25,13 @@ def qat(qmodel: nn.Module, train_ds: Any, epochs: int = 1, lr: float = 2e-4, bat
 
     Returns {"steps", "train_loss", "test_acc" (if `test_ds`)}; the model is left in eval mode, quantized.
     """
-    if epochs < 1:
-        raise ValueError(f"invalid epochs={epochs!r}: must be >= 1")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        check_int(name, v, low=1)
+    check_int("max_steps", max_steps, low=0)
+    check_int("seed", seed)
+    check_real("lr", lr, positive=True)
+    check_real("weight_decay", weight_decay)
+    check_real("label_smoothing", label_smoothing, below_one=True)
     qs = quantizers(qmodel)
     if not qs or not all(bool(q.calibrated) or q.spec.fixed_range is not None for q in qs.values()):
         raise ValueError("qat needs a calibrated quantized model: run mbconv.quant.ptq.ptq (or calibrate) first")
@@ -36,6 +42,8 @@ def qat(qmodel: nn.Module, train_ds: Any, epochs: int = 1, lr: float = 2e-4, bat
     params = [p for p in qmodel.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     loader = make_shard_loader(train_ds, batch_size, train=True, seed=seed)
+    if len(loader) == 0:  # the train loader drops a ragged last batch: nothing would be trained
+        raise ValueError(f"train_ds has {len(train_ds)} samples, fewer than batch_size={batch_size}: no full batch")
     total = epochs * len(loader) if not max_steps else min(max_steps, epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
