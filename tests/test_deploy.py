@@ -262,3 +262,45 @@ def test_cli_export_int8_bias_correction_forced(tmp_path, capsys, monkeypatch):
                  str(tmp_path / "h.onnx")]) != 0  # the two switches exclude each other
     assert "not allowed with argument --bias-correction" in capsys.readouterr().err
     assert not (tmp_path / "g.onnx").exists()
+
+
+# -- bad arguments: one line naming what is wrong, before any work and before any file is written ---------------
+def test_export_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    from mbconv.export import export_int8, ort_run, ort_session, quantize_onnx, time_sessions
+
+    torch.manual_seed(0)
+    m = MBConvNet(create_model("ir_r1_k3_s1_e2_c8_se0.25", num_classes=3, resolution=16).spec).eval()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (lambda: export_onnx(m, tmp_path / "m.onnx", opset=999), "opset=999"),  # torch printed its IR graph
+        (lambda: export_onnx(m, tmp_path / "m.onnx", opset=9), "opset=9"),
+        (lambda: export_onnx(m, tmp_path / "m.onnx", se_multiple=-1), "se_multiple=-1"),
+        (lambda: export_onnx(m, tmp_path, opset=17), "is a folder"),  # was an IsADirectoryError after the export
+        (lambda: export_onnx(m, tmp_path / "afile" / "m.onnx"), "cannot create the folder"),
+        (lambda: export_onnx(m, tmp_path / "m.onnx", example=torch.randn(1, 3, 16)), "expects rank 4"),
+        (lambda: export_int8(m, tmp_path / "q.onnx", torch.randn(4, 3, 16, 16), batch_size=0), "batch_size=0"),
+        (lambda: quantize_onnx(tmp_path / "none.onnx", tmp_path / "q.onnx", []), "no such ONNX file"),
+    ]
+    for call, words in cases:
+        with pytest.raises((ValueError, FileNotFoundError)) as e:
+            call()
+        assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert "graph(" not in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing written, not even a temp file
+
+    fp = export_onnx(m, tmp_path / "m.onnx")["path"]
+    s = ort_session(fp)
+    for call, words in [(lambda: ort_run(s, torch.randn(1, 1, 16, 16)), "(N, 3, 16, 16)"),
+                        (lambda: ort_run(s, torch.randn(1, 3, 16)), "shape (1, 3, 16)"),
+                        (lambda: ort_session(fp, threads=0), "threads=0"),
+                        (lambda: time_sessions({"a": s}, torch.randn(0, 3, 16, 16).numpy()), "no samples"),
+                        (lambda: quantize_onnx(fp, tmp_path / "q.onnx", [torch.randn(2, 1, 16, 16).numpy()]),
+                         "does not fit")]:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.onnx.tmp").exists()
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="ONNX Runtime cannot load .*bad.onnx") as e:  # was InvalidProtobuf
+        ort_session(tmp_path / "bad.onnx")
+    assert "\n" not in str(e.value)

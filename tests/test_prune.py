@@ -287,3 +287,22 @@ def test_cli_prune_bad_paths(tiny_run, tmp_path, capsys):
     assert rc == 2 and "no such run" in capsys.readouterr().err
     rc = main(["prune", "--checkpoint", str(tiny_run), "--criterion", "bn", "--ratio", "0.5", "--out", str(tiny_run)])
     assert rc == 2 and "source run" in capsys.readouterr().err
+
+
+def test_prune_api_refuses_bad_values_in_one_line(tmp_path):
+    import numpy as np
+
+    model = MBConvNet(tiny_spec())
+    scores = channel_scores(model, "l1")
+    assert make_plan(scores, np.float32(0.5)).ratio == 0.5  # numpy numbers are numbers (were refused)
+    cases = [(lambda: make_plan(scores, float("nan")), "ratio"), (lambda: make_plan(scores, 0.5, min_keep=-1),
+                                                                   "min_keep"),
+             (lambda: make_plan(scores, 0.5, min_keep={"stages.1.0": 0}), "min_keep['stages.1.0']"),
+             (lambda: prune(model, "l1", 0.5, max_inputs=0), "max_inputs"),  # was accepted
+             (lambda: prune(model, "random", 0.5, seed=1.5), "seed"),  # was truncated to 1
+             (lambda: save_pruned(tmp_path / "f" / "run", model, {}), "cannot create the folder")]
+    (tmp_path / "f").write_text("a file where the run's folder would go")
+    for call, field in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert field in str(e.value) and "\n" not in str(e.value), str(e.value)

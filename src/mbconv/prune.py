@@ -8,23 +8,22 @@ Removing expanded (mid) channel c of a block deletes, for real:
 - Fused-MBConv: output c of the k x k `expand` conv and its BN, the SE's channel c when the SE sits after the
   fused conv, and project input column c.
 
-Blocks without an expansion conv (depthwise-separable, MBConv t=1) are left alone: their depthwise channels
-are the block's input channels, i.e. the residual stream, which this tool does not prune. The SE squeeze
-width is kept.
+Blocks without an expansion conv (depthwise-separable, MBConv t=1) are left alone: their depthwise channels are the
+block's input channels, i.e. the residual stream, which this tool does not prune. The SE squeeze width is kept.
 
-The result is a smaller `nn.Module` and, for an `MBConvNet`, a new `NetSpec` with one `BlockSpec` per block
-and its own `mid_chs` (and, for `se_base='mid'` nets, an `se_ratio` that keeps the squeeze width), so that
-`MBConvNet(pruned_spec)` rebuilds exactly the pruned module and `cost.spec_cost`, export and quantisation see
-the smaller network. Blocks are found by their submodule names (`expand`, `depthwise`, `se`, `project`).
+The result is a smaller `nn.Module` and, for an `MBConvNet`, a new `NetSpec` with one `BlockSpec` per block and its
+own `mid_chs` (and, for `se_base='mid'` nets, an `se_ratio` that keeps the squeeze width), so that
+`MBConvNet(pruned_spec)` rebuilds exactly the pruned module and `cost.spec_cost`, export and quantisation see the
+smaller network. Blocks are found by their submodule names (`expand`, `depthwise`, `se`, `project`).
 
-Mean compensation (optional, `channel_means` + `apply_plan(..., means=)`): a removed channel's average input
-to the project conv is folded into the project BN's running mean, and its average squeeze value into the SE
-reduce bias, so the remaining channels' gates and the block output keep their mean. Exact for channels that
-are constant over inputs; a first-order correction otherwise.
+Mean compensation (optional, `channel_means` + `apply_plan(..., means=)`): a removed channel's average input to the
+project conv is folded into the project BN's running mean, and its average squeeze value into the SE reduce bias, so
+the remaining channels' gates and the block output keep their mean. Exact for channels that are constant over inputs;
+a first-order correction otherwise.
 
-Criteria (higher score = keep): 'gate' mean SE gate E[g]; 'gate_act' the channel's gated contribution
-E[g ||x||]; 'bn' |gamma| of the BN just before the project conv (depthwise BN; the fused conv's BN for
-Fused-MBConv), as in Network Slimming; 'l1' L1 norm of the project conv's input column; 'random'.
+Criteria (higher score = keep): 'gate' mean SE gate E[g]; 'gate_act' the channel's gated contribution E[g ||x||]; 'bn'
+|gamma| of the BN just before the project conv (depthwise BN; the fused conv's BN for Fused-MBConv), as in Network
+Slimming; 'l1' L1 norm of the project conv's input column; 'random'.
 """
 
 from __future__ import annotations
@@ -40,10 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import output_file
 from .gates import GateRecording, record_gates
 from .layers import se_site, se_step
 from .spec import NetSpec, StageSpec, make_divisible, plan_blocks
 from .train import model_device
+from .train.config import check_int, check_real
 
 CRITERIA = ("gate", "gate_act", "bn", "l1", "random")
 GATE_CRITERIA = ("gate", "gate_act")
@@ -104,6 +105,9 @@ def channel_scores(model: nn.Module, criterion: str, *, recording: GateRecording
     """
     if criterion not in CRITERIA:
         raise ValueError(f"invalid criterion={criterion!r}: expected one of {CRITERIA}")
+    check_int("seed", seed)
+    if max_inputs is not None:  # 0 scored on no input at all
+        check_int("max_inputs", max_inputs, low=1)
     blocks = prunable_blocks(model)
     if not blocks:
         raise ValueError("the model has no prunable block (no block with an expansion conv named 'expand' and a "
@@ -185,12 +189,6 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order[:k]).values
 
 
-def _check_ratio(ratio: float) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"invalid ratio={ratio!r}: the fraction of channels to remove must be in [0, 1)")
-    return float(ratio)
-
-
 def make_plan(scores: dict[str, torch.Tensor], ratio: float, *, scope: str = "per_block", round_to: int = 1,
               normalize: str | None = None, criterion: str = "custom",
               min_keep: dict[str, int] | int | None = None) -> PrunePlan:
@@ -203,7 +201,10 @@ def make_plan(scores: dict[str, torch.Tensor], ratio: float, *, scope: str = "pe
     Kept counts are rounded to the nearest multiple of `round_to`, and never fall below `min_keep` (an int
     or {block name: int}; see `min_keep_for`).
     """
-    ratio = _check_ratio(ratio)
+    check_real("ratio", ratio, below_one=True)  # the fraction of channels removed; numpy numbers too
+    ratio = float(ratio)
+    for n, v in (min_keep if isinstance(min_keep, dict) else {"": 1 if min_keep is None else min_keep}).items():
+        check_int(f"min_keep[{n!r}]" if n else "min_keep", v, low=1)
     if scope not in SCOPES:
         raise ValueError(f"invalid scope={scope!r}: expected one of {SCOPES}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -582,8 +583,6 @@ def finetune(model: nn.Module, train_ds: Any, test_ds: Any, *, epochs: int = 2, 
     """
     from .train import TrainConfig, Trainer
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"invalid epochs={epochs!r}: must be an integer >= 1")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw", weight_decay=weight_decay,
                       warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed,
                       out_dir=None if out_dir is None else str(out_dir), progress=progress)
@@ -594,7 +593,7 @@ def save_pruned(out: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path
     """Write a pruned (not fine-tuned) model as a run: `out/best` and `out/last` checkpoints with `meta`."""
     from .checkpoint import save_checkpoint
 
-    out = Path(out)
+    out = output_file(Path(out) / "last" / "model", "pruned run").parents[1]  # a clear error before writing
     for name in ("last", "best"):
         save_checkpoint(out / name, model, extra={"epoch": 0, "step": 0}, spec=meta, keep_prev=False)
     return out

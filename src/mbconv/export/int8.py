@@ -43,8 +43,9 @@ grids it is on by default for `mbconv export --int8 --data` was measured on the 
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import output_file
 from ..layers import fuse_bn
 from ..quant.bias_correction import correct_bias, float_copy
 from ..quant.insert import QuantConfig, host_weight, insert_quantizers, quantizers, set_mode
 from ..quant.ptq import iter_batches
-from .ort import ort_logits, ort_session, time_sessions
+from .ort import check_input, one_line, ort_logits, ort_session, time_sessions
 from .to_onnx import export_onnx
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
@@ -149,8 +151,11 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calib: Iterable[
     cm = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
           "entropy": q.CalibrationMethod.Entropy}[method]
     ops = None if not exclude_ops else [o for o in q.registry.QDQRegistry if o not in set(exclude_ops)]
-    int8_path = Path(int8_path)
-    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    if not Path(fp32_path).is_file():
+        raise FileNotFoundError(f"no such ONNX file: {fp32_path}")
+    int8_path = output_file(int8_path, "int8 model")
+    calib = checked_batches(calib, fp32_path)
+    tmp = int8_path.with_name(int8_path.name + ".tmp")
     import logging
 
     root = logging.getLogger()
@@ -158,16 +163,31 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calib: Iterable[
     root.setLevel(logging.ERROR)  # ORT logs a "consider pre-processing" warning on the root logger every call
     try:
         name = _need("onnx").load(str(fp32_path)).graph.input[0].name
-        q.quantize_static(str(fp32_path), str(int8_path), CalibrationReader(calib, name),
+        q.quantize_static(str(fp32_path), str(tmp), CalibrationReader(calib, name),
                           quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
                           activation_type=types[activation], weight_type=types[weight],
                           calibrate_method=cm, op_types_to_quantize=ops, reduce_range=reduce_range,
                           nodes_to_exclude=list(exclude_nodes) or None)
+        os.replace(tmp, int8_path)  # never a half-written model at `int8_path`
     except ValueError as e:  # e.g. a tensor the calibrator never saw a valid range for
-        raise ValueError(f"ONNX Runtime could not quantize {fp32_path}: {e}") from None
+        raise ValueError(f"ONNX Runtime could not quantize {fp32_path}: {one_line(e)}") from None
     finally:
         root.setLevel(level)
+        tmp.unlink(missing_ok=True)
     return int8_path
+
+
+def checked_batches(calib: Iterable[np.ndarray], fp32_path: str | Path) -> Iterator[np.ndarray]:
+    """`calib` batches, each checked against the model's input shape (ORT's calibrator would fail deep inside,
+    in several lines)."""
+    sess = ort_session(fp32_path, 1)
+
+    def batches() -> Iterator[np.ndarray]:
+        for b in calib:
+            check_input(sess, b)
+            yield b
+
+    return batches()
 
 
 def ort_weight_config(weight: str, per_channel: bool = True) -> QuantConfig:
@@ -221,9 +241,11 @@ def export_int8(model: nn.Module, path: str | Path, calib: torch.Tensor, resolut
     `int8_kernels()`). With `bias_correction`, the exported network is `ort_bias_corrected_copy(model, calib,
     weight)` (its biases cancel the mean shift of ORT's weight rounding; needs real calibration data). Returns
     the fp32 export summary plus `int8_path`, `weight`, `activation` and `bias_correction`."""
-    path = Path(path)
+    path = output_file(path, "int8 model")
     if len(calib) == 0:
         raise ValueError("calibration data is empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"invalid batch_size={batch_size!r}: need an integer >= 1")
     kernels = int8_kernels()
     activation = kernels["activation"] if activation is None else activation
     weight = kernels["weight"] if weight is None else weight
@@ -245,9 +267,15 @@ def int8_benchmark(model: nn.Module, calib_data: Any, out: str | Path, test_data
 
     `out` is the int8 model path; the fp32 model goes next to it as `<stem>.fp32.onnx`.
     """
-    out = Path(out)
+    out = output_file(out, "int8 model")
     if out.suffix != ".onnx":
         raise ValueError(f"output {out} should end in .onnx")
+    sizes = tuple(batch_sizes) if isinstance(batch_sizes, Sequence) else ()
+    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
+        raise ValueError(f"invalid batch_sizes={batch_sizes!r}: need a non-empty sequence of integers >= 1")
+    for name, v in (("calib_samples", calib_samples), ("repeats", repeats), ("threads", threads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"invalid {name}={v!r}: need an integer >= 1")
     first = next(iter_batches(calib_data, 1, 1), None) if example is None else example
     if first is None:
         raise ValueError("calibration data is empty")

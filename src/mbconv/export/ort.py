@@ -32,6 +32,8 @@ def ort_session(path: str | os.PathLike, threads: int = 1, level: str = "all", p
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     if level not in levels:
         raise ValueError(f"invalid level={level!r}: expected one of {sorted(levels)}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"invalid threads={threads!r}: need an integer >= 1")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -42,12 +44,32 @@ def ort_session(path: str | os.PathLike, threads: int = 1, level: str = "all", p
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(disabled_optimizers))
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers))
+    except Exception as e:  # ORT's own types (InvalidProtobuf, Fail...): a corrupt or foreign file, in one line
+        raise ValueError(f"ONNX Runtime cannot load {path}: {one_line(e)}") from None
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (ONNX Runtime's span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def check_input(session: Any, x: torch.Tensor | np.ndarray) -> None:
+    """ValueError in one line unless `x` has the rank and the fixed sizes of `session`'s first input."""
+    inp = session.get_inputs()[0]
+    want = inp.shape  # ints for fixed axes, names (e.g. 'batch') or None for dynamic ones
+    ok = len(x.shape) == len(want) and all(not isinstance(w, int) or w == s for w, s in zip(want, x.shape))
+    if not ok:
+        shown = ["N" if not isinstance(w, int) else w for w in want]
+        raise ValueError(f"input of shape {tuple(x.shape)} does not fit the ONNX model's {inp.name!r} of shape "
+                         f"({', '.join(map(str, shown))})")
 
 
 def ort_run(session: Any, x: torch.Tensor) -> torch.Tensor:
     """Run a one-input session on `x`; returns the first output as a tensor."""
+    check_input(session, x)
     name = session.get_inputs()[0].name
     return torch.from_numpy(session.run(None, {name: x.detach().cpu().contiguous().numpy()})[0])
 
@@ -71,6 +93,13 @@ def time_sessions(sessions: dict[str, Any], x: np.ndarray, repeats: int = 20, wa
     Returns {name: {"median_ms", "min_ms", "throughput" (samples/s at the median)}}.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    for name, v, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"invalid {name}={v!r}: need an integer >= {low}")
+    if x.shape[0] < 1:  # an empty batch "runs" in no time: a latency of nothing
+        raise ValueError(f"input of shape {x.shape} has no samples to time")
+    for s in sessions.values():
+        check_input(s, x)
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for _ in range(warmup):
         for k, s in sessions.items():
@@ -88,7 +117,13 @@ def time_sessions(sessions: dict[str, Any], x: np.ndarray, repeats: int = 20, wa
 def ort_logits(sess: Any, data: Any, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
     """(logits, labels or None) of a session over a Dataset of (x, y) (or a tensor / iterable of batches)."""
     name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x.numpy().astype(np.float32)})[0] for x in iter_batches(data, None, batch_size)]
+    outs = []
+    for x in iter_batches(data, None, batch_size):
+        if not outs:
+            check_input(sess, x)
+        outs.append(sess.run(None, {name: x.numpy().astype(np.float32)})[0])
+    if not outs:
+        raise ValueError("no inputs: the data given to ort_logits is empty")
     labels = None
     if isinstance(data, torch.utils.data.Dataset):
         labels = np.array([int(data[i][1]) for i in range(len(data))])

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..files import output_file
 from ..inference import prepare_inference, spatial_size
 from ..layers import fuse_bn, strip_training
 from ..quant.insert import quantizers
@@ -31,6 +31,9 @@ def inference_graph_module(model: nn.Module, example: torch.Tensor | None, resol
     if quantizers(model):
         raise ValueError("export the float model, not a fake-quantized one (ORT quantizes the float graph)")
     if spec is not None and all(hasattr(model, a) for a in ("stem", "stages", "head", "classifier")):
+        if example is not None and example.ndim != spec.dims + 2:
+            raise ValueError(f"example input of shape {tuple(example.shape)}: the {spec.dims}-D model expects rank "
+                             f"{spec.dims + 2} (N, C, {('L', 'H, W', 'D, H, W')[spec.dims - 1]})")
         if example is not None:
             size = tuple(int(s) for s in example.shape[2:])
         else:
@@ -43,6 +46,16 @@ def inference_graph_module(model: nn.Module, example: torch.Tensor | None, resol
     if example is None:
         raise ValueError(f"export_onnx needs an example input for a {type(model).__name__} (no .spec to size it)")
     return strip_training(fuse_bn(model), inplace=True), example[:1].detach().float().cpu()
+
+
+def max_opset() -> int:
+    """The newest ONNX opset this torch's TorchScript exporter writes (23 in torch 2.14)."""
+    try:
+        from torch.onnx import _constants  # torch's own record; no public accessor
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # pragma: no cover - another torch layout
+        return 20
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int | Sequence[int] | None = None, *,
@@ -58,13 +71,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int | Seq
     """
     import onnx
 
-    if opset < 14:
-        raise ValueError(f"invalid opset={opset}: need >= 14 (HardSwish, SiLU as Sigmoid*Mul)")
+    top = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= top:
+        # checked here: the exporter prints its whole IR graph to stdout before refusing an opset it lacks
+        raise ValueError(f"invalid opset={opset!r}: need an integer in [14, {top}] (14: HardSwish, SiLU as "
+                         f"Sigmoid*Mul; {top}: the newest this torch exports)")
+    if isinstance(se_multiple, bool) or not isinstance(se_multiple, int) or se_multiple < 0:
+        raise ValueError(f"invalid se_multiple={se_multiple!r}: need an integer >= 0 (0 = off)")
+    path = output_file(path, "ONNX model")  # before the export's work, not after it
     net, x = inference_graph_module(model, example, resolution)
     if se_multiple:
         align_se(net, se_multiple)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     axes = {input_name: {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     tmp = path.with_name(path.name + ".tmp")
     try:
