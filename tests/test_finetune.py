@@ -189,3 +189,12 @@ def test_real_lite0_weights_load_for_a_new_dataset() -> None:
     theirs = ft.pre.model.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items() if not k.startswith("classifier"))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1280 * 10 + 10  # a linear probe
+
+
+def test_freeze_refuses_unknown_parts_and_strings() -> None:
+    model = tiny(10)
+    with pytest.raises(ValueError, match="cannot freeze 'stages.9'"):  # was torch's AttributeError
+        freeze(model, ["stages.9"])
+    with pytest.raises(ValueError, match="list of module names"):
+        freeze(model, "stem")
+    assert all(p.requires_grad for p in model.parameters())

@@ -88,3 +88,18 @@ def test_run_config_accepts_good_values() -> None:
                     norm=([0.5], [0.25]), channels=3, weights="w.pt", freeze="stem,stages.0-1",
                     overrides={"se_position": "before_dw"}, extra_train={"max_steps": 3, "memory_lean": "off"})
     assert cfg.train_config().max_steps == 3 and cfg.train_config().out_dir == "x"
+
+
+def test_run_helpers_refuse_bad_values(tmp_path) -> None:
+    from mbconv.workflow import evaluate_run, predict
+
+    net = build_for_data(ARCH, INFO, 16).eval()
+    x = torch.randn(2, 1, 16)
+    assert len(predict(net, x, ["a", "b", "c"], top_k=2)[0]) == 2
+    for kw, words in ((dict(top_k=0), r"top_k >= 1 \(got 0\)"), (dict(classes=["a"]), "1 names for 3 outputs")):
+        with pytest.raises(ValueError, match=words):  # top_k=0 returned [] per input, short classes an IndexError
+            predict(net, x, **{"classes": ["a", "b", "c"], **kw})
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, not 0"):  # was torch's sampler error
+        evaluate_run(tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="in-memory datasets"):  # was an AttributeError
+        fit_spec(mbconv1d_se4_spec(), None, None, tmp_path / "run", epochs=1)

@@ -82,9 +82,14 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
 def freeze(model: MBConvNet, names: list[str]) -> int:
     """Freeze the named parts of `model` in place (see the module docstring); returns the number of frozen
     parameters. Call before the optimizer is built: it must not hold the frozen parameters."""
+    if isinstance(names, str):  # "stem" would freeze the parts "s", "t", ...: the spec goes through parse_freeze
+        raise ValueError(f"freeze takes a list of module names (parse_freeze({names!r}, ...)), not a string")
     frozen = 0
     for name in names:
-        module = model.get_submodule(name)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"cannot freeze {name!r}: {type(model).__name__} has no such part") from None
         for p in module.parameters():
             p.requires_grad_(False)
             frozen += p.numel()

@@ -331,6 +331,9 @@ def fit_spec(spec: NetSpec, train_ds: Any, test_ds: Any, out: str | Path, epochs
     from .train import TrainConfig, Trainer, evaluate
 
     out = Path(out)
+    if not all(hasattr(d, "info") and hasattr(d, "x") for d in (train_ds, test_ds)):
+        raise ValueError("fit_spec needs in-memory datasets (mbconv.data.ArrayDataset: .x and .info) for train_ds "
+                         f"and test_ds, not {type(train_ds).__name__} and {type(test_ds).__name__}")
     info = train_ds.info
     size = tuple(train_ds.x.shape[2:])
     model = build_for_data(spec, info, size[0], seed=seed)  # the initialisation differs per seed too
@@ -495,7 +498,9 @@ def evaluate_run(path: str | Path, data: str | None = None, batch_size: int = 25
     `describe_selection`)."""
     from .data import load_dataset
     from .train import evaluate
+    from .train.config import check_int
 
+    check_int("batch_size", batch_size, low=1)
     model, run, ck = load_run(path)
     d = run.get("data", {})
     ds = load_dataset(data or d["name"], split, resolution=d.get("resolution"), **dataset_options(d))
@@ -521,6 +526,9 @@ def preprocess(x: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:
 def predict(model: nn.Module, x: torch.Tensor, classes: list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
     """Top-k (class, probability) per input."""
     probs = torch.softmax(model(x), dim=1)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1 or len(classes) != probs.shape[1]:
+        raise ValueError(f"predict needs top_k >= 1 (got {top_k!r}) and one class name per output "
+                         f"({len(classes)} names for {probs.shape[1]} outputs)")
     p, i = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [[(classes[j], float(q)) for q, j in zip(pr, ix)] for pr, ix in zip(p.tolist(), i.tolist())]
 
