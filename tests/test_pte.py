@@ -315,6 +315,12 @@ def test_export_errors(et, tmp_path):
     with pytest.raises(FileNotFoundError):
         pte_method(tmp_path / "missing.pte")
     assert not list(tmp_path.iterdir())  # nothing written by a failed export
+    (tmp_path / "afile").write_bytes(b"not a program")
+    with pytest.raises(ValueError, match="cannot create the folder"):  # before lowering, not pathlib's error after
+        export_pte(m, tmp_path / "afile" / "m.pte", 32)
+    with pytest.raises(ValueError, match="ExecuTorch cannot load .*afile") as e:  # was executorch's RuntimeError
+        pte_method(tmp_path / "afile")
+    assert "\n" not in str(e.value)
 
 
 def test_cli_export_pte_and_bench_executorch(et, tmp_path, capsys):

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import output_file
 from ..layers import fuse_bn
 from ..quant.bias_correction import correct_bias, float_copy
 from ..quant.insert import QuantConfig, insert_quantizers, quantizers
@@ -395,10 +396,11 @@ def delegation(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
 
 
 def pte_path(path: str | os.PathLike) -> Path:
-    """`path` as a Path; ValueError naming it unless it ends in .pte."""
+    """`path` as a Path; ValueError naming it unless it ends in .pte and its folder can be written (checked before
+    the export's work)."""
     if Path(path).suffix != ".pte":
         raise ValueError(f"output {path} should end in .pte")
-    return Path(path)
+    return output_file(path, "ExecuTorch program")
 
 
 def lower_to_pte(graph: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> dict[str, Any]:
@@ -490,7 +492,11 @@ def pte_method(program: str | os.PathLike | bytes, method: str = "forward") -> A
 
     if not isinstance(program, bytes) and not Path(program).exists():
         raise FileNotFoundError(f"no such ExecuTorch program: {program}")
-    loaded = Runtime.get().load_program(program if isinstance(program, bytes) else Path(program))
+    try:
+        loaded = Runtime.get().load_program(program if isinstance(program, bytes) else Path(program))
+    except RuntimeError as e:  # e.g. "Failed to load program, error: 0x:12" for a corrupt or foreign file
+        name = "the bytes given" if isinstance(program, bytes) else program
+        raise ValueError(f"ExecuTorch cannot load {name}: {' '.join(str(e).split())}") from None
     m = loaded.load_method(method)
     if m is None:
         raise ValueError(f"program has no method {method!r}: it has {sorted(loaded.method_names)}")
