@@ -9,6 +9,7 @@ is imported only for .safetensors files.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,20 @@ def read_weights_file(path: Path) -> Any:
     try:
         return loader()
     except Exception as e:  # any reader failure means the file is not usable weights; say which file
-        raise ValueError(f"cannot read weights from {str(path)!r}: {type(e).__name__}: {e}") from e
+        raise ValueError(f"cannot read weights from {str(path)!r}: {reader_error(e)}") from e
+
+
+def reader_error(e: Exception) -> str:
+    """One line for a reader's failure. torch's weights-only unpickler writes a paragraph that ends in the actual
+    cause and advises weights_only=False, which would run the file's code: keep only the cause."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if isinstance(e, pickle.UnpicklingError) and any("WeightsUnpickler error" in line for line in lines):
+        at = next(i for i, line in enumerate(lines) if "WeightsUnpickler error" in line)
+        cause = lines[at].split("WeightsUnpickler error:", 1)[1].strip() or (lines[at + 1] if at + 1 < len(lines)
+                                                                             else "")
+        return (f"not a weights-only torch checkpoint (corrupt, or it pickles objects other than tensors and plain "
+                f"containers, which are never unpickled here): {cause}")
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def read_keras_h5(path: Path) -> dict[str, torch.Tensor]:
