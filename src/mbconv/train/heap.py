@@ -9,7 +9,8 @@ thresholds for the duration of a run, so freed large tensors stay in the heap an
 Measured at 224 px (docs/bench/depthwise.md, section "Large tensors from the heap"): B0's step faster at batch 8
 and more so at batch 32, the pretrained Lite0's too, for a higher peak RSS (the heap keeps freed blocks, fragmented),
 which is why it is a run-scoped setting with an off switch
-(``TrainConfig.large_tensor_heap``, ``mbconv train --no-large-tensor-heap``).
+(``TrainConfig.large_tensor_heap``, ``mbconv train --no-large-tensor-heap``). `evaluate` runs in it too
+(``heap=False`` to opt out): an eval-mode forward frees each large activation at once, so there it pays most.
 
 On exit the thresholds go to the values glibc's own adaptation ends at after large frees (mmap 32 MiB, trim
 64 MiB; setting them once turns the adaptation off for the process, so "back to the default" is not available) and

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import TrainingDivergedError
 from .distributed import dist_active, dist_rank
+from .heap import large_tensor_heap
 from .optim import ModelEma
 from .sampling import make_shard_loader
 from .seeding import derive_seed, seed_everything
@@ -169,9 +170,12 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 256,
-             device: str | torch.device | None = None, bf16: bool = False, num_workers: int = 0) -> dict:
+             device: str | torch.device | None = None, bf16: bool = False, num_workers: int = 0,
+             heap: bool = True) -> dict:
     """Mean cross-entropy and accuracy of `model` (in eval mode) over `data`, on `device` (default: the
-    model's own device).
+    model's own device). On CPU, `heap` keeps freed large activations in glibc's heap for the next batch
+    (`train.heap.large_tensor_heap`: 224 px batches at 256 have activations far over the 32 MiB glibc would map
+    afresh each time).
 
     Given a Dataset while torch.distributed is initialised, each rank evaluates a disjoint shard and
     the sums are all-reduced, so every rank returns the full-dataset numbers. Returns
@@ -188,14 +192,15 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     try:
-        for batch in loader:
-            x, y = _to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            logits = logits.float()
-            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                 (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(y.shape[0], dtype=torch.float64, device=device)])
+        with large_tensor_heap(heap and device.type == "cpu"):
+            for batch in loader:
+                x, y = _to_device(batch, device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                logits = logits.float()
+                sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                     (logits.argmax(1) == y).sum().double(),
+                                     torch.tensor(y.shape[0], dtype=torch.float64, device=device)])
     finally:
         model.train(was_training)
     if dist_active() and not isinstance(data, DataLoader):

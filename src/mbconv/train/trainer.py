@@ -152,7 +152,8 @@ class Trainer:
                 dist.broadcast(t.data, 0)
         with deterministic_algorithms(self.cfg.deterministic):
             return evaluate(module, ds, batch_size=self.cfg.eval_batch_size or 2 * self.cfg.batch_size,
-                            device=self.device, bf16=self.cfg.bf16, num_workers=self.cfg.num_workers)
+                            device=self.device, bf16=self.cfg.bf16, num_workers=self.cfg.num_workers,
+                            heap=self.cfg.large_tensor_heap)
 
     # -- internals --------------------------------------------------------------------------------------
 
