@@ -313,6 +313,19 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     return dict(times=t, ratios=ratios)
 
 
+def crop_timing(module: nn.Module, x: torch.Tensor, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per no-grad call of `module(x)` with the inference crop on ('ours') and off ('aten'), interleaved,
+    and the per-round ratio aten / ours."""
+
+    def run(fast: bool) -> None:
+        with torch.no_grad(), use_fast_backward(fast):
+            module(x)
+
+    t = interleaved({"ours": lambda: run(True), "aten": lambda: run(False)}, rounds,
+                    inner=inner_for(lambda: run(False)))
+    return t, ratio_stats(t["aten"], t["ours"])
+
+
 def section_infer(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Whole-model inference and the layers whose kernel the crop changes, ours vs ATen's full kernel."""
     c = MODELS[key]
@@ -333,13 +346,7 @@ def section_infer(key: str, rounds: int, log: Callable[[str], None]) -> dict[str
             x = torch.randn(batch, c["in_chans"], *[c["res"]] * c["dims"])
             x = x.contiguous(memory_format=LAST[c["dims"]]) if last else x
 
-            def run(fast: bool, model: nn.Module = model, x: torch.Tensor = x) -> None:
-                with torch.no_grad(), use_fast_backward(fast):
-                    model(x)
-
-            t = interleaved({"ours": lambda: run(True), "aten": lambda: run(False)}, rounds,
-                            inner=inner_for(lambda: run(False)))
-            r = ratio_stats(t["aten"], t["ours"])
+            t, r = crop_timing(model, x, rounds)
             name = f"{'channels_last' if last else 'NCHW'}, batch {batch}"
             whole[name] = dict(times=t, ratio=r, median_ms={k: statistics.median(v) * 1e3 for k, v in t.items()})
             log(f"| {'channels_last' if last else 'NCHW'} | {batch} | {statistics.median(t['aten']) * 1e3:.2f} | "
@@ -359,13 +366,7 @@ def section_infer(key: str, rounds: int, log: Callable[[str], None]) -> dict[str
             xin = torch.randn(cfg["shape"])
             xin = xin.contiguous(memory_format=LAST[c["dims"]]) if cfg["last"] else xin
 
-            def fwd(fast: bool, m: nn.Module = m, xin: torch.Tensor = xin) -> None:
-                with torch.no_grad(), use_fast_backward(fast):
-                    m(xin)
-
-            t = interleaved({"ours": lambda: fwd(True), "aten": lambda: fwd(False)}, rounds,
-                            inner=inner_for(lambda: fwd(False)))
-            r = ratio_stats(t["aten"], t["ours"])
+            t, r = crop_timing(m, xin, rounds)
             log(f"  {'channels_last' if last else 'NCHW'} model: {layer_label(cfg)} live "
                 f"{'x'.join(map(str, plan.kernel))}: ATen {statistics.median(t['aten']) * 1e3:.2f} ms, ours "
                 f"{statistics.median(t['ours']) * 1e3:.2f} ms, {fmt_ratio(r)}")

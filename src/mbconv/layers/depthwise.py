@@ -268,7 +268,7 @@ class DepthwiseConvFunction(torch.autograd.Function):
     """y = depthwise conv(x, weight, bias) with the cropped forward and the per-shape backward above, plus a `jvp`
     for forward-mode AD. Old-style (forward takes ctx): a `setup_context` Function binds its arguments through
     inspect.signature on every call (+40 us per layer measured); torch.func transforms get the plain conv
-    instead (`fast_path_applies`)."""
+    instead (`geometry_applies`)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -374,13 +374,6 @@ def dispatch_mode_active() -> bool:
     return True if query is None else query() > 0
 
 
-def fast_path_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `conv(x)` should run `DepthwiseConvFunction`: `geometry_applies` and autograd recording a gradient
-    for x or the weight."""
-    return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-            and geometry_applies(conv, x, weight))
-
-
 def crop_pays_for_inference(plan: DepthwisePlan, channels_last: bool = False) -> bool:
     """Whether a call without autograd should run the cropped kernel instead of ATen's full one: one live tap
     (maps of one pixel: a per-channel multiply; ATen took 53 ms for 256 x 576 at 1x1 with a 5x5 kernel, the
@@ -410,8 +403,8 @@ class DepthwiseForward(TrainingForward):
     def eager_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         weight = self.weight  # read once: a parametrization (fake quantization) computes it on access
         if fx_proxy(input):
-            pass
-        elif torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+            return self._conv_forward(input, weight, self.bias)
+        if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
             if geometry_applies(self, input, weight):
                 plan = self.plan_for(input)
                 if plan is not None and own_backward(plan, is_channels_last(input)):
