@@ -1,4 +1,8 @@
-"""Memory-lean training: the same gradients, running statistics and names as the plain model, less stored."""
+"""Memory-lean training: the same gradients, running statistics and names as the plain model, less stored.
+
+These tests pin PyTorch's-ops paths (`BNActFn`, bitwise-equal forwards): the native BN + activation kernels,
+which the lean layers take first where they are built, are switched off here and tested in
+tests/layers/test_native.py."""
 
 import copy
 
@@ -13,6 +17,7 @@ from mbconv.layers.memory import (
     ACTS,
     LEAN_BLOCK,
     LEAN_MIN_NUMEL,
+    NATIVE_ACT_NAMES,
     BNActFn,
     CheckpointedSequential,
     GatedConvFn,
@@ -25,8 +30,15 @@ from mbconv.layers.memory import (
     lean_layers,
     memory_efficient,
 )
+from mbconv.layers.native import use_native
 from mbconv.prune import prune
 from mbconv.train import TrainConfig, Trainer
+
+
+@pytest.fixture(autouse=True)
+def pytorch_ops_only():
+    with use_native(False):
+        yield
 
 SIZE = {1: (40,), 2: (32, 32), 3: (12, 12, 12)}
 
@@ -79,7 +91,7 @@ def test_memory_efficient_equal_gradients_stats_and_names(name, dims):
     plain_convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     for (n, a), (_, b) in zip(plain.named_modules(), lean.named_modules()):  # class swaps only, same structure
         if isinstance(b, LeanConvNormAct):  # the plain BN and activation the Function recognises
-            assert type(b.bn) is type(a.bn) and type(b.act) is type(a.act) in ACTS, n
+            assert type(b.bn) is type(a.bn) and type(b.act) is type(a.act) in {**ACTS, **NATIVE_ACT_NAMES}, n
         if isinstance(b, LeanBlockForward):  # the plain SE and project conv
             assert type(b.se) is SqueezeExcite and type(b.project.conv) in plain_convs, n
         assert type(b) is type(a) or type(b) in (LeanConvNormAct, MemoryEfficientSiLU, *LEAN_BLOCK.values()), n
@@ -229,7 +241,8 @@ def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims):
                          if isinstance(m, (LeanConvNormAct, LeanBlockForward)))
     for mod in lean.modules():  # only classes changed: plain submodules, state dict and Parameters kept
         if isinstance(mod, LeanConvNormAct):
-            assert type(mod.bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and type(mod.act) in ACTS
+            assert type(mod.bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+            assert type(mod.act) in {**ACTS, **NATIVE_ACT_NAMES}
     assert list(plain.state_dict()) == list(lean.state_dict())
     for mod in list(plain.modules()) + list(lean.modules()):  # lean_inputs ran a forward
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):

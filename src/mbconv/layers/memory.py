@@ -51,11 +51,13 @@ from torch.utils.checkpoint import checkpoint
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .conv import ConvNormAct
 from .depthwise import exporting_or_transforming, fx_proxy
+from .native import bn_act_backward, bn_act_forward, bn_act_layout, native_enabled
 from .se import SqueezeExcite
 
-__all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "BNActFn", "GatedConvFn",
-           "LeanBlockForward", "LeanConvNormAct", "LeanDepthwiseSeparable", "LeanFusedMBConv", "LeanMBConv",
-           "MemoryEfficientSiLU", "SiLUFn", "checkpoint_stages", "lean_applies", "lean_layers", "memory_efficient"]
+__all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "NATIVE_ACT_NAMES", "BNActFn",
+           "GatedConvFn", "LeanBlockForward", "LeanConvNormAct", "LeanDepthwiseSeparable", "LeanFusedMBConv",
+           "LeanMBConv", "MemoryEfficientSiLU", "NativeBNActFn", "SiLUFn", "checkpoint_stages", "lean_applies",
+           "lean_layers", "memory_efficient", "native_applies"]
 
 _aten = torch.ops.aten
 
@@ -157,9 +159,10 @@ class BNActFn(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None
 
 
-def bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, kind: type, x: torch.Tensor) -> torch.Tensor:
-    """act(bn(x)) with batch statistics through `BNActFn`, the running statistics and batch counter updated
-    exactly as `nn.BatchNorm`'s forward does."""
+def _running_stats_args(bn: nn.modules.batchnorm._BatchNorm
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """(running mean, running var, momentum) for one training-mode call of `bn`, its batch counter advanced,
+    exactly as `nn.BatchNorm`'s forward does (None, None when it keeps no running statistics)."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     track = bn.training and bn.track_running_stats
     if track:
@@ -167,7 +170,59 @@ def bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, kind: type, x: torch.Tenso
         if bn.momentum is None:  # cumulative average, as nn.BatchNorm
             momentum = 1.0 / float(bn.num_batches_tracked)
     rm, rv = (bn.running_mean, bn.running_var) if track else (None, None)
+    return rm, rv, momentum
+
+
+def bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, kind: type, x: torch.Tensor) -> torch.Tensor:
+    """act(bn(x)) with batch statistics through `BNActFn`, the running statistics and batch counter updated
+    exactly as `nn.BatchNorm`'s forward does."""
+    rm, rv, momentum = _running_stats_args(bn)
     return BNActFn.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, kind)
+
+
+# -- BN + activation in the native kernels (layers/native.py) ---------------------------------------------------
+# activation module type -> the kernels' name for it (Identity: a BN with no activation, e.g. a project conv's)
+NATIVE_ACT_NAMES: dict[type, str] = {nn.Identity: "identity", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu",
+                                     nn.Hardswish: "hardswish"}
+
+
+class NativeBNActFn(torch.autograd.Function):
+    """act(batch_norm(x)) in training mode through the fused native kernels: one autograd node that saves x and
+    the batch mean / inv-std (the BN output is recomputed in backward, never stored). Updates the running
+    statistics like `F.batch_norm`. Differentiable once (a double backward raises)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor | None,
+                running_var: torch.Tensor | None, momentum: float, eps: float, act: str) -> torch.Tensor:
+        y, mean, rstd = bn_act_forward(x, weight, bias, running_mean, running_var, momentum, eps, act)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.act = act
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        affine = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        gx, gw, gb = bn_act_backward(gy, x, weight, bias, mean, rstd, ctx.act, affine_grads=affine)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def native_applies(x: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether `NativeBNActFn` should run act(bn(x)): where a lean Function may run at all (`lean_applies`), on a
+    float32 CPU input in a layout the kernels take, with float32 CPU parameters and statistics, more than one value
+    per channel (else nn.BatchNorm's own error is the right answer), and the kernels switched on and built."""
+    return (lean_applies(x, 0) and bn_act_layout(x) is not None and x.numel() > x.shape[1]
+            and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous())
+                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+            and native_enabled())
+
+
+def native_bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, act: str, x: torch.Tensor) -> torch.Tensor:
+    """act(bn(x)) with batch statistics through `NativeBNActFn`, running statistics and batch counter updated as
+    `nn.BatchNorm` updates them."""
+    rm, rv, momentum = _running_stats_args(bn)
+    return NativeBNActFn.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, act)
 
 
 # -- SE gate fused into the next 1x1 conv ------------------------------------------------------------------------
@@ -224,19 +279,22 @@ _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _lean_bn_kind(bn: nn.Module, act: nn.Module) -> type | None:
-    """The ACTS key when `act(bn(.))` can run as `BNActFn`: a plain affine BatchNorm using batch statistics and a
-    known activation, neither hooked (quantizer or recording hooks must see their call); else None."""
+    """The activation's type when `act(bn(.))` can run as one Function: a plain affine BatchNorm using batch
+    statistics and an activation of ACTS (`BNActFn`) or NATIVE_ACT_NAMES (`NativeBNActFn`, which also takes
+    Identity), neither hooked (quantizer or recording hooks must see their call); else None."""
     if type(bn) not in _PLAIN_BN or not bn.affine or not (bn.training or not bn.track_running_stats):
         return None
-    kind = _act_kind(act)
+    kind = type(act) if type(act) in ACTS or type(act) in NATIVE_ACT_NAMES else None
     return None if kind is None or hooked(bn) or hooked(act) else kind
 
 
 class LeanConvNormAct(ConvNormAct):
-    """A `ConvNormAct` whose BN + activation, in a training step on an input of at least `min_numel` elements, run
-    as one `BNActFn` node (the BN output is recomputed in backward, not stored). Everything else - small maps, eval
-    mode, frozen (eval-mode) BN, no grad, autocast, export, compile, TorchScript, a replaced or hooked `.bn` /
-    `.act` - is ConvNormAct's forward. Only the class differs (`lean_layers` swaps it in place)."""
+    """A `ConvNormAct` whose BN + activation, in a training step, run as one autograd node that recomputes the BN
+    output in backward instead of storing it: `NativeBNActFn` (the fused native kernels, layers/native.py) on any
+    input they take, else `BNActFn` on an input of at least `min_numel` elements. Everything else - small maps
+    without the native kernels, eval mode, frozen (eval-mode) BN, no grad, autocast, export, compile, TorchScript,
+    a replaced or hooked `.bn` / `.act` - is ConvNormAct's forward. Only the class differs (`lean_layers` swaps it
+    in place)."""
 
     min_numel = LEAN_MIN_NUMEL  # no annotation: TorchScript cannot read a postponed one
 
@@ -248,9 +306,12 @@ class LeanConvNormAct(ConvNormAct):
 
     @torch.jit.unused
     def norm_act(self, y: torch.Tensor) -> torch.Tensor:
-        """act(bn(y)), through `BNActFn` where it applies."""
+        """act(bn(y)): through `NativeBNActFn` where it applies (any size: the fused kernels are faster than
+        PyTorch's ops on the smallest maps too), else through `BNActFn` on inputs of at least `min_numel`."""
         kind = _lean_bn_kind(self.bn, self.act)
-        if kind is None or not lean_applies(y, self.min_numel):
+        if kind is not None and kind in NATIVE_ACT_NAMES and native_applies(y, self.bn):
+            return native_bn_act_apply(self.bn, NATIVE_ACT_NAMES[kind], y)
+        if kind is None or kind not in ACTS or not lean_applies(y, self.min_numel):
             return self.act(self.bn(y))
         return bn_act_apply(self.bn, kind, y)
 
@@ -321,7 +382,8 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
                 kinds: Sequence[str] = LEAN_KINDS) -> int:
     """Make `model`'s large-map training layers memory-lean, in place, by class only (see the module docstring);
     returns how many modules are lean. Every `ConvNormAct` with a plain affine BatchNorm and a ReLU / ReLU6 / SiLU
-    / Hardswish becomes a `LeanConvNormAct` (kind "bn_act"), every MBConv / DepthwiseSeparable / FusedMBConv block
+    / Hardswish (or no activation: those take only the native kernels) becomes a `LeanConvNormAct` (kind
+    "bn_act"), every MBConv / DepthwiseSeparable / FusedMBConv block
     whose SE feeds its project conv a `LeanBlockForward` class (kind "se_gate"); each takes its Function on inputs
     of at least `min_numel` elements (0: always). `kinds` chooses which plain classes are swapped. Submodules,
     parameters (the same objects), buffers, names and hooks are unchanged. Again on a lean model it sets the new
@@ -343,7 +405,7 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
                 mod.__dict__.pop("min_numel", None)
             continue
         if bn_act and cls is ConvNormAct and type(mod.bn) in _PLAIN_BN and mod.bn.affine \
-                and _act_kind(mod.act) is not None:
+                and (_act_kind(mod.act) is not None or type(mod.act) in NATIVE_ACT_NAMES):
             mod.__class__ = LeanConvNormAct
         elif se_gate and cls in LEAN_BLOCK and "se" in mod.steps and \
                 tuple(mod.steps[mod.steps.index("se") + 1:][:1]) == ("project",):

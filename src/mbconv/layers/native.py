@@ -1,0 +1,203 @@
+"""Native CPU kernels: training-mode batch norm fused with its activation (`bn_act.c`), built on first use.
+
+Why native: in a training step PyTorch runs BN + activation as four kernels and two autograd nodes, about six
+passes over each tensor; the fused kernels take four and keep no BN output. Measured on this project's networks
+(docs/bench/depthwise.md, "Fused BN + activation"), they are what the tour model's and B0's steps were still
+spending in elementwise work once the depthwise backward was fixed.
+
+How it is built: the C file ships in the package and is compiled with the system C compiler (`$CC`, else `cc` /
+`gcc`; OpenMP, `-O3 -march=native`) into a per-user cache, keyed by the source, the compiler, the flags and the
+CPU, written atomically (a temporary file renamed into place, so concurrent processes such as DDP ranks never load
+a half-written library). No compiler, a failed build or `MBCONV_NATIVE=0` leaves the library off and every caller
+on PyTorch's ops: the package still needs only torch and numpy. `native_status()` says which and why.
+
+The kernels take float32 CPU tensors in either dense layout: channels-last ("rows": N * spatial rows of C) or
+contiguous ("planes": N * C planes); `bn_act_layout` says which, or None (the caller then uses PyTorch's ops).
+Threads: torch's intra-op count (`torch.get_num_threads()`), on the OpenMP runtime torch itself loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+__all__ = ["NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout", "native_enabled", "native_library",
+           "native_status", "use_native"]
+
+SOURCE = Path(__file__).with_name("bn_act.c")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+
+# activation name -> the kernel's code (bn_act.c's enum)
+NATIVE_ACTS: dict[str, int] = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4}
+
+_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "status": "not built yet"}
+
+
+def _cache_dir() -> Path:
+    """Where built libraries live: $MBCONV_CACHE_DIR, else $XDG_CACHE_HOME/mbconv, else ~/.cache/mbconv."""
+    if os.environ.get("MBCONV_CACHE_DIR"):
+        return Path(os.environ["MBCONV_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mbconv"
+
+
+def _cpu_id() -> str:
+    """What `-march=native` depends on: the CPU's model and feature flags (a cache shared by machines with
+    different CPUs must not hand one of them code with instructions it lacks)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(cc: str, out: Path) -> None:
+    """Compile SOURCE into `out` atomically (temporary file in the same folder, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+            raise RuntimeError(f"{cc} failed (exit {proc.returncode}): {first}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    cc = _compiler()
+    if cc is None:
+        _state["status"] = "off: no C compiler found ($CC, cc or gcc)"
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *FLAGS, _cpu_id()]).encode())
+        out = _cache_dir() / f"bn_act-{key.hexdigest()[:16]}.so"
+        if not out.exists():
+            _build(cc, out)
+        lib = ctypes.CDLL(str(out))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _state["status"] = f"off: build failed: {e}"
+        return None
+    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+    lib.mbconv_bn_act_forward.argtypes = [i32, p, p, i64, i64, i64, p, p, f32, f32, p, p, p, p, i32]
+    lib.mbconv_bn_act_backward.argtypes = [i32, p, p, p, i64, i64, i64, p, p, p, p, p, p, i32]
+    _state["status"] = f"on: {out}"
+    return lib
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The built kernel library, building it on first call; None when it is off (see `native_status`)."""
+    if not _state["enabled"]:
+        return None
+    return _load()
+
+
+def native_enabled() -> bool:
+    """Whether the native kernels are switched on and built (builds them on first call)."""
+    return native_library() is not None
+
+
+def native_status() -> str:
+    """One line: "on: <library path>", or "off: <why>" (switched off, no compiler, build error)."""
+    if not _state["enabled"]:
+        return "off: switched off (MBCONV_NATIVE=0 or use_native(False))"
+    native_library()
+    return str(_state["status"])
+
+
+@contextlib.contextmanager
+def use_native(enabled: bool) -> Iterator[None]:
+    """Switch the native kernels on or off inside the block (for comparisons on the same weights)."""
+    before = _state["enabled"]
+    _state["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def bn_act_layout(x: torch.Tensor) -> str | None:
+    """"rows" (channels-last), "planes" (contiguous NC...) or None: the dense float32 CPU layouts the kernels
+    take. A tensor dense in both (one spatial position) counts as rows, whose loop is over channels."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.ndim < 2:
+        return None
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+    if fmt is not None and x.is_contiguous(memory_format=fmt):
+        return "rows"
+    if x.is_contiguous():
+        return "rows" if math.prod(x.shape[2:]) == 1 else "planes"
+    return None
+
+
+def _geometry(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
+    """(batch or rows, channels, plane size or -1 for rows) as the C entry points take them."""
+    n, c = x.shape[0], x.shape[1]
+    size = math.prod(x.shape[2:])
+    return (n * size, c, -1) if layout == "rows" else (n, c, size)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor | None,
+                   running_var: torch.Tensor | None, momentum: float, eps: float, act: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """act(batch_norm(x)) with batch statistics: (y, batch mean, 1/sqrt(var + eps)); updates the running
+    statistics in place like `F.batch_norm(training=True)`. `x` in a `bn_act_layout`, the library built."""
+    lib, layout = native_library(), bn_act_layout(x)
+    if lib is None or layout is None:
+        raise RuntimeError(f"bn_act_forward: native kernels unavailable for this input ({native_status()}, "
+                           f"layout {layout})")
+    weight, bias = weight.contiguous(), bias.contiguous()  # no copy for parameters (already dense)
+    y = torch.empty_like(x)
+    mean = torch.empty(x.shape[1], dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    rows, c, size = _geometry(x, layout)
+    lib.mbconv_bn_act_forward(NATIVE_ACTS[act], x.data_ptr(), y.data_ptr(), rows, c, size, weight.data_ptr(),
+                              bias.data_ptr(), eps, momentum, mean.data_ptr(), rstd.data_ptr(),
+                              _ptr(running_mean), _ptr(running_var), torch.get_num_threads())
+    return y, mean, rstd
+
+
+def bn_act_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                    rstd: torch.Tensor, act: str, affine_grads: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of `bn_act_forward`'s output with respect to x, weight and bias (the last two None unless
+    `affine_grads`), from the saved input and batch statistics (the BN output is recomputed)."""
+    lib, layout = native_library(), bn_act_layout(x)
+    if lib is None or layout is None:
+        raise RuntimeError(f"bn_act_backward: native kernels unavailable for this input ({native_status()})")
+    if bn_act_layout(gy) != layout:  # e.g. an expanded or NCHW gradient for a channels-last x
+        gy = torch.empty_like(x).copy_(gy)
+    weight, bias = weight.contiguous(), bias.contiguous()
+    gx = torch.empty_like(x)
+    gw = torch.empty_like(weight) if affine_grads else None
+    gb = torch.empty_like(bias) if affine_grads else None
+    rows, c, size = _geometry(x, layout)
+    lib.mbconv_bn_act_backward(NATIVE_ACTS[act], gy.data_ptr(), x.data_ptr(), gx.data_ptr(), rows, c, size,
+                               weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(gw),
+                               _ptr(gb), torch.get_num_threads())
+    return gx, gw, gb

@@ -1,0 +1,214 @@
+"""The fused native BN + activation kernels (mbconv.layers.native, bn_act.c) against PyTorch's BN and activation
+modules: outputs, gradients and running statistics over layouts, dimensions and activations; the lean layers'
+use of them; the switch, the build cache and a failed build falling back to PyTorch's ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mbconv.layers import native
+from mbconv.layers.conv import ConvNormAct
+from mbconv.layers.memory import NATIVE_ACT_NAMES, lean_layers
+
+pytestmark = pytest.mark.skipif(not native.native_enabled(), reason=f"native kernels {native.native_status()}")
+
+ACT_MODULES = {name: cls for cls, name in NATIVE_ACT_NAMES.items()}
+BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def make_input(shape: tuple[int, ...], channels_last: bool, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 2.0 + 0.7
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+    return x
+
+
+def reference(x: torch.Tensor, bn: nn.Module, act: nn.Module, gy: torch.Tensor) -> tuple:
+    x = x.detach().clone().requires_grad_(True)
+    y = act(bn(x))
+    y.backward(gy)
+    return y.detach(), x.grad, bn.weight.grad, bn.bias.grad
+
+
+CASES = [((6, 5), False), ((4, 7, 9), False), ((4, 6, 5, 3), False), ((4, 6, 5, 3), True), ((3, 8, 1, 1), True),
+         ((2, 5, 3, 4, 2), False), ((2, 5, 3, 4, 2), True), ((3, 70, 6, 6), True), ((2, 9, 130), False)]
+
+
+@pytest.mark.parametrize("shape,channels_last", CASES)
+@pytest.mark.parametrize("act", list(native.NATIVE_ACTS))
+def test_matches_pytorch_bn_and_activation(shape: tuple[int, ...], channels_last: bool, act: str) -> None:
+    x = make_input(shape, channels_last)
+    c = shape[1]
+    torch.manual_seed(1)
+    bn_ref = BN[len(shape)](c, momentum=0.3, eps=1e-3)
+    nn.init.uniform_(bn_ref.weight, 0.5, 1.5)
+    nn.init.uniform_(bn_ref.bias, -0.3, 0.3)
+    bn_ref.running_mean.uniform_(-1, 1)
+    bn_ref.running_var.uniform_(0.5, 2)
+    act_mod = ACT_MODULES[act]()
+    gy = torch.randn(shape)  # contiguous: for a channels-last x the kernel's caller converts it
+    rm, rv = bn_ref.running_mean.clone(), bn_ref.running_var.clone()  # before the reference's forward
+    want = reference(x, bn_ref, act_mod, gy)
+    y, mean, rstd = native.bn_act_forward(x, bn_ref.weight, bn_ref.bias, rm, rv, 0.3, 1e-3, act)
+    gx, gw, gb = native.bn_act_backward(gy, x, bn_ref.weight, bn_ref.bias, mean, rstd, act)
+    assert y.shape == x.shape and y.stride() == x.stride()
+    torch.testing.assert_close(y, want[0], rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(gx, want[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gw, want[2], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(gb, want[3], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(rm, bn_ref.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rv, bn_ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_running_statistics_follow_nn_batchnorm(momentum: float | None) -> None:
+    """Through the lean layer (the trainer's path), two training steps: running mean / var (unbiased) and the
+    batch counter as nn.BatchNorm keeps them, including momentum=None (cumulative average)."""
+    torch.manual_seed(0)
+    plain = ConvNormAct(4, 6, 3, act="swish").train()
+    plain.bn.momentum = momentum
+    lean = ConvNormAct(4, 6, 3, act="swish").train()
+    lean.load_state_dict(plain.state_dict())
+    lean.bn.momentum = momentum
+    lean_layers(lean, 0)
+    for seed in range(2):
+        x = make_input((3, 4, 5, 5), True, seed)
+        y_plain, y_lean = plain(x), lean(x)
+        assert "NativeBNActFn" in type(y_lean.grad_fn).__name__
+        torch.testing.assert_close(y_lean, y_plain, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(lean.bn.running_mean, plain.bn.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lean.bn.running_var, plain.bn.running_var, rtol=1e-5, atol=1e-6)
+    assert int(lean.bn.num_batches_tracked) == int(plain.bn.num_batches_tracked) == 2
+
+
+def test_lean_model_gradients_are_as_close_to_float64_as_pytorchs() -> None:
+    """A small EfficientNet with the trainer's lean layers: the native kernels' loss and gradients are at least as
+    close to the float64 model's as PyTorch's float32 ops are (a randomly initialised net has gradients in the
+    hundreds, so float32 rounding is visible: largest and median error over the parameters within 2x PyTorch's),
+    and switching them off takes PyTorch's ops on the same weights."""
+    import copy
+
+    from mbconv import create_model
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_b0", num_classes=5, width_mult=0.25).train()
+    model = model.to(memory_format=torch.channels_last)
+    lean_layers(model)
+    x = make_input((4, 3, 32, 32), True)
+    target = torch.tensor([0, 1, 2, 3])
+
+    def grads(m: nn.Module, x: torch.Tensor, on: bool) -> dict[str, torch.Tensor]:
+        m.zero_grad()
+        with native.use_native(on):
+            torch.manual_seed(0)  # the same drop-path and dropout draws
+            loss = nn.functional.cross_entropy(m(x), target)
+            names = {type(n).__name__ for n in _graph_nodes(loss.grad_fn)}
+            loss.backward()
+        assert ("NativeBNActFnBackward" in names) == (on and x.dtype == torch.float32)
+        return {k: p.grad.double() for k, p in m.named_parameters()}
+
+    truth = grads(copy.deepcopy(model).double(), x.double(), False)
+    ours, theirs = grads(copy.deepcopy(model), x, True), grads(copy.deepcopy(model), x, False)
+    # relative to each parameter's largest gradient (+1e-3: some are zero up to rounding, e.g. a bias before a BN)
+    errors = {name: torch.tensor([((g[k] - ref).abs().max() / (ref.abs().max() + 1e-3)).item()
+                                  for k, ref in truth.items()])
+              for name, g in (("native", ours), ("pytorch", theirs))}
+    # per parameter the two roundings differ either way; over the network neither may be worse than twice the other
+    assert errors["native"].max() <= 2 * errors["pytorch"].max(), errors
+    assert errors["native"].median() <= 2 * errors["pytorch"].median(), errors
+
+
+def _graph_nodes(fn: object) -> list:
+    seen, stack = [], [fn]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.append(f)
+        stack.extend(n for n, _ in f.next_functions)
+    return seen
+
+
+def test_other_layouts_dtypes_and_modes_take_pytorch_ops() -> None:
+    layer = ConvNormAct(3, 4, 1, act="swish")
+    lean_layers(layer, 0)
+    x64 = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    assert "Native" not in type(layer.double()(x64).grad_fn).__name__  # float64: PyTorch's ops (gradcheck-able)
+    layer.float().eval()
+    assert "Native" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__  # eval: running statistics
+    layer.train()
+    with torch.no_grad():
+        layer(torch.randn(2, 3, 4, 4))
+    assert "NativeBNActFn" in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
+    assert native.bn_act_layout(torch.randn(2, 3, 4, 4)[:, :, ::2]) is None  # strided view: not dense
+    assert native.bn_act_layout(torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)) == "rows"
+    assert native.bn_act_layout(torch.randn(2, 3, 4, 4)) == "planes"
+
+
+def test_gradient_in_another_layout_and_nan_propagate() -> None:
+    x = make_input((2, 4, 3, 3), True)
+    w, b = torch.ones(4), torch.zeros(4)
+    y, mean, rstd = native.bn_act_forward(x, w, b, None, None, 0.1, 1e-5, "silu")
+    gy = torch.randn(2, 4, 3, 3)  # NCHW gradient for a channels-last input
+    gx, _, _ = native.bn_act_backward(gy, x, w, b, mean, rstd, "silu")
+    gx2, _, _ = native.bn_act_backward(gy.contiguous(memory_format=torch.channels_last), x, w, b, mean, rstd, "silu")
+    torch.testing.assert_close(gx, gx2, rtol=0, atol=0)
+    x[0, 1, 0, 0] = float("nan")
+    y, _, _ = native.bn_act_forward(x, w, b, None, None, 0.1, 1e-5, "silu")
+    assert torch.isnan(y[:, 1]).all() and not torch.isnan(y[:, 0]).any()  # one channel's statistics are NaN
+
+
+def test_deterministic_and_once_differentiable() -> None:
+    layer = ConvNormAct(3, 8, 3, act="swish")
+    lean_layers(layer, 0)
+    x = make_input((4, 3, 6, 6), True).requires_grad_(True)
+    outs = []
+    for _ in range(2):
+        y = layer(x)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        outs.append((y.detach(), g.detach()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    with pytest.raises(RuntimeError, match="once_differentiable|marked with @once_differentiable"):
+        g.sum().backward()
+
+
+def test_switch_and_status() -> None:
+    assert native.native_status().startswith("on: ")
+    with native.use_native(False):
+        assert not native.native_enabled()
+        assert native.native_status().startswith("off: switched off")
+        layer = ConvNormAct(3, 4, 1, act="swish")
+        lean_layers(layer, 0)
+        assert "Native" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
+    assert native.native_enabled()
+
+
+def test_build_cache_and_failed_build(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A fresh cache folder gets one library, written atomically (no temporary left) and reused by the next load;
+    a compiler that fails leaves the kernels off with the reason, and layers fall back to PyTorch's ops."""
+    monkeypatch.setenv("MBCONV_CACHE_DIR", str(tmp_path / "cache"))
+    native._load.cache_clear()
+    try:
+        assert native.native_enabled()
+        built = sorted((tmp_path / "cache").iterdir())
+        assert len(built) == 1 and built[0].suffix == ".so" and built[0].name.startswith("bn_act-")
+        stamp = built[0].stat().st_mtime_ns
+        native._load.cache_clear()
+        assert native.native_enabled() and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+        monkeypatch.setenv("MBCONV_CACHE_DIR", str(tmp_path / "other"))
+        monkeypatch.setenv("CC", "false")  # a "compiler" that exits 1
+        native._load.cache_clear()
+        assert not native.native_enabled()
+        assert native.native_status().startswith("off: build failed: false failed (exit 1)")
+        assert not any((tmp_path / "other").iterdir())  # nothing half-written left behind
+        layer = ConvNormAct(3, 4, 1, act="swish")
+        lean_layers(layer, 0)
+        assert "Native" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+    assert native.native_enabled()
