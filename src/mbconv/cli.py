@@ -212,7 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     seed=args.seed, resume=args.resume, deterministic=args.deterministic, weights=args.weights,
                     freeze=args.freeze, channels=args.channels, norm=args.norm,
                     extra_train={"memory_lean": args.memory_lean,
-                                 "large_tensor_heap": not args.no_large_tensor_heap})
+                                 "large_tensor_heap": not args.no_large_tensor_heap,
+                                 "native_kernels": not args.no_native_kernels})
     row = train_run(cfg)
     acc = row.get("test_acc")
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -350,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-large-tensor-heap", action="store_true",
                     help="keep glibc's default of a fresh mmap per tensor over 32 MiB (by default freed large "
                          "tensors are reused from the heap during training: faster on large maps, higher peak RSS)")
+    sp.add_argument("--no-native-kernels", action="store_true",
+                    help="train with PyTorch's BN and activation ops instead of the fused native kernels (built on "
+                         "first use with the system C compiler; without one PyTorch's ops are used anyway)")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
     sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
     sp.add_argument("--data", type=text, help="another dataset with the same classes")

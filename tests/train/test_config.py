@@ -16,7 +16,7 @@ BAD = [
     ("momentum", 1.0), ("momentum", -0.1), ("ema_decay", 1.0), ("label_smoothing", 1.5),
     ("max_steps", -1), ("num_workers", 1.5), ("eval_batch_size", -2), ("ckpt_every_steps", None),
     ("seed", 1.5), ("optimizer", "lamb"), ("optimizer", None),
-    ("bf16", 1), ("deterministic", "yes"), ("large_tensor_heap", "no"), ("tune_threads", None),
+    ("bf16", 1), ("deterministic", "yes"), ("large_tensor_heap", "no"), ("native_kernels", 0), ("tune_threads", None),
     ("progress", "loud"), ("memory_lean", "maybe"),
 ]
 

@@ -51,6 +51,7 @@ class TrainConfig:
     # memory-lean training layers (layers.memory.lean_layers): "auto" on large maps only, "on" every layer, "off"
     memory_lean: str = "auto"
     large_tensor_heap: bool = True  # CPU: glibc keeps freed large tensors for reuse during fit (train/heap.py)
+    native_kernels: bool = True  # CPU: the lean layers' fused BN + activation kernels, where built (layers/native.py)
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):
@@ -70,7 +71,7 @@ class TrainConfig:
         for name in ("momentum", "ema_decay", "label_smoothing"):
             check_real(name, getattr(self, name), below_one=True)
         for name in ("bf16", "deterministic", "resume", "drop_last", "save_best", "tune_threads",
-                     "large_tensor_heap"):
+                     "large_tensor_heap", "native_kernels"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
 

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, unwrap_model
 from ..layers.memory import LEAN_MODES, lean_layers
+from ..layers.native import native_enabled, use_native
 from ..layers.pointwise import fast_pointwise
 from .config import TrainConfig
 from .distributed import barrier, dist_active, init_distributed
@@ -112,6 +113,7 @@ class Trainer:
         self.tuner = ThreadTuner() if cfg.tune_threads and ThreadTuner.wanted(
             self.device, self.world_size, cfg.deterministic) else None
         self.heap_active = False  # whether fit() runs with large tensors from the heap (train/heap.py)
+        self.native_active = False  # whether fit() runs the fused native BN + activation kernels (layers/native.py)
         self.net = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -130,7 +132,9 @@ class Trainer:
         try:
             # large tensors reused from the heap instead of mmapped afresh each step (train/heap.py); CPU only
             with deterministic_algorithms(self.cfg.deterministic), large_tensor_heap(
-                    self.cfg.large_tensor_heap and self.device.type == "cpu") as self.heap_active:
+                    self.cfg.large_tensor_heap and self.device.type == "cpu") as self.heap_active, \
+                    use_native(self.cfg.native_kernels):
+                self.native_active = self.cfg.native_kernels and self.device.type == "cpu" and native_enabled()
                 row = self._fit()
             ok = True
             return row
@@ -193,6 +197,7 @@ class Trainer:
             row["lr"] = stats["lr"]
             row["threads"] = torch.get_num_threads()
             row["large_tensor_heap"] = self.heap_active
+            row["native_kernels"] = self.native_active
             row["seconds"] = round(time.time() - t0, 3)
             self.epoch, self.epoch_step = epoch + 1, 0
             self.meter.reset()

@@ -1,0 +1,40 @@
+"""The trainer's `native_kernels` switch: the fused BN + activation kernels run in its training steps where built,
+not at all when switched off, and each metrics row records which."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mbconv.layers.memory as memory
+from mbconv import create_model
+from mbconv.layers.native import native_enabled
+from mbconv.train import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_train_scripts"))
+from tinytrain import make_data  # noqa: E402
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_trainer_runs_and_records_the_native_kernels(enabled, monkeypatch):
+    calls = []
+    real = memory.native_bn_act_apply
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "native_bn_act_apply", counting)
+    built = native_enabled()
+    torch.manual_seed(0)
+    model = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, progress="none", tune_threads=False, native_kernels=enabled)
+    row = Trainer(model, make_data(16), make_data(8, seed=1), cfg).fit()
+    assert row["native_kernels"] is (enabled and built)
+    assert bool(calls) is (enabled and built)
+    if calls:
+        assert {"silu", "identity"} <= set(calls)  # SiLU layers and the BN-only project convs
+    assert native_enabled() is built  # the switch ends with fit()
