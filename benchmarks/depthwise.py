@@ -18,9 +18,14 @@ Sections:
   it: the measurements behind the per-shape rule;
 - step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours as
   the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`; large-map memory-lean layers,
-  `lean_layers`), ours with ATen's depthwise
-  backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel differs), and
+  `lean_layers`, with the fused native BN + activation kernels), ours with ATen's depthwise
+  backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel differs),
+  ours without the native kernels (`use_native(False)`: only BN + activation differ), the same network on
+  PyTorch's ops for both (ATen's depthwise backward, no native kernels), and
   for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal);
+- bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
+  and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
+  the network's sum;
 - infer (not in the default list): inference (eval mode, no autograd) of the whole model, NCHW and channels_last,
   at the benchmark batch and at batch 1, with the cropped kernel where `crop_pays_for_inference` says so (ours)
   and with ATen's full kernel everywhere (`use_fast_backward(False)`, the same module), and each layer the
@@ -71,6 +76,7 @@ from mbconv.layers.depthwise import (
     weight_grad_method,
 )
 from mbconv.layers.memory import lean_layers
+from mbconv.layers.native import use_native
 from mbconv.layers.pointwise import fast_pointwise
 from mbconv.provenance import RunRecord, write_result
 
@@ -273,13 +279,15 @@ def section_methods(key: str, rounds: int, log: Callable[[str], None]) -> list[d
     return rows
 
 
-def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool | None) -> Callable[[], None]:
-    """One SGD step of `model`; `fast` sets our depthwise backward on/off for the step (None: leave it)."""
+def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool | None,
+                  native: bool = True) -> Callable[[], None]:
+    """One SGD step of `model`; `fast` sets our depthwise backward on/off for the step (None: leave it), `native`
+    the lean layers' fused BN + activation kernels."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
-        with contextlib.nullcontext() if fast is None else use_fast_backward(fast):
+        with contextlib.nullcontext() if fast is None else use_fast_backward(fast), use_native(native):
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
             opt.step()
@@ -300,7 +308,10 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     aten = copy.deepcopy(ours)
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
-    v = {"ours": train_step_fn(ours, x, y, True), "ours, ATen depthwise": train_step_fn(aten, x, y, False)}
+    v = {"ours": train_step_fn(ours, x, y, True), "ours, ATen depthwise": train_step_fn(aten, x, y, False),
+         "ours, no native BN+act": train_step_fn(copy.deepcopy(ours), x, y, True, native=False),
+         "PyTorch ops (ATen depthwise, no native BN+act)": train_step_fn(copy.deepcopy(aten), x, y, False,
+                                                                         native=False)}
     if theirs is not None:
         v["timm"] = train_step_fn(theirs, x, y, None)
     t = interleaved(v, rounds, inner=1, warmup=2)
@@ -311,6 +322,81 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     for other, r in ratios.items():
         log(f"{other} / ours per round: {fmt_ratio(r)}")
     return dict(times=t, ratios=ratios)
+
+
+def bn_act_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Distinct BN + activation configurations (input shape, layout, activation) of `model`'s ConvNormAct layers
+    met by a forward on `x`, with counts."""
+    from mbconv.layers.conv import ConvNormAct
+    from mbconv.layers.memory import NATIVE_ACT_NAMES
+    from mbconv.layers.native import bn_act_layout
+
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, act_module: nn.Module) -> None:
+        y = inp[0]
+        act = NATIVE_ACT_NAMES.get(type(act_module))
+        key = (tuple(y.shape), bn_act_layout(y), act)
+        if act is None or key[1] is None:
+            return
+        seen.setdefault(key, dict(shape=key[0], layout=key[1], act=act, last=is_channels_last(y), count=0))
+        seen[key]["count"] += 1
+
+    hs = []
+    for m in model.modules():
+        if isinstance(m, ConvNormAct) and isinstance(m.bn, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            hs.append(m.bn.register_forward_hook(functools.partial(hook, act_module=m.act)))
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return list(seen.values())
+
+
+def section_bn_act(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Per BN + activation layer of the model: forward + backward of PyTorch's BN and activation modules (as a
+    plain ConvNormAct runs them) against the fused native kernels (`NativeBNActFn`, as the trainer runs them),
+    same input, weights and output gradient; and the sum over the network (each layer times its count)."""
+    from mbconv.layers.conv import create_act
+    from mbconv.layers.memory import native_bn_act_apply
+
+    model = build_ours(key)
+    layers = bn_act_layers(model, model_input(key))
+    dims = MODELS[key]["dims"]
+    rows, total = [], {"pytorch": 0.0, "native": 0.0}
+    log(f"\n### BN + activation, forward + backward per layer: {describe(key)}, {rounds} rounds")
+    log("| layer (N, C, spatial) | act | count | PyTorch ms | native ms | PyTorch / native per round |")
+    log("|---|---|---|---|---|---|")
+    for cfg in layers:
+        torch.manual_seed(0)
+        c = cfg["shape"][1]
+        bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](c).train()
+        act = create_act(None if cfg["act"] == "identity" else {"silu": "swish"}.get(cfg["act"], cfg["act"]))
+        x = torch.randn(cfg["shape"])
+        if cfg["last"]:
+            x = x.contiguous(memory_format=LAST[dims])
+        x.requires_grad_(True)
+        g = torch.randn_like(x)
+
+        def pytorch(x: torch.Tensor = x, g: torch.Tensor = g, bn: nn.Module = bn, act: nn.Module = act) -> None:
+            act(bn(x)).backward(g)
+
+        def native(x: torch.Tensor = x, g: torch.Tensor = g, bn: nn.Module = bn, name: str = cfg["act"]) -> None:
+            native_bn_act_apply(bn, name, x).backward(g)
+
+        t = interleaved({"pytorch": pytorch, "native": native}, rounds, inner=inner_for(native))
+        r = ratio_stats(t["pytorch"], t["native"])
+        med = {k: statistics.median(v) for k, v in t.items()}
+        for k in total:
+            total[k] += med[k] * cfg["count"]
+        label = f"N{cfg['shape'][0]} C{c} {'x'.join(map(str, cfg['shape'][2:])) or '-'}"
+        log(f"| {label} | {cfg['act']} | {cfg['count']} | {med['pytorch'] * 1e3:.3f} | {med['native'] * 1e3:.3f} "
+            f"| {fmt_ratio(r)} |")
+        rows.append(dict(cfg, label=label, median_ms={k: v * 1e3 for k, v in med.items()}, ratio=r, times=t))
+    log(f"network total (sum of medians x count): PyTorch {total['pytorch'] * 1e3:.1f} ms, native "
+        f"{total['native'] * 1e3:.1f} ms, x{total['pytorch'] / total['native']:.2f}")
+    return {"layers": rows, "total_ms": {k: v * 1e3 for k, v in total.items()},
+            "total_ratio": total["pytorch"] / total["native"]}
 
 
 def crop_timing(module: nn.Module, x: torch.Tensor, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
@@ -400,11 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    known = ("layers", "methods", "step", "infer")
+    known = ("layers", "methods", "step", "infer", "bn_act")
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
-                 "infer")
+                 "infer, bn_act")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -429,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["step"] = section_step(key, args.rounds or (quick_rounds if args.quick else 10), log)
             if "infer" in sections:
                 run["infer"] = section_infer(key, args.rounds or (3 if args.quick else 15), log)
+            if "bn_act" in sections:
+                run["bn_act"] = section_bn_act(key, args.rounds or (3 if args.quick else 15), log)
             result["runs"][f"{key}@{th}"] = run
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start

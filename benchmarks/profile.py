@@ -138,11 +138,13 @@ class TourStep:
     layers on large maps (`lean_layers`, `TrainConfig.memory_lean="auto"`). The keyword switches override single
     parts (for the candidates of `benchmarks.step`): `depthwise` (ours or ATen's backward), `fused` (AdamW step),
     `pointwise` (`fast_pointwise`), `memory_lean` ("auto" | "on" | "off", as `TrainConfig.memory_lean`),
-    `cached_data` (batches drawn once, then reused: the step without the data pipeline).
+    `cached_data` (batches drawn once, then reused: the step without the data pipeline), `native` (the lean
+    layers' fused native BN + activation kernels, `mbconv.layers.native`).
     """
 
     def __init__(self, before: bool = False, *, depthwise: bool | None = None, fused: bool | None = None,
-                 pointwise: bool | None = None, memory_lean: str | None = None, cached_data: bool = False):
+                 pointwise: bool | None = None, memory_lean: str | None = None, cached_data: bool = False,
+                 native: bool | None = None):
         from mbconv.chapters.context import TourContext
         from mbconv.chapters.train import tour_run_config
         from mbconv.data import load_dataset
@@ -152,7 +154,8 @@ class TourStep:
         from mbconv.train.sampling import make_shard_loader
         from mbconv.workflow import build_for_data
 
-        depthwise, fused, pointwise = (not before if v is None else v for v in (depthwise, fused, pointwise))
+        depthwise, fused, pointwise, native = (not before if v is None else v
+                                               for v in (depthwise, fused, pointwise, native))
         cfg = tour_run_config(TourContext(Path("unused"), False, None))  # the chapter's recipe, nothing written
         train = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=0)
         model = build_for_data(cfg.model, train.info, cfg.resolution, cfg.width_mult, cfg.depth_mult, cfg.init,
@@ -171,7 +174,7 @@ class TourStep:
         self.loader = make_shard_loader(train, cfg.batch_size, train=True, seed=0)
         self.batches: Iterator = iter(())
         self.cache: list | None = [] if cached_data else None
-        self.fast, self.i = depthwise, 0
+        self.fast, self.native, self.i = depthwise, native, 0
         self.label = (f"B0 spec x{cfg.width_mult}, {train.info.in_chans} channel, {train.info.num_classes} classes, "
                       f"{cfg.resolution} px, batch {cfg.batch_size}, channels_last")
 
@@ -195,10 +198,11 @@ class TourStep:
         from torch.profiler import record_function
 
         from mbconv.layers.depthwise import use_fast_backward
+        from mbconv.layers.native import use_native
 
         with record_function("data"):
             x, y = self.next_batch()
-        with use_fast_backward(self.fast):
+        with use_fast_backward(self.fast), use_native(self.native):
             with record_function("forward"):
                 loss = self.loss_fn(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)

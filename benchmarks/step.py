@@ -74,6 +74,7 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 TOUR_VARIANTS: dict[str, dict[str, Any]] = {
     "default (trainer)": {},
     "ATen depthwise backward": {"depthwise": False},
+    "no native BN + activation kernels": {"native": False},
     "oneDNN for every 1x1 conv": {"pointwise": False},
     "per-parameter AdamW": {"fused": False},
     "no memory-lean layers": {"memory_lean": "off"},
@@ -155,6 +156,17 @@ def b0_pair() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     return ours, theirs, torch.randn(8, 3, 224, 224).contiguous(memory_format=cl), torch.randint(0, 1000, (8,))
 
 
+def native_off(step: Callable[[], None]) -> Callable[[], None]:
+    """`step` with the fused native BN + activation kernels switched off (PyTorch's BN and activation ops)."""
+    from mbconv.layers.native import use_native
+
+    def run() -> None:
+        with use_native(False):
+            step()
+
+    return run
+
+
 def lean_copy(model: nn.Module, mode: str | int | None) -> nn.Module:
     """A copy of `model` with `lean_layers` at a `TrainConfig.memory_lean` mode or a threshold."""
     from mbconv.layers.memory import LEAN_MODES, lean_layers
@@ -166,7 +178,9 @@ def lean_copy(model: nn.Module, mode: str | int | None) -> nn.Module:
 
 def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
     ours, theirs, x, y = b0_pair()
-    steps = {"ours (trainer)": sgd_step(lean_copy(ours, "auto"), x, y),
+    lean = lean_copy(ours, "auto")
+    steps = {"ours (trainer)": sgd_step(lean, x, y),
+             "ours, no native BN + activation kernels": native_off(sgd_step(lean, x, y)),
              "ours, no memory-lean layers": sgd_step(lean_copy(ours, "off"), x, y),
              "ours memory-lean (all layers)": sgd_step(lean_copy(ours, "on"), x, y),
              "timm": sgd_step(theirs, x, y)}

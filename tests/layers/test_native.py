@@ -136,9 +136,9 @@ def test_other_layouts_dtypes_and_modes_take_pytorch_ops() -> None:
     layer = ConvNormAct(3, 4, 1, act="swish")
     lean_layers(layer, 0)
     x64 = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    assert "Native" not in type(layer.double()(x64).grad_fn).__name__  # float64: PyTorch's ops (gradcheck-able)
+    assert "NativeBNActFn" not in type(layer.double()(x64).grad_fn).__name__  # float64: PyTorch's ops (gradcheck-able)
     layer.float().eval()
-    assert "Native" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__  # eval: running statistics
+    assert "NativeBNActFn" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__  # eval: running statistics
     layer.train()
     with torch.no_grad():
         layer(torch.randn(2, 3, 4, 4))
@@ -182,7 +182,7 @@ def test_switch_and_status() -> None:
         assert native.native_status().startswith("off: switched off")
         layer = ConvNormAct(3, 4, 1, act="swish")
         lean_layers(layer, 0)
-        assert "Native" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
+        assert "NativeBNActFn" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
     assert native.native_enabled()
 
 
@@ -207,8 +207,24 @@ def test_build_cache_and_failed_build(tmp_path, monkeypatch) -> None:  # noqa: A
         assert not any((tmp_path / "other").iterdir())  # nothing half-written left behind
         layer = ConvNormAct(3, 4, 1, act="swish")
         lean_layers(layer, 0)
-        assert "Native" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
+        assert "NativeBNActFn" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
     finally:
         monkeypatch.undo()
         native._load.cache_clear()
     assert native.native_enabled()
+
+
+def test_size_rule_keeps_pytorch_where_the_kernels_lose() -> None:
+    """`bn_act_pays`: BN-only layers below MIN_IDENTITY_NUMEL elements and planes shorter than MIN_PLANE keep
+    PyTorch's ops (measured slower there, docs/bench/depthwise.md); activations on small rows do not."""
+    small = torch.randn(64, 96, 1, 1).contiguous(memory_format=torch.channels_last)  # 6144 elements
+    assert not native.bn_act_pays(small, "identity") and native.bn_act_pays(small, "silu")
+    big = torch.randn(64, 24, 4, 4).contiguous(memory_format=torch.channels_last)  # 24576 elements
+    assert native.bn_act_pays(big, "identity")
+    assert not native.bn_act_pays(torch.randn(64, 192, native.MIN_PLANE - 1), "silu")
+    assert native.bn_act_pays(torch.randn(64, 192, native.MIN_PLANE), "silu")
+    layer = ConvNormAct(96, 96, 1, act=None)
+    lean_layers(layer, 0)
+    x = torch.randn(64, 96, 1, 1).contiguous(memory_format=torch.channels_last)
+    assert "NativeBNActFn" not in type(layer(x).grad_fn).__name__
+    assert "NativeBNActFn" in type(layer(torch.randn(64, 96, 4, 4)).grad_fn).__name__

@@ -36,5 +36,5 @@ def test_trainer_runs_and_records_the_native_kernels(enabled, monkeypatch):
     assert row["native_kernels"] is (enabled and built)
     assert bool(calls) is (enabled and built)
     if calls:
-        assert {"silu", "identity"} <= set(calls)  # SiLU layers and the BN-only project convs
+        assert "silu" in calls
     assert native_enabled() is built  # the switch ends with fit()

@@ -51,7 +51,7 @@ from torch.utils.checkpoint import checkpoint
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .conv import ConvNormAct
 from .depthwise import exporting_or_transforming, fx_proxy
-from .native import bn_act_backward, bn_act_forward, bn_act_layout, native_enabled
+from .native import bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
 from .se import SqueezeExcite
 
 __all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "NATIVE_ACT_NAMES", "BNActFn",
@@ -208,11 +208,12 @@ class NativeBNActFn(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None
 
 
-def native_applies(x: torch.Tensor, bn: nn.Module) -> bool:
+def native_applies(x: torch.Tensor, bn: nn.Module, act: str) -> bool:
     """Whether `NativeBNActFn` should run act(bn(x)): where a lean Function may run at all (`lean_applies`), on a
-    float32 CPU input in a layout the kernels take, with float32 CPU parameters and statistics, more than one value
-    per channel (else nn.BatchNorm's own error is the right answer), and the kernels switched on and built."""
-    return (lean_applies(x, 0) and bn_act_layout(x) is not None and x.numel() > x.shape[1]
+    float32 CPU input the kernels take and are faster on (`bn_act_pays`), with float32 CPU parameters and
+    statistics, more than one value per channel (else nn.BatchNorm's own error is the right answer), and the
+    kernels switched on and built."""
+    return (lean_applies(x, 0) and bn_act_pays(x, act) and x.numel() > x.shape[1]
             and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous())
                     for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
             and native_enabled())
@@ -306,10 +307,10 @@ class LeanConvNormAct(ConvNormAct):
 
     @torch.jit.unused
     def norm_act(self, y: torch.Tensor) -> torch.Tensor:
-        """act(bn(y)): through `NativeBNActFn` where it applies (any size: the fused kernels are faster than
-        PyTorch's ops on the smallest maps too), else through `BNActFn` on inputs of at least `min_numel`."""
+        """act(bn(y)): through `NativeBNActFn` where it applies (`native_applies`: no `min_numel`, the fused
+        kernels beat PyTorch's ops on small maps too), else through `BNActFn` on inputs of at least `min_numel`."""
         kind = _lean_bn_kind(self.bn, self.act)
-        if kind is not None and kind in NATIVE_ACT_NAMES and native_applies(y, self.bn):
+        if kind is not None and kind in NATIVE_ACT_NAMES and native_applies(y, self.bn, NATIVE_ACT_NAMES[kind]):
             return native_bn_act_apply(self.bn, NATIVE_ACT_NAMES[kind], y)
         if kind is None or kind not in ACTS or not lean_applies(y, self.min_numel):
             return self.act(self.bn(y))

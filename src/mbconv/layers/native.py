@@ -33,14 +33,20 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout", "native_enabled", "native_library",
-           "native_status", "use_native"]
+__all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
+           "bn_act_pays", "native_enabled", "native_library", "native_status", "use_native"]
 
 SOURCE = Path(__file__).with_name("bn_act.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
 
 # activation name -> the kernel's code (bn_act.c's enum)
 NATIVE_ACTS: dict[str, int] = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4}
+
+# Where the kernels beat PyTorch's ops, per layer (benchmarks.depthwise --sections bn_act, docs/bench/depthwise.md):
+# a BN with no activation is a single ATen autograd node, and below about 2^14 elements the kernels' per-call cost
+# (a Python autograd Function) loses to it; planes shorter than 16 values leave the inner loops mostly remainder.
+MIN_IDENTITY_NUMEL = 2**14
+MIN_PLANE = 16
 
 _state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "status": "not built yet"}
 
@@ -149,6 +155,16 @@ def bn_act_layout(x: torch.Tensor) -> str | None:
     if x.is_contiguous():
         return "rows" if math.prod(x.shape[2:]) == 1 else "planes"
     return None
+
+
+def bn_act_pays(x: torch.Tensor, act: str) -> bool:
+    """Whether the fused kernels are expected to be faster than PyTorch's BN + activation on `x` (a layout they
+    take, planes of at least MIN_PLANE values, and for a BN with no activation at least MIN_IDENTITY_NUMEL
+    elements)."""
+    layout = bn_act_layout(x)
+    if layout is None or (layout == "planes" and math.prod(x.shape[2:]) < MIN_PLANE):
+        return False
+    return act != "identity" or x.numel() >= MIN_IDENTITY_NUMEL
 
 
 def _geometry(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
