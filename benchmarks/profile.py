@@ -107,6 +107,8 @@ def op_kind(name: str, phase: str) -> str:
     """A coarse kind for a profiler op name in a step phase: what the step spends its time on (a convolution run
     by a backward function, e.g. our depthwise backward's, counts as conv backward)."""
     n = name.lower()
+    if "bnactfn" in n:  # the fused native BN + activation (mbconv.layers.native), forward and backward
+        return "batch norm + activation (fused native)"
     if "conv" in n:
         return "conv backward" if phase == "backward" or "backward" in n else "conv forward"
     if n in ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm"):
