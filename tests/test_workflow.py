@@ -103,3 +103,18 @@ def test_run_helpers_refuse_bad_values(tmp_path) -> None:
         evaluate_run(tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="in-memory datasets"):  # was an AttributeError
         fit_spec(mbconv1d_se4_spec(), None, None, tmp_path / "run", epochs=1)
+
+
+def test_preprocess_names_a_bad_data_record_or_input() -> None:
+    from mbconv.workflow import preprocess
+
+    x = torch.rand(2, 3, 20, 20)
+    out = preprocess(x, {"dims": 2, "resolution": 16, "mean": [0.5] * 3, "std": [0.25] * 3})
+    assert out.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(out.mean(), ((torch.nn.functional.interpolate(x, size=[16, 16], mode="bilinear")
+                                             - 0.5) / 0.25).mean())
+    for data in ({}, {"dims": 2}, {"dims": 4, "resolution": 16}, {"dims": 2, "resolution": 0}, None):
+        with pytest.raises(ValueError, match="preprocess needs the run's data record"):  # {} was a bare KeyError
+            preprocess(x, data)
+    with pytest.raises(ValueError, match=r"with 1 spatial dims, got \(2, 3, 20, 20\)"):
+        preprocess(x, {"dims": 1, "resolution": 16})

@@ -510,7 +510,15 @@ def evaluate_run(path: str | Path, data: str | None = None, batch_size: int = 25
 
 
 def preprocess(x: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:
-    """Resize and normalise raw inputs (N, C, *spatial) in [0, 1]-or-raw units as the training data was."""
+    """Resize and normalise raw inputs (N, C, *spatial) in [0, 1]-or-raw units as the training data was. `data` is a
+    run's data record (`dims`, `resolution`, optional `mean` / `std`); a missing or wrong field is named."""
+    if not isinstance(data, dict) or data.get("dims") not in (1, 2, 3) or isinstance(data.get("resolution"), bool) \
+            or not isinstance(data.get("resolution"), int) or data["resolution"] < 1:
+        raise ValueError(f"preprocess needs the run's data record with dims in 1-3 and a positive integer "
+                         f"resolution, got {data!r}")
+    if not isinstance(x, torch.Tensor) or x.ndim != data["dims"] + 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"preprocess needs a (N, C, *spatial) tensor with {data['dims']} spatial dims, got {shape}")
     dims = data["dims"]
     size = [data["resolution"]] * dims
     if list(x.shape[2:]) != size:
