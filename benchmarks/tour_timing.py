@@ -26,11 +26,15 @@ from mbconv.provenance import RunRecord, write_result
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_tour(clone: Path) -> dict:
-    """Clone, build the venv (untimed), time `make tour`; the tour's log lines and wall seconds."""
-    if clone.exists():
-        shutil.rmtree(clone)
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+def run_tour(clone: Path, existing: bool = False) -> dict:
+    """Clone, build the venv (untimed), time `make tour`; the tour's log lines and wall seconds. `existing`: run
+    again in a clone this script made before (its venv kept, its tour results removed first)."""
+    if existing:
+        shutil.rmtree(clone / "results" / "tour", ignore_errors=True)
+    else:
+        if clone.exists():
+            shutil.rmtree(clone)
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     subprocess.run(["make", "venv"], cwd=clone, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     load = os.getloadavg()
     t0 = time.perf_counter()
@@ -45,7 +49,7 @@ def run_tour(clone: Path) -> dict:
 
 def summarise(clone: Path, run: dict) -> dict:
     """The result file's content from a finished tour in `clone`."""
-    lines = [ln for ln in run["log"] if re.match(r"^\d\d:\d\d:\d\d ", ln)]
+    lines = [ln for ln in run["log"] if re.match(r"^\[tour \d\d:\d\d:\d\d\] ", ln)]  # chapters.context's log
     chapters = {m.group(1): int(m.group(2)) for ln in lines
                 if (m := re.search(r" (\w+) chapter done in (\d+) s", ln))}
     total = next((int(m.group(1)) for ln in lines if (m := re.search(r" done in (\d+) s:", ln))), None)
@@ -64,11 +68,14 @@ def summarise(clone: Path, run: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clone", default="/tmp/tourclone", help="folder for the fresh clone (removed first)")
+    ap.add_argument("--existing", action="store_true",
+                    help="run again in the clone a previous call made (venv kept), not a fresh one")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
     clone = Path(args.clone)
-    result = summarise(clone, run_tour(clone))
+    result = summarise(clone, run_tour(clone, args.existing))
+    result["fresh_clone"] = not args.existing
     write_result(Path(args.out), result, record)
     print(f"make tour {result['make_tour_real_seconds']:.0f} s wall (tour's clock {result['tour_reported_seconds']} s)"
           f"; chapters {result['chapter_seconds']}; test acc {result['train']['eval']['acc']:.4f} "
