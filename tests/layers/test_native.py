@@ -268,3 +268,31 @@ def test_real_pretrained_lite0_fine_tuning_step(tmp_path) -> None:  # noqa: ANN0
     for k, ref in truth_stats.items():
         scale = ref.abs().max() + 1e-6
         assert (ours_stats[k] - ref).abs().max() / scale <= 2 * (theirs_stats[k] - ref).abs().max() / scale + 1e-6, k
+
+
+def test_under_ddp(tmp_path) -> None:  # noqa: ANN001
+    """DistributedDataParallel (gloo, one process) over lean layers: the kernels run inside DDP's forward and
+    their parameter gradients are reduced like any other (equal to the same model's without DDP)."""
+    import copy
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(ConvNormAct(3, 8, 3, act="swish"), ConvNormAct(8, 8, 3, groups=8, act="relu6"),
+                              nn.Flatten(), nn.Linear(8 * 9 * 9, 3))
+        lean_layers(model, 0)
+        ref = copy.deepcopy(model)
+        x = make_input((4, 3, 9, 9), True)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        out = ddp(x)
+        assert "NativeBNActFnBackward" in {type(n).__name__ for n in _graph_nodes(out.grad_fn)}
+        out.square().mean().backward()
+        ref(x).square().mean().backward()
+        for (k, p), q in zip(model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=k)
+    finally:
+        dist.destroy_process_group()
