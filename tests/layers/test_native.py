@@ -296,3 +296,25 @@ def test_under_ddp(tmp_path) -> None:  # noqa: ANN001
             torch.testing.assert_close(p.grad, q.grad, msg=k)
     finally:
         dist.destroy_process_group()
+
+
+def test_concurrent_builds_and_a_damaged_cache_file(tmp_path) -> None:  # noqa: ANN001
+    """Two processes building into one empty cache at once (DDP ranks on first use) both load the kernels and leave
+    one library and no temporary file; a damaged cached library is rebuilt instead of turning the kernels off."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    code = "from mbconv.layers import native; print(native.native_status())"
+    env = {**os.environ, "MBCONV_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs) and all(o.startswith("on: ") for o in outs), outs
+    built = list(cache.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+
+    built[0].write_bytes(b"not a shared library")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert out.startswith("on: ") and built[0].read_bytes()[:4] == b"\x7fELF"

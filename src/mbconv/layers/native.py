@@ -102,7 +102,11 @@ def _load() -> ctypes.CDLL | None:
         out = _cache_dir() / f"bn_act-{key.hexdigest()[:16]}.so"
         if not out.exists():
             _build(cc, out)
-        lib = ctypes.CDLL(str(out))
+        try:
+            lib = ctypes.CDLL(str(out))
+        except OSError:  # a damaged cached file (the build itself is atomic): build it again, once
+            _build(cc, out)
+            lib = ctypes.CDLL(str(out))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _state["status"] = f"off: build failed: {e}"
         return None
