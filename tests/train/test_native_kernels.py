@@ -38,3 +38,22 @@ def test_trainer_runs_and_records_the_native_kernels(enabled, monkeypatch):
     if calls:
         assert "silu" in calls
     assert native_enabled() is built  # the switch ends with fit()
+
+
+def test_trainer_says_why_the_kernels_are_off(monkeypatch, capsys, tmp_path):
+    import mbconv.layers.native as native
+
+    monkeypatch.setenv("MBCONV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    native._load.cache_clear()
+    try:
+        torch.manual_seed(0)
+        model = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, progress="plain", tune_threads=False, max_steps=1)
+        row = Trainer(model, make_data(16), make_data(8, seed=1), cfg).fit()
+        assert row.get("stopped") or row["native_kernels"] is False
+        err = capsys.readouterr().err
+        assert "note: native BN + activation kernels off: build failed" in err and "PyTorch's ops" in err
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()

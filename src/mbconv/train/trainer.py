@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, unwrap_model
 from ..layers.memory import LEAN_MODES, lean_layers
-from ..layers.native import native_enabled, use_native
+from ..layers.native import native_enabled, native_status, use_native
 from ..layers.pointwise import fast_pointwise
 from .config import TrainConfig
 from .distributed import barrier, dist_active, init_distributed
@@ -135,6 +135,10 @@ class Trainer:
                     self.cfg.large_tensor_heap and self.device.type == "cpu") as self.heap_active, \
                     use_native(self.cfg.native_kernels):
                 self.native_active = self.cfg.native_kernels and self.device.type == "cpu" and native_enabled()
+                if self.cfg.native_kernels and self.device.type == "cpu" and not self.native_active \
+                        and self.rank == 0 and self.cfg.progress != "none":  # say why the fast path is missing
+                    print(f"note: native BN + activation kernels {native_status()}; using PyTorch's ops",
+                          file=sys.stderr)
                 row = self._fit()
             ok = True
             return row
