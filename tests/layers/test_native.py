@@ -190,18 +190,18 @@ def test_build_cache_and_failed_build(tmp_path, monkeypatch) -> None:  # noqa: A
     """A fresh cache folder gets one library, written atomically (no temporary left) and reused by the next load;
     a compiler that fails leaves the kernels off with the reason, and layers fall back to PyTorch's ops."""
     monkeypatch.setenv("MBCONV_CACHE_DIR", str(tmp_path / "cache"))
-    native._load.cache_clear()
+    native.reset_native()
     try:
         assert native.native_enabled()
         built = sorted((tmp_path / "cache").iterdir())
         assert len(built) == 1 and built[0].suffix == ".so" and built[0].name.startswith("bn_act-")
         stamp = built[0].stat().st_mtime_ns
-        native._load.cache_clear()
+        native.reset_native()
         assert native.native_enabled() and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
 
         monkeypatch.setenv("MBCONV_CACHE_DIR", str(tmp_path / "other"))
         monkeypatch.setenv("CC", "false")  # a "compiler" that exits 1
-        native._load.cache_clear()
+        native.reset_native()
         assert not native.native_enabled()
         assert native.native_status().startswith("off: build failed: false failed (exit 1)")
         assert not any((tmp_path / "other").iterdir())  # nothing half-written left behind
@@ -210,7 +210,7 @@ def test_build_cache_and_failed_build(tmp_path, monkeypatch) -> None:  # noqa: A
         assert "NativeBNActFn" not in type(layer(torch.randn(2, 3, 4, 4)).grad_fn).__name__
     finally:
         monkeypatch.undo()
-        native._load.cache_clear()
+        native.reset_native()
     assert native.native_enabled()
 
 

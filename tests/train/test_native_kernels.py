@@ -45,7 +45,7 @@ def test_trainer_says_why_the_kernels_are_off(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setenv("MBCONV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails
-    native._load.cache_clear()
+    native.reset_native()
     try:
         torch.manual_seed(0)
         model = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
@@ -56,4 +56,4 @@ def test_trainer_says_why_the_kernels_are_off(monkeypatch, capsys, tmp_path):
         assert "note: native BN + activation kernels off: build failed" in err and "PyTorch's ops" in err
     finally:
         monkeypatch.undo()
-        native._load.cache_clear()
+        native.reset_native()

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
-           "bn_act_pays", "native_enabled", "native_library", "native_status", "use_native"]
+           "bn_act_pays", "native_enabled", "native_library", "native_status", "reset_native", "use_native"]
 
 SOURCE = Path(__file__).with_name("bn_act.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
@@ -122,6 +122,13 @@ def native_library() -> ctypes.CDLL | None:
     if not _state["enabled"]:
         return None
     return _load()
+
+
+def reset_native() -> None:
+    """Forget which library was loaded (or why none was), so that the next call looks again: after changing $CC
+    or $MBCONV_CACHE_DIR in a running process. A library already loaded stays mapped."""
+    _load.cache_clear()
+    _state["status"] = "not built yet"
 
 
 def native_enabled() -> bool:
