@@ -318,3 +318,23 @@ def test_concurrent_builds_and_a_damaged_cache_file(tmp_path) -> None:  # noqa: 
     built[0].write_bytes(b"not a shared library")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
     assert out.startswith("on: ") and built[0].read_bytes()[:4] == b"\x7fELF"
+
+
+def test_bad_arguments_are_named_in_one_line() -> None:
+    x = make_input((2, 4, 3, 3), True)
+    w, b = torch.ones(4), torch.zeros(4)
+    cases = [
+        (lambda: native.bn_act_forward(x, torch.ones(5), b, None, None, 0.1, 1e-5, "silu"), "weight must be"),
+        (lambda: native.bn_act_forward(x, w, b, torch.zeros(8)[::2], None, 0.1, 1e-5, "silu"), "running_mean must"),
+        (lambda: native.bn_act_forward(x, w, b.double(), None, None, 0.1, 1e-5, "silu"), "bias must be"),
+        (lambda: native.bn_act_forward(x.double(), w, b, None, None, 0.1, 1e-5, "silu"), "dense float32 CPU"),
+        (lambda: native.bn_act_forward(x, w, b, None, None, 0.1, 1e-5, "gelu"), "unknown activation 'gelu'"),
+        (lambda: native.bn_act_forward(torch.randn(1, 4), w, b, None, None, 0.1, 1e-5, "silu"),
+         "more than 1 value per channel"),
+        (lambda: native.bn_act_backward(torch.randn(2, 4, 3), x, w, b, w, w, "silu"), "gradient of shape"),
+        (lambda: native.bn_act_backward(torch.randn_like(x), x, w, b, torch.ones(3), w, "silu"), "mean must be"),
+    ]
+    for call, words in cases:
+        with pytest.raises(ValueError, match=words) as e:
+            call()
+        assert "\n" not in str(e.value)

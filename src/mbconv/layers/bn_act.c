@@ -74,30 +74,31 @@ static void finish_stats(const double *sum, const double *sq, long count, long c
     }
 }
 
-/* The kernels, once per activation: this file includes itself with ACT and NAME defined. */
+/* The kernels, once per activation: this file includes itself (by name, so relative to itself) with ACT and NAME
+ * defined. */
 #define ACT ACT_IDENTITY
 #define NAME(f) f##_identity
-#include __FILE__
+#include "bn_act.c"
 #undef ACT
 #undef NAME
 #define ACT ACT_RELU
 #define NAME(f) f##_relu
-#include __FILE__
+#include "bn_act.c"
 #undef ACT
 #undef NAME
 #define ACT ACT_RELU6
 #define NAME(f) f##_relu6
-#include __FILE__
+#include "bn_act.c"
 #undef ACT
 #undef NAME
 #define ACT ACT_SILU
 #define NAME(f) f##_silu
-#include __FILE__
+#include "bn_act.c"
 #undef ACT
 #undef NAME
 #define ACT ACT_HARDSWISH
 #define NAME(f) f##_hardswish
-#include __FILE__
+#include "bn_act.c"
 #undef ACT
 #undef NAME
 
@@ -112,39 +113,45 @@ int mbconv_bn_act_forward(int act, const float *x, float *y, long batch, long ch
                           const float *weight, const float *bias, float eps, float momentum, float *mean, float *rstd,
                           float *running_mean, float *running_var, int threads) {
     if (threads < 1) threads = 1;
-#define FWD_ROWS(A) forward_rows_##A(x, y, batch, channels, weight, bias, eps, momentum, mean, rstd, running_mean, \
-                                 running_var, threads)
-#define FWD_PLANES(A) forward_planes_##A(x, y, batch, channels, size, weight, bias, eps, momentum, mean, rstd, \
-                                     running_mean, running_var, threads)
+#define FWD_ROWS(A) err = forward_rows_##A(x, y, batch, channels, weight, bias, eps, momentum, mean, rstd, \
+                                           running_mean, running_var, threads)
+#define FWD_PLANES(A) err = forward_planes_##A(x, y, batch, channels, size, weight, bias, eps, momentum, mean, \
+                                               rstd, running_mean, running_var, threads)
+    int err;
     if (size < 0) { DISPATCH(FWD_ROWS) } else { DISPATCH(FWD_PLANES) }
-    return 0;
+    return err; /* 1: out of memory for the per-thread sums */
 }
 
 int mbconv_bn_act_backward(int act, const float *gy, const float *x, float *gx, long batch, long channels, long size,
                            const float *weight, const float *bias, const float *mean, const float *rstd,
                            float *gweight, float *gbias, int threads) {
     if (threads < 1) threads = 1;
-#define BWD_ROWS(A) backward_rows_##A(gy, x, gx, batch, channels, weight, bias, mean, rstd, gweight, gbias, threads)
-#define BWD_PLANES(A) backward_planes_##A(gy, x, gx, batch, channels, size, weight, bias, mean, rstd, gweight, \
-                                      gbias, threads)
+#define BWD_ROWS(A) err = backward_rows_##A(gy, x, gx, batch, channels, weight, bias, mean, rstd, gweight, gbias, \
+                                            threads)
+#define BWD_PLANES(A) err = backward_planes_##A(gy, x, gx, batch, channels, size, weight, bias, mean, rstd, \
+                                                gweight, gbias, threads)
+    int err;
     if (size < 0) { DISPATCH(BWD_ROWS) } else { DISPATCH(BWD_PLANES) }
-    return 0;
+    return err;
 }
 
 #else /* one activation's kernels: ACT, NAME(f) */
 
-static void
+static int
 NAME(forward_rows)(const float *x, float *y, long rows, long channels, const float *weight,
              const float *bias, float eps, float momentum, float *mean, float *rstd, float *running_mean,
              float *running_var, int threads) {
+    /* one allocation: per-thread double totals, per-thread float run sums, the per-channel coefficients */
     double *part = calloc((size_t)threads * 2 * channels, sizeof(double));
-    float *coef = malloc(sizeof(float) * 2 * channels);
+    float *work = calloc((size_t)threads * 2 * channels + 2 * channels, sizeof(float));
+    if (!part || !work) { free(part); free(work); return 1; }
+    float *coef = work + (size_t)threads * 2 * channels;
     #pragma omp parallel num_threads(threads)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         long m0 = rows * t / nt, m1 = rows * (t + 1) / nt;
         double *s = part + (size_t)t * 2 * channels, *q = s + channels;
-        float *fs = calloc(2 * channels, sizeof(float)), *fq = fs + channels;
+        float *fs = work + (size_t)t * 2 * channels, *fq = fs + channels;
         for (long m = m0; m < m1; m++) {
             const float *xr = x + m * channels;
             #pragma omp simd
@@ -152,7 +159,6 @@ NAME(forward_rows)(const float *x, float *y, long rows, long channels, const flo
             if ((m - m0) % FLUSH == FLUSH - 1 || m == m1 - 1)
                 for (long c = 0; c < channels; c++) { s[c] += fs[c]; q[c] += fq[c]; fs[c] = 0.0f; fq[c] = 0.0f; }
         }
-        free(fs);
     }
     for (int t = 1; t < threads; t++)
         for (long c = 0; c < 2 * channels; c++) part[c] += part[(size_t)t * 2 * channels + c];
@@ -166,16 +172,19 @@ NAME(forward_rows)(const float *x, float *y, long rows, long channels, const flo
         #pragma omp simd
         for (long c = 0; c < channels; c++) yr[c] = act_fwd(ACT, xr[c] * a[c] + b[c]);
     }
-    free(coef);
+    free(work);
     free(part);
+    return 0;
 }
 
-static void
+static int
 NAME(backward_rows)(const float *gy, const float *x, float *gx, long rows, long channels,
               const float *weight, const float *bias, const float *mean, const float *rstd, float *gweight,
               float *gbias, int threads) {
     double *part = calloc((size_t)threads * 2 * channels, sizeof(double));
-    float *coef = malloc(sizeof(float) * 5 * channels);
+    float *work = calloc((size_t)threads * 2 * channels + 5 * channels, sizeof(float));
+    if (!part || !work) { free(part); free(work); return 1; }
+    float *coef = work + (size_t)threads * 2 * channels;
     float *a = coef, *b = a + channels, *k1 = b + channels, *k2 = k1 + channels, *k3 = k2 + channels;
     for (long c = 0; c < channels; c++) { a[c] = weight[c] * rstd[c]; b[c] = bias[c] - mean[c] * a[c]; }
     #pragma omp parallel num_threads(threads)
@@ -183,7 +192,7 @@ NAME(backward_rows)(const float *gy, const float *x, float *gx, long rows, long 
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         long m0 = rows * t / nt, m1 = rows * (t + 1) / nt;
         double *s = part + (size_t)t * 2 * channels, *q = s + channels;
-        float *fs = calloc(2 * channels, sizeof(float)), *fq = fs + channels;
+        float *fs = work + (size_t)t * 2 * channels, *fq = fs + channels;
         for (long m = m0; m < m1; m++) {
             const float *xr = x + m * channels, *gyr = gy + m * channels;
             float *out = gx + m * channels;
@@ -195,7 +204,6 @@ NAME(backward_rows)(const float *gy, const float *x, float *gx, long rows, long 
             if ((m - m0) % FLUSH == FLUSH - 1 || m == m1 - 1)
                 for (long c = 0; c < channels; c++) { s[c] += fs[c]; q[c] += fq[c]; fs[c] = 0.0f; fq[c] = 0.0f; }
         }
-        free(fs);
     }
     for (int t = 1; t < threads; t++)
         for (long c = 0; c < 2 * channels; c++) part[c] += part[(size_t)t * 2 * channels + c];
@@ -213,15 +221,17 @@ NAME(backward_rows)(const float *gy, const float *x, float *gx, long rows, long 
         #pragma omp simd
         for (long c = 0; c < channels; c++) out[c] = out[c] * k1[c] + xr[c] * k2[c] + k3[c];
     }
-    free(coef);
+    free(work);
     free(part);
+    return 0;
 }
 
-static void
+static int
 NAME(forward_planes)(const float *x, float *y, long batch, long channels, long size, const float *weight,
                const float *bias, float eps, float momentum, float *mean, float *rstd, float *running_mean,
                float *running_var, int threads) {
     double *sums = calloc(2 * channels, sizeof(double));
+    if (!sums) return 1;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long c = 0; c < channels; c++) {
         double s = 0.0, q = 0.0;
@@ -249,9 +259,10 @@ NAME(forward_planes)(const float *x, float *y, long batch, long channels, long s
         for (long i = 0; i < size; i++) yp[i] = act_fwd(ACT, xp[i] * a + b);
     }
     free(sums);
+    return 0;
 }
 
-static void
+static int
 NAME(backward_planes)(const float *gy, const float *x, float *gx, long batch, long channels, long size,
                 const float *weight, const float *bias, const float *mean, const float *rstd, float *gweight,
                 float *gbias, int threads) {
@@ -287,6 +298,7 @@ NAME(backward_planes)(const float *gy, const float *x, float *gx, long batch, lo
             for (long i = 0; i < size; i++) op[i] = op[i] * k1 + xp[i] * k2 + k3;
         }
     }
+    return 0;
 }
 
 #endif

@@ -185,6 +185,27 @@ def _geometry(x: torch.Tensor, layout: str) -> tuple[int, int, int]:
     return (n * size, c, -1) if layout == "rows" else (n, c, size)
 
 
+def _checked(x: torch.Tensor, act: str, fn: str, **per_channel: torch.Tensor | None) -> tuple[ctypes.CDLL, str]:
+    """The library and `x`'s layout, after the checks that keep the kernels inside their buffers: a known
+    activation, a layout they take, and every per-channel tensor (None allowed) contiguous float32 on the CPU, one
+    value per channel of `x`. Each failure is one line naming the argument."""
+    if act not in NATIVE_ACTS:
+        raise ValueError(f"{fn}: unknown activation {act!r}: expected one of {', '.join(NATIVE_ACTS)}")
+    layout = bn_act_layout(x)
+    if layout is None:
+        raise ValueError(f"{fn}: input must be a dense float32 CPU tensor (contiguous or channels-last) of rank >= 2, "
+                         f"got {x.dtype} {tuple(x.shape)} on {x.device}")
+    for name, t in per_channel.items():
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() != x.shape[1]
+                              or not t.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous float32 CPU tensor of {x.shape[1]} values (one per "
+                             f"channel), got {t.dtype} {tuple(t.shape)} on {t.device}")
+    lib = native_library()
+    if lib is None:
+        raise RuntimeError(f"{fn}: native kernels unavailable ({native_status()})")
+    return lib, layout
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -194,18 +215,20 @@ def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """act(batch_norm(x)) with batch statistics: (y, batch mean, 1/sqrt(var + eps)); updates the running
     statistics in place like `F.batch_norm(training=True)`. `x` in a `bn_act_layout`, the library built."""
-    lib, layout = native_library(), bn_act_layout(x)
-    if lib is None or layout is None:
-        raise RuntimeError(f"bn_act_forward: native kernels unavailable for this input ({native_status()}, "
-                           f"layout {layout})")
-    weight, bias = weight.contiguous(), bias.contiguous()  # no copy for parameters (already dense)
+    lib, layout = _checked(x, act, "bn_act_forward", weight=weight, bias=bias, running_mean=running_mean,
+                           running_var=running_var)
+    if x.numel() // x.shape[1] < 2:  # nn.BatchNorm's rule: batch statistics need two values per channel
+        raise ValueError(f"bn_act_forward: expected more than 1 value per channel when training, got input size "
+                         f"{tuple(x.shape)}")
     y = torch.empty_like(x)
     mean = torch.empty(x.shape[1], dtype=torch.float32)
     rstd = torch.empty_like(mean)
     rows, c, size = _geometry(x, layout)
-    lib.mbconv_bn_act_forward(NATIVE_ACTS[act], x.data_ptr(), y.data_ptr(), rows, c, size, weight.data_ptr(),
-                              bias.data_ptr(), eps, momentum, mean.data_ptr(), rstd.data_ptr(),
-                              _ptr(running_mean), _ptr(running_var), torch.get_num_threads())
+    err = lib.mbconv_bn_act_forward(NATIVE_ACTS[act], x.data_ptr(), y.data_ptr(), rows, c, size, weight.data_ptr(),
+                                    bias.data_ptr(), eps, momentum, mean.data_ptr(), rstd.data_ptr(),
+                                    _ptr(running_mean), _ptr(running_var), torch.get_num_threads())
+    if err:
+        raise MemoryError(f"bn_act_forward: out of memory for the per-thread sums of {c} channels")
     return y, mean, rstd
 
 
@@ -214,17 +237,19 @@ def bn_act_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bia
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of `bn_act_forward`'s output with respect to x, weight and bias (the last two None unless
     `affine_grads`), from the saved input and batch statistics (the BN output is recomputed)."""
-    lib, layout = native_library(), bn_act_layout(x)
-    if lib is None or layout is None:
-        raise RuntimeError(f"bn_act_backward: native kernels unavailable for this input ({native_status()})")
+    lib, layout = _checked(x, act, "bn_act_backward", weight=weight, bias=bias, mean=mean, rstd=rstd)
+    if gy.shape != x.shape:
+        raise ValueError(f"bn_act_backward: gradient of shape {tuple(gy.shape)} for an input of shape "
+                         f"{tuple(x.shape)}")
     if bn_act_layout(gy) != layout:  # e.g. an expanded or NCHW gradient for a channels-last x
         gy = torch.empty_like(x).copy_(gy)
-    weight, bias = weight.contiguous(), bias.contiguous()
     gx = torch.empty_like(x)
     gw = torch.empty_like(weight) if affine_grads else None
     gb = torch.empty_like(bias) if affine_grads else None
     rows, c, size = _geometry(x, layout)
-    lib.mbconv_bn_act_backward(NATIVE_ACTS[act], gy.data_ptr(), x.data_ptr(), gx.data_ptr(), rows, c, size,
-                               weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(gw),
-                               _ptr(gb), torch.get_num_threads())
+    err = lib.mbconv_bn_act_backward(NATIVE_ACTS[act], gy.data_ptr(), x.data_ptr(), gx.data_ptr(), rows, c, size,
+                                     weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(gw),
+                                     _ptr(gb), torch.get_num_threads())
+    if err:
+        raise MemoryError(f"bn_act_backward: out of memory for the per-thread sums of {c} channels")
     return gx, gw, gb
