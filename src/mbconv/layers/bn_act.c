@@ -21,7 +21,7 @@
 enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_RELU6 = 2, ACT_SILU = 3, ACT_HARDSWISH = 4 };
 #define FLUSH 64 /* rows (or values) summed in float before adding into the double totals */
 /* per-thread strides of the sums (doubles, floats): whole 64-byte lines plus one line of gap, so that two threads'
- * accumulators never share a cache line (false sharing made the hot inner loops several times slower) */
+ * accumulators, written in the inner loops, never share a cache line */
 #define DSTRIDE(c) ((((size_t)(2 * (c)) + 7) / 8) * 8 + 8)
 #define FSTRIDE(c) ((((size_t)(2 * (c)) + 15) / 16) * 16 + 16)
 
