@@ -107,6 +107,22 @@ def test_train_eval_predict(trained_run, capsys, tmp_path):
     assert rc == 0 and out.count("%") == 2
 
 
+def test_train_switches_reach_the_metrics_rows(trained_run, tmp_path, capsys):
+    """`--no-native-kernels` and `--no-large-tensor-heap` reach the trainer: each metrics row says they were off,
+    where the default run's rows record the kernels on wherever they are built."""
+    from mbconv.layers.native import native_enabled
+
+    default = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["native_kernels"] is native_enabled() for r in default)
+    out = tmp_path / "plain"
+    rc = main(["train", "--model", TINY, "--data", "digits8", "--epochs", "1", "--batch-size", "64", "--out", str(out),
+               "--resolution", "8", "--no-native-kernels", "--no-large-tensor-heap"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["native_kernels"] is False and r["large_tensor_heap"] is False for r in rows)
+    capsys.readouterr()
+
+
 def test_resume_continues(trained_run, capsys):
     rc = main(["train", "--model", TINY, "--data", "digits8", "--epochs", "3", "--batch-size", "64",
                "--out", str(trained_run), "--resolution", "8", "--lr", "0.01", "--resume"])
