@@ -338,3 +338,27 @@ def test_bad_arguments_are_named_in_one_line() -> None:
         with pytest.raises(ValueError, match=words) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_forward_mode_ad_takes_the_plain_ops(native_on: bool) -> None:
+    """A dual (forward-mode AD) input through lean layers: the Functions define no jvp, so the layers take
+    PyTorch's ops and the tangent equals the plain model's (it raised NotImplementedError before)."""
+    import copy
+
+    import torch.autograd.forward_ad as fwad
+
+    from mbconv import create_model
+
+    torch.manual_seed(0)
+    plain = create_model("efficientnet_b0", num_classes=3, width_mult=0.25, drop_rate=0.0,
+                         drop_path_rate=0.0).train()
+    lean = copy.deepcopy(plain)
+    lean_layers(lean, 0)
+    x, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    tangents = []
+    with native.use_native(native_on):
+        for m in (plain, lean):
+            with fwad.dual_level():
+                tangents.append(fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent)
+    torch.testing.assert_close(tangents[1], tangents[0])

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
@@ -76,9 +77,10 @@ LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate")
 
 def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
     """Whether a lean Function should run on `x`: autograd recording, at least `min_numel` elements, and no
-    autocast, tracing, compile, export or torch.func transform (those see the plain ops)."""
+    autocast, tracing, compile, export, torch.func transform or forward-mode dual input (those see the plain ops)."""
     return (not fx_proxy(x) and torch.is_grad_enabled() and x.numel() >= min_numel
-            and not torch.is_autocast_enabled(x.device.type) and not exporting_or_transforming())
+            and not torch.is_autocast_enabled(x.device.type) and not exporting_or_transforming()
+            and forward_ad.unpack_dual(x).tangent is None)  # forward-mode AD: the Functions define no jvp
 
 
 def hooked(module: nn.Module) -> bool:
