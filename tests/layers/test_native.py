@@ -285,6 +285,7 @@ def test_under_ddp(tmp_path) -> None:  # noqa: ANN001
         model = nn.Sequential(ConvNormAct(3, 8, 3, act="swish"), ConvNormAct(8, 8, 3, groups=8, act="relu6"),
                               nn.Flatten(), nn.Linear(8 * 9 * 9, 3))
         lean_layers(model, 0)
+        model = model.to(memory_format=torch.channels_last)  # as the trainer runs a channels-last input
         ref = copy.deepcopy(model)
         x = make_input((4, 3, 9, 9), True)
         ddp = nn.parallel.DistributedDataParallel(model)
