@@ -8,6 +8,10 @@ full-size tensors per layer. An MBConv block with SE also keeps the SE product x
   per-channel mean / inv-std; backward recomputes the BN output with one multiply-add and calls the native
   activation and BN backward kernels. The BN output is never stored, and the activation runs in place (one full
   tensor less to allocate and keep per layer).
+- `NativeBNActFn`: the same node through the fused C kernels of `layers/native.py` (statistics, apply, and a
+  two-pass backward in native code; the BN output recomputed there too). `LeanConvNormAct` takes it first, on any
+  map size where the kernels are built and faster (`native_applies`), with no activation as well (a project
+  conv's BN); it is not subject to the size rule below, because it is faster than PyTorch's ops, not only leaner.
 - `GatedConvFn`: the SE gate multiply fused into the following 1x1 conv: y = conv(x * g) saves x and the
   (N, C, 1, ...) gate g, and recomputes x * g in backward. The SE product is never stored.
 - `SiLUFn` / `MemoryEfficientSiLU`: SiLU that keeps only its input and recomputes the sigmoid in backward (native
@@ -31,10 +35,11 @@ shows (the tour model's step was about a fifth slower with every layer lean); on
 cost is lost in the kernels and the saved tensors are what sets the peak. So a layer takes the lean Function only
 when its input has at least `min_numel` elements (`LEAN_MIN_NUMEL` for `lean_layers`, 0 = always for
 `memory_efficient`), and otherwise the plain ops - the same outputs, gradients and running statistics either way.
-Eval mode, no-grad, autocast, tracing, compile and export always take the plain ops.
+Eval mode, no-grad, autocast, tracing, compile, export and forward-mode AD always take the plain ops.
 
 Gradients equal the plain model's up to float rounding (the recomputed BN output can differ in the last bit);
-the forward outputs and BN running statistics are bitwise equal.
+through `BNActFn` the forward outputs and BN running statistics are bitwise equal, through `NativeBNActFn` equal
+up to float rounding (other summation order). The Functions are differentiable once.
 """
 
 from __future__ import annotations
