@@ -2,8 +2,8 @@
 
 Why native: in a training step PyTorch runs BN + activation as four kernels and two autograd nodes, about six
 passes over each tensor; the fused kernels take four and keep no BN output. Measured on this project's networks
-(docs/bench/depthwise.md, "Fused BN + activation"), they are what the tour model's and B0's steps were still
-spending in elementwise work once the depthwise backward was fixed.
+(docs/bench/depthwise.md, "Fused BN + activation in native kernels"), they are what the tour model's and B0's
+steps were still spending in elementwise work once the depthwise backward was fixed.
 
 How it is built: the C file ships in the package and is compiled with the system C compiler (`$CC`, else `cc` /
 `gcc`; OpenMP, `-O3 -march=native`) into a per-user cache, keyed by the source, the compiler, the flags and the
