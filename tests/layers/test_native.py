@@ -327,6 +327,7 @@ def test_bad_arguments_are_named_in_one_line() -> None:
     cases = [
         (lambda: native.bn_act_forward(x, torch.ones(5), b, None, None, 0.1, 1e-5, "silu"), "weight must be"),
         (lambda: native.bn_act_forward(x, w, b, torch.zeros(8)[::2], None, 0.1, 1e-5, "silu"), "running_mean must"),
+        (lambda: native.bn_act_forward(x, w, b, torch.zeros(4), None, 0.1, 1e-5, "silu"), "running_var, or neither"),
         (lambda: native.bn_act_forward(x, w, b.double(), None, None, 0.1, 1e-5, "silu"), "bias must be"),
         (lambda: native.bn_act_forward(x.double(), w, b, None, None, 0.1, 1e-5, "silu"), "dense float32 CPU"),
         (lambda: native.bn_act_forward(x, w, b, None, None, 0.1, 1e-5, "gelu"), "unknown activation 'gelu'"),

@@ -57,3 +57,12 @@ def test_trainer_says_why_the_kernels_are_off(monkeypatch, capsys, tmp_path):
     finally:
         monkeypatch.undo()
         native.reset_native()
+
+
+def test_row_says_off_when_the_lean_layers_are_off():
+    """The kernels run inside the lean layers: with memory_lean="off" no layer can take them, and the row says so."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, progress="none", tune_threads=False, memory_lean="off")
+    row = Trainer(model, make_data(16), make_data(8, seed=1), cfg).fit()
+    assert row["native_kernels"] is False

@@ -217,6 +217,8 @@ def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
     statistics in place like `F.batch_norm(training=True)`. `x` in a `bn_act_layout`, the library built."""
     lib, layout = _checked(x, act, "bn_act_forward", weight=weight, bias=bias, running_mean=running_mean,
                            running_var=running_var)
+    if (running_mean is None) != (running_var is None):  # the kernel updates both or neither
+        raise ValueError("bn_act_forward: give both running_mean and running_var, or neither")
     if x.numel() // x.shape[1] < 2:  # nn.BatchNorm's rule: batch statistics need two values per channel
         raise ValueError(f"bn_act_forward: expected more than 1 value per channel when training, got input size "
                          f"{tuple(x.shape)}")

@@ -134,9 +134,10 @@ class Trainer:
             with deterministic_algorithms(self.cfg.deterministic), large_tensor_heap(
                     self.cfg.large_tensor_heap and self.device.type == "cpu") as self.heap_active, \
                     use_native(self.cfg.native_kernels):
-                self.native_active = self.cfg.native_kernels and self.device.type == "cpu" and native_enabled()
-                if self.cfg.native_kernels and self.device.type == "cpu" and not self.native_active \
-                        and self.rank == 0 and self.cfg.progress != "none":  # say why the fast path is missing
+                # the kernels run inside the lean layers, which memory_lean="off" leaves out
+                wanted = self.cfg.native_kernels and self.device.type == "cpu" and self.cfg.memory_lean != "off"
+                self.native_active = wanted and native_enabled()
+                if wanted and not self.native_active and self.rank == 0 and self.cfg.progress != "none":
                     print(f"note: native BN + activation kernels {native_status()}; using PyTorch's ops",
                           file=sys.stderr)
                 row = self._fit()
