@@ -49,9 +49,9 @@ def test_trainer_says_why_the_kernels_are_off(monkeypatch, capsys, tmp_path):
     try:
         torch.manual_seed(0)
         model = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
-        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, progress="plain", tune_threads=False, max_steps=1)
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, progress="plain", tune_threads=False)
         row = Trainer(model, make_data(16), make_data(8, seed=1), cfg).fit()
-        assert row.get("stopped") or row["native_kernels"] is False
+        assert row["native_kernels"] is False
         err = capsys.readouterr().err
         assert "note: native BN + activation kernels off: build failed" in err and "PyTorch's ops" in err
     finally:
