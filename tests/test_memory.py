@@ -24,6 +24,7 @@ from mbconv.layers.memory import (
     LeanBlockForward,
     LeanConvNormAct,
     LeanMBConv,
+    LeanSqueezeExcite,
     MemoryEfficientSiLU,
     SiLUFn,
     checkpoint_stages,
@@ -233,10 +234,11 @@ def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims):
         x = x.contiguous(memory_format=torch.channels_last)
     lean = copy.deepcopy(plain)
     opt = torch.optim.SGD(lean.parameters(), lr=0.1)  # built before the swap: the same Parameter objects
-    n = lean_layers(lean, 0)
+    kinds = ("bn_act", "se_gate")  # the kinds with a size rule (an SE node rounds its MLP differently)
+    n = lean_layers(lean, 0, kinds=kinds)
     sizes = lean_inputs(lean, x)
     threshold = sizes[len(sizes) // 2]  # half the layers on each side
-    lean_layers(lean, threshold)
+    lean_layers(lean, threshold, kinds=kinds)
     assert n > 0 and all(m.min_numel == threshold for m in lean.modules()
                          if isinstance(m, (LeanConvNormAct, LeanBlockForward)))
     for mod in lean.modules():  # only classes changed: plain submodules, state dict and Parameters kept
@@ -289,6 +291,43 @@ def test_each_path_by_size():
     torch.testing.assert_close(scripted(large), cna(large))
 
 
+def test_se_node_path():
+    """`lean_layers` makes every SqueezeExcite a LeanSqueezeExcite (kind "se", on any size): one autograd node in a
+    training step, equal to the plain module; the plain forward in eval, no-grad, with a hook on the SE, with the
+    kind left out, and inside a lean block's gated project on large maps."""
+    torch.manual_seed(0)
+    block = MBConv(16, 16, 32, kernel=3, se_chs=4, opts=LayerOpts(dims=2)).train()
+    plain = copy.deepcopy(block)
+    assert lean_layers(block, 32 * 8 * 8, kinds=("se",)) == 1
+    assert type(block.se) is LeanSqueezeExcite and isinstance(block.se, SqueezeExcite) and type(block) is MBConv
+    x = torch.randn(2, 16, 6, 6)
+    torch.manual_seed(1)
+    y0 = plain(x)
+    torch.manual_seed(1)
+    y1 = block(x)
+    nodes = backward_nodes(y1)
+    assert "SqueezeExciteFnBackward" in nodes and "SigmoidBackward0" not in nodes
+    torch.testing.assert_close(y1, y0)
+    y0.square().sum().backward()
+    y1.square().sum().backward()
+    assert_same_grads(block, plain)
+    se, mid = block.se, torch.randn(2, 32, 6, 6, requires_grad=True)
+    assert "SqueezeExciteFnBackward" in backward_nodes(se(mid))
+    with torch.no_grad():
+        assert se(mid).grad_fn is None
+    seen = []
+    h = se.register_forward_hook(lambda *a: seen.append(1))
+    assert "SqueezeExciteFnBackward" not in backward_nodes(se(mid)) and seen
+    h.remove()
+    se.eval()
+    assert "SqueezeExciteFnBackward" not in backward_nodes(se(mid))
+    se.train()
+    lean_layers(block, 0)  # every kind, every size: the SE is fused into the project conv instead
+    nodes = backward_nodes(block(torch.randn(2, 16, 8, 8)))
+    assert "GatedConvFnBackward" in nodes and "SqueezeExciteFnBackward" not in nodes
+    assert lean_layers(plain, 0, kinds=("bn_act",)) > 0 and type(plain.se) is SqueezeExcite
+
+
 def test_lean_layers_keep_the_model_ready_for_folding_and_surgery():
     plain = model("efficientnet_b0").eval()
     lean = copy.deepcopy(plain)
@@ -306,7 +345,7 @@ def test_lean_layers_keep_the_model_ready_for_folding_and_surgery():
         blk.project.conv.reset_parameters()
     torch.testing.assert_close(lean(x), plain(x))
     assert lean_layers(lean, None) == 0  # back to the plain classes
-    assert not any(isinstance(m, (LeanConvNormAct, LeanBlockForward)) for m in lean.modules())
+    assert not any(isinstance(m, (LeanConvNormAct, LeanBlockForward, LeanSqueezeExcite)) for m in lean.modules())
     assert type(lean.stages[1][0]) is MBConv
 
 

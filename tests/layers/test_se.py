@@ -1,4 +1,5 @@
-"""Squeeze-and-excitation for 1-D/2-D/3-D: formula, shapes, gradients, parameter count, gate hook."""
+"""Squeeze-and-excitation for 1-D/2-D/3-D: formula, shapes, gradients, parameter count, gate hook; the SE as one
+autograd node (`SqueezeExciteFn`) equal to the module."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from mbconv.layers import SqueezeExcite
+from mbconv.layers.se import SqueezeExciteFn, fused_se_applies
 
 SIZES = {1: (10,), 2: (5, 6), 3: (3, 4, 5)}
 
@@ -70,3 +72,62 @@ def test_se_gate_is_hookable():
     se.gate.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
     se(torch.randn(4, 6, 9))
     assert len(seen) == 1 and seen[0].shape == (4, 6, 1)
+
+
+# -- the SE as one autograd node (SqueezeExciteFn, run by memory.LeanSqueezeExcite) ------------------------------
+def _fused(se: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
+    r, e = se.conv_reduce, se.conv_expand
+    return SqueezeExciteFn.apply(x, r.weight, r.bias, e.weight, e.bias, (type(se.act), type(se.gate)))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("act,gate", [("swish", "sigmoid"), ("relu", "hard_sigmoid"), ("relu", "sigmoid")])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_se_equals_the_module_in_float64(dims, act, gate, channels_last):
+    """Output and every gradient (input, both convs' weights and biases) equal autograd's through the module, to
+    float64 rounding; the output keeps the input's layout."""
+    if channels_last and dims == 1:
+        pytest.skip("no channels-last format for 1-D maps")
+    torch.manual_seed(dims)
+    se = SqueezeExcite(12, 4, dims=dims, act=act, gate=gate).double()
+    x = 2 * torch.randn(3, 12, *SIZES[dims], dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format={2: torch.channels_last, 3: torch.channels_last_3d}[dims])
+    gy = torch.randn_like(x)
+    results = []
+    for fn in (se, lambda t: _fused(se, t)):
+        se.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = fn(xi)
+        y.backward(gy)
+        results.append([y.detach(), xi.grad] + [p.grad.clone() for p in se.parameters()])
+    assert fused_se_applies(se)
+    assert results[1][0].stride() == results[0][0].stride()
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_se_partial_gradients_and_once_differentiable():
+    torch.manual_seed(0)
+    se = SqueezeExcite(8, 2, dims=2)
+    for p in se.conv_reduce.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 8, 3, 3)  # no input gradient wanted
+    _fused(se, x).sum().backward()
+    assert se.conv_reduce.weight.grad is None and se.conv_expand.weight.grad is not None
+    xi = torch.randn(2, 8, 3, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(_fused(se, xi).square().sum(), xi, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
+
+
+def test_fused_se_applies_only_to_what_it_computes_exactly():
+    se = SqueezeExcite(8, 2, dims=2)
+    assert fused_se_applies(se)
+    se.act.register_forward_hook(lambda *a: None)  # a hook inside must see its call
+    assert not fused_se_applies(se)
+    se = SqueezeExcite(8, 2, dims=2, act="gelu")  # an activation it has no backward for
+    assert not fused_se_applies(se)
+    se = SqueezeExcite(8, 2, dims=2)
+    torch.nn.utils.parametrize.register_parametrization(se.conv_reduce, "weight", nn.Identity())
+    assert not fused_se_applies(se)

@@ -58,12 +58,12 @@ from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .conv import ConvNormAct
 from .depthwise import exporting_or_transforming, fx_proxy
 from .native import bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
-from .se import SqueezeExcite
+from .se import SqueezeExcite, SqueezeExciteFn, fused_se_applies
 
 __all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "NATIVE_ACT_NAMES", "BNActFn",
            "GatedConvFn", "LeanBlockForward", "LeanConvNormAct", "LeanDepthwiseSeparable", "LeanFusedMBConv",
-           "LeanMBConv", "MemoryEfficientSiLU", "NativeBNActFn", "SiLUFn", "checkpoint_stages", "lean_applies",
-           "lean_layers", "memory_efficient", "native_applies"]
+           "LeanMBConv", "LeanSqueezeExcite", "MemoryEfficientSiLU", "NativeBNActFn", "SiLUFn", "checkpoint_stages",
+           "lean_applies", "lean_layers", "memory_efficient", "native_applies"]
 
 _aten = torch.ops.aten
 
@@ -76,8 +76,9 @@ LEAN_MIN_NUMEL = 2**20
 # `TrainConfig.memory_lean` -> the `lean_layers` threshold: size rule, every layer, none (plain classes)
 LEAN_MODES: dict[str, int | None] = {"auto": LEAN_MIN_NUMEL, "on": 0, "off": None}
 
-# What `lean_layers` can make lean: BN + activation (`LeanConvNormAct`), SE gate + project conv (the lean blocks)
-LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate")
+# What `lean_layers` can make lean: BN + activation (`LeanConvNormAct`), SE gate + project conv (the lean blocks),
+# the SE as one autograd node (`LeanSqueezeExcite`)
+LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate", "se")
 
 
 def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
@@ -266,8 +267,27 @@ class GatedConvFn(torch.autograd.Function):
 
 def gate_values(se: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
     """The (N, C, 1, ...) gate a SqueezeExcite multiplies `x` by (its forward without the multiply)."""
-    s = x.mean(dim=tuple(range(2, 2 + se.dims)), keepdim=True)
-    return se.gate(se.conv_expand(se.act(se.conv_reduce(s))))
+    return se.excite(x.mean(dim=tuple(range(2, 2 + se.dims)), keepdim=True))
+
+
+class LeanSqueezeExcite(SqueezeExcite):
+    """A `SqueezeExcite` whose training step is one autograd node (`SqueezeExciteFn`, layers/se.py: two full-size
+    passes in backward instead of five, one node instead of about ten) on inputs where a lean Function may run
+    (`lean_applies`, any size: it is faster, not leaner); everything else, and a hooked SE, SqueezeExcite's
+    forward. Only the class differs (`lean_layers` swaps it in place)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused_forward(x) if self.fused_applies(x) else super().forward(x)
+
+    def fused_applies(self, x: torch.Tensor) -> bool:
+        """Training mode, no in-place inference multiply, no hooks on the SE, `lean_applies`, and an SE the Function
+        computes exactly (`fused_se_applies`: plain convs, known activation and gate, no hooks inside)."""
+        return (self.training and not self.inplace and not hooked(self) and lean_applies(x, 0)
+                and fused_se_applies(self))
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, e = self.conv_reduce, self.conv_expand
+        return SqueezeExciteFn.apply(x, r.weight, r.bias, e.weight, e.bias, (type(self.act), type(self.gate)))
 
 
 def gated_conv_apply(conv: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -360,7 +380,8 @@ class LeanBlockForward:
 
     def _gated_project(self, x: torch.Tensor) -> torch.Tensor | None:
         se, proj = self.se, self.project
-        if type(se) is not SqueezeExcite or se.inplace or hooked(se) or not lean_applies(x, self.min_numel):
+        if type(se) not in (SqueezeExcite, LeanSqueezeExcite) or se.inplace or hooked(se) \
+                or not lean_applies(x, self.min_numel):
             return None
         conv = _fusable_project(proj)
         if conv is None:
@@ -383,7 +404,8 @@ class LeanFusedMBConv(LeanBlockForward, FusedMBConv):
 
 LEAN_BLOCK: dict[type, type] = {MBConv: LeanMBConv, DepthwiseSeparable: LeanDepthwiseSeparable,
                                 FusedMBConv: LeanFusedMBConv}
-_LEAN_TO_PLAIN = {**{v: k for k, v in LEAN_BLOCK.items()}, LeanConvNormAct: ConvNormAct}
+_LEAN_TO_PLAIN = {**{v: k for k, v in LEAN_BLOCK.items()}, LeanConvNormAct: ConvNormAct,
+                  LeanSqueezeExcite: SqueezeExcite}
 
 
 def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
@@ -393,9 +415,11 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
     / Hardswish (or no activation: those take only the native kernels) becomes a `LeanConvNormAct` (kind
     "bn_act"), every MBConv / DepthwiseSeparable / FusedMBConv block
     whose SE feeds its project conv a `LeanBlockForward` class (kind "se_gate"); each takes its Function on inputs
-    of at least `min_numel` elements (0: always). `kinds` chooses which plain classes are swapped. Submodules,
-    parameters (the same objects), buffers, names and hooks are unchanged. Again on a lean model it sets the new
-    threshold; `min_numel=None` turns the classes back into the plain ones.
+    of at least `min_numel` elements (0: always). Every `SqueezeExcite` becomes a `LeanSqueezeExcite` (kind "se",
+    one autograd node on any size: a block's SE fused into its project conv on large maps takes that path).
+    `kinds` chooses which plain classes are swapped. Submodules, parameters (the same objects), buffers, names and
+    hooks are unchanged. Again on a lean model it sets the new threshold; `min_numel=None` turns the classes back
+    into the plain ones.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"lean_layers needs an nn.Module, got {type(model).__name__}")
@@ -403,7 +427,7 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
         check_min_numel(min_numel)
     if isinstance(kinds, str) or not set(kinds) <= set(LEAN_KINDS):
         raise ValueError(f"invalid kinds={kinds!r}: must be a sequence drawn from {LEAN_KINDS}")
-    bn_act, se_gate = "bn_act" in kinds, "se_gate" in kinds
+    bn_act, se_gate, se_node = "bn_act" in kinds, "se_gate" in kinds, "se" in kinds
     n = 0
     for mod in model.modules():
         cls = type(mod)
@@ -418,9 +442,11 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
         elif se_gate and cls in LEAN_BLOCK and "se" in mod.steps and \
                 tuple(mod.steps[mod.steps.index("se") + 1:][:1]) == ("project",):
             mod.__class__ = LEAN_BLOCK[cls]
+        elif se_node and cls is SqueezeExcite:
+            mod.__class__ = LeanSqueezeExcite
         if isinstance(mod, (LeanConvNormAct, LeanBlockForward)):
             mod.min_numel = min_numel
-            n += 1
+        n += isinstance(mod, (LeanConvNormAct, LeanBlockForward, LeanSqueezeExcite))
     return n
 
 
