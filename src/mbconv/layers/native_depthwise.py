@@ -1,0 +1,242 @@
+"""Depthwise convolution in native kernels (`dw_conv.c`, built with the BN kernels by layers/native.py): forward,
+input gradient and weight gradient of a float32 CPU depthwise conv, any stride, zero padding, 1-D to 3-D.
+
+Why: on small maps every ATen convolution call costs of the order of 0.1 ms whatever its size (oneDNN's
+dispatch), and a depthwise conv's backward through `DepthwiseConvFunction` is two or three such calls plus flips,
+pads and folds; the kernels here are plain loops, one call each, that hold a block of 16 channels in a vector
+register while the taps accumulate. They are not faster everywhere: on large maps with 3-tap kernels oneDNN's
+forward (and the backward built from it) wins, so `DepthwiseForward` takes `NativeDepthwiseFn` only where
+`native_dw_pays` (measured per layer in docs/bench/depthwise.md, "Depthwise convolution in native kernels").
+
+The kernels read channels-last tensors (a 1-D map as (N, L, C)); a contiguous N, C, spatial input is transposed
+to that and the output back (kernels along the rows of contiguous planes, tried first, ran slower than both
+transpositions plus these on MNIST-1D's maps). Results equal ATen's up to float rounding (another summation
+order; the weight gradient sums in double over runs of float).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.autograd import forward_ad
+
+from .native import native_enabled, native_library
+
+__all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn", "dw_backward_input",
+           "dw_backward_weight", "dw_forward", "native_dw_applies", "native_dw_pays", "use_native_depthwise"]
+
+# `native_dw_pays`: the largest map side (pixels) on which the kernels win for every kernel size, and the largest
+# on which they win for kernels of 5 taps or more per axis (docs/bench/depthwise.md).
+NATIVE_DW_MAX_MAP = 4
+NATIVE_DW_MAX_MAP_K5 = 56
+
+_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+_state = {"enabled": True}
+
+
+@contextlib.contextmanager
+def use_native_depthwise(enabled: bool) -> Iterator[None]:
+    """Inside the block, depthwise layers take the native kernels where they pay (True, the default) or never
+    (False: `DepthwiseConvFunction` / ATen as before), for comparisons on the same weights. `use_native(False)`
+    turns off every native kernel, these included."""
+    before = _state["enabled"]
+    _state["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def _to_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` (N, C, *spatial) with its channels last in memory: the same tensor (a view) for channels-last 2-D / 3-D,
+    else a transposed copy; for 1-D the (N, L, C) tensor itself."""
+    if t.dim() == 3:
+        return t.transpose(1, 2).contiguous()
+    return t.contiguous(memory_format=_LAST[t.dim()])
+
+
+def _is_last(t: torch.Tensor) -> bool:
+    return t.dim() in _LAST and t.is_contiguous(memory_format=_LAST[t.dim()])
+
+
+def _from_rows(rows: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A kernel output (as `_empty_rows` makes it) as (N, C, *spatial): channels-last if `channels_last` (the
+    input's layout), else contiguous."""
+    if rows.dim() == 3:
+        return rows.transpose(1, 2).contiguous()
+    return rows if channels_last else rows.contiguous()
+
+
+def _geometry(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int]
+              ) -> tuple[tuple[int, ...], Any]:
+    """(output shape, the C kernels' geometry array) for depthwise conv(x, weight) with symmetric `padding`; a
+    one-line ValueError for shapes that do not match."""
+    dims = x.dim() - 2
+    c = x.shape[1]
+    if tuple(weight.shape[:2]) != (c, 1) or weight.dim() != x.dim() or len(stride) != dims or len(padding) != dims:
+        raise ValueError(f"invalid depthwise geometry: input {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+                         f"stride {tuple(stride)}, padding {tuple(padding)}")
+    ins, ks = list(x.shape[2:]), list(weight.shape[2:])
+    if min(stride) < 1 or min(padding) < 0 or min(ins) < 1 or \
+            min((i + 2 * p - k) // s + 1 for i, k, s, p in zip(ins, ks, stride, padding)) < 1:
+        raise ValueError(f"invalid depthwise geometry: input {tuple(x.shape)}, kernel {tuple(ks)}, stride "
+                         f"{tuple(stride)}, padding {tuple(padding)} give an empty output")
+    outs = [(i + 2 * p - k) // s + 1 for i, k, s, p in zip(ins, ks, stride, padding)]
+    ones, zeros = [1] * (3 - dims), [0] * (3 - dims)  # unused leading axes: size 1, stride 1, no padding
+    values = [x.shape[0], c, *ones, *ins, *ones, *outs, *ones, *ks, *ones, *stride, *zeros, *padding]
+    return (x.shape[0], c, *outs), (ctypes.c_long * len(values))(*values)
+
+
+def _checked(x: torch.Tensor, fn: str) -> Any:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not 3 <= x.dim() <= 5:
+        raise ValueError(f"{fn}: input must be a float32 CPU tensor (N, C, *spatial) with 1-3 spatial axes, got "
+                         f"{x.dtype} {tuple(x.shape)} on {x.device}")
+    lib = native_library()
+    if lib is None:
+        raise RuntimeError(f"{fn}: native kernels unavailable")
+    return lib
+
+
+def _rows_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as the kernels read it: [taps][C], float32."""
+    if weight.dtype != torch.float32:
+        raise ValueError(f"depthwise weight must be float32, got {weight.dtype}")
+    return weight.detach().reshape(weight.shape[0], -1).t().contiguous()
+
+
+def _empty_rows(shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised kernel output for an (N, C, *spatial) shape: (N, L, C) for 1-D, else channels-last."""
+    if len(shape) == 3:
+        return torch.empty(shape[0], shape[2], shape[1], dtype=torch.float32)
+    return torch.empty(shape, dtype=torch.float32, memory_format=_LAST[len(shape)])
+
+
+def _rows_forward(lib: Any, xr: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geom: Any,
+                  out_shape: Sequence[int]) -> torch.Tensor:
+    y = _empty_rows(out_shape)
+    b = None if bias is None else bias.detach().contiguous()
+    lib.mbconv_dw_forward(geom, xr.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
+                          torch.get_num_threads())
+    return y
+
+
+def _rows_input_grad(lib: Any, gyr: torch.Tensor, w: torch.Tensor, geom: Any, in_shape: Sequence[int]
+                     ) -> torch.Tensor:
+    gx = _empty_rows(in_shape)
+    if lib.mbconv_dw_backward_input(geom, gyr.data_ptr(), w.data_ptr(), gx.data_ptr(), torch.get_num_threads()):
+        raise MemoryError("dw_backward_input: out of memory for the index tables")
+    return gx
+
+
+def _rows_weight_grad(lib: Any, gyr: torch.Tensor, xr: torch.Tensor, geom: Any, weight: torch.Tensor
+                      ) -> torch.Tensor:
+    gw = torch.empty(weight[0].numel(), weight.shape[0], dtype=torch.float32)  # [taps][C]
+    if lib.mbconv_dw_backward_weight(geom, gyr.data_ptr(), xr.data_ptr(), gw.data_ptr(), torch.get_num_threads()):
+        raise MemoryError(f"dw_backward_weight: out of memory for the per-thread sums of {gw.numel()} taps")
+    return gw.t().reshape(weight.shape)
+
+
+def _checked_grad(gy: torch.Tensor, out_shape: Sequence[int], fn: str) -> None:
+    if tuple(gy.shape) != tuple(out_shape):
+        raise ValueError(f"{fn}: gradient of shape {tuple(gy.shape)} for an output of {tuple(out_shape)}")
+
+
+def dw_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
+               padding: Sequence[int]) -> torch.Tensor:
+    """Depthwise conv of `x` (N, C, *spatial) with `weight` (C, 1, *kernel), optional `bias` (C,), symmetric zero
+    `padding`; the output in x's layout (channels-last, or contiguous)."""
+    lib = _checked(x, "dw_forward")
+    out_shape, geom = _geometry(x, weight, stride, padding)
+    if bias is not None and (bias.numel() != x.shape[1] or bias.dtype != torch.float32):
+        raise ValueError(f"dw_forward: bias must be {x.shape[1]} float32 values, got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+    xr, w = _to_rows(x), _rows_weight(weight)  # named: the kernel reads them
+    return _from_rows(_rows_forward(lib, xr, w, bias, geom, out_shape), _is_last(x))
+
+
+def dw_backward_input(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                      padding: Sequence[int]) -> torch.Tensor:
+    """d loss / d x of `dw_forward(x, weight, ...)` from the output gradient `gy`, in x's layout."""
+    lib = _checked(x, "dw_backward_input")
+    out_shape, geom = _geometry(x, weight, stride, padding)
+    _checked_grad(gy, out_shape, "dw_backward_input")
+    gyr, w = _to_rows(gy.float()), _rows_weight(weight)
+    return _from_rows(_rows_input_grad(lib, gyr, w, geom, x.shape), _is_last(x))
+
+
+def dw_backward_weight(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                       padding: Sequence[int]) -> torch.Tensor:
+    """d loss / d weight of `dw_forward(x, weight, ...)`, shaped like `weight`."""
+    lib = _checked(x, "dw_backward_weight")
+    out_shape, geom = _geometry(x, weight, stride, padding)
+    _checked_grad(gy, out_shape, "dw_backward_weight")
+    gyr, xr = _to_rows(gy.float()), _to_rows(x)
+    return _rows_weight_grad(lib, gyr, xr, geom, weight)
+
+
+def native_dw_pays(x: torch.Tensor, kernel: Sequence[int]) -> bool:
+    """Whether the kernels beat `DepthwiseConvFunction` / ATen on this layer (per-layer measurements,
+    docs/bench/depthwise.md): maps of 2 to NATIVE_DW_MAX_MAP pixels a side for any kernel, and maps up to
+    NATIVE_DW_MAX_MAP_K5 a side for kernels of 5 or more taps per axis (on one-pixel maps the per-channel
+    multiply of `DepthwiseConvFunction` is as fast)."""
+    side = max(x.shape[2:])
+    if side <= 1:
+        return False
+    return side <= NATIVE_DW_MAX_MAP or (min(kernel) >= 5 and side <= NATIVE_DW_MAX_MAP_K5)
+
+
+def native_dw_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a training step's depthwise conv of `x` runs `NativeDepthwiseFn`: switched on, float32 input and
+    weight, a shape where it pays, no forward-mode dual input (the Function defines no jvp), the kernels built and
+    on. The caller has checked the rest (a depthwise conv with dilation 1, numeric zero padding, nothing
+    tracing)."""
+    return (_state["enabled"] and x.dtype == torch.float32 and weight.dtype == torch.float32 and 3 <= x.dim() <= 5
+            and native_dw_pays(x, weight.shape[2:]) and forward_ad.unpack_dual(x).tangent is None
+            and native_enabled())
+
+
+class NativeDepthwiseFn(torch.autograd.Function):
+    """y = depthwise conv(x, weight, bias) through the native kernels. Saves x in the kernels' layout (x itself when
+    it is channels-last; for a contiguous x the transposed copy, so backward transposes only its gradient) and the
+    weight. A double backward (create_graph) takes ATen's differentiable convolution backward instead."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, ...],
+                padding: tuple[int, ...]) -> torch.Tensor:
+        lib = _checked(x, "NativeDepthwiseFn")
+        out_shape, geom = _geometry(x, weight, stride, padding)
+        xr, w = _to_rows(x), _rows_weight(weight)
+        y = _rows_forward(lib, xr, w, bias, geom, out_shape)
+        ctx.save_for_backward(xr, weight)
+        ctx.conf = (tuple(stride), tuple(padding), bias is not None, tuple(x.shape), _is_last(x))
+        return _from_rows(y, _is_last(x))
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple:
+        xr, weight = ctx.saved_tensors
+        stride, padding, has_bias, x_shape, channels_last = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward
+            dims = xr.dim() - 2
+            x = xr.transpose(1, 2) if xr.dim() == 3 else xr  # (N, L, C) storage seen as (N, C, L)
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                gy, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), [1] * dims,
+                False, [0] * dims, weight.shape[0], [need_x, need_w, has_bias and need_b])
+            return gx, gw, gb, None, None
+        lib = native_library()
+        x_view = xr.transpose(1, 2) if xr.dim() == 3 else xr
+        _, geom = _geometry(x_view, weight, stride, padding)
+        gyr = _to_rows(gy.float())
+        gx = gw = gb = None
+        if need_x:
+            w = _rows_weight(weight)
+            gx = _from_rows(_rows_input_grad(lib, gyr, w, geom, x_shape), channels_last)
+        if need_w:
+            gw = _rows_weight_grad(lib, gyr, xr, geom, weight)
+        if has_bias and need_b:
+            gb = gy.sum(dim=(0, *range(2, gy.dim())))
+        return gx, gw, gb, None, None
