@@ -1,7 +1,8 @@
 """Depthwise training speed on CPU: our depthwise backward (`mbconv.layers.depthwise`) against ATen's, per layer
 and per training step, and the training step against timm's same network.
 
-    .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2] [--sections layers,methods,step,infer]
+    .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2]
+        [--sections layers,methods,step,infer,bn_act,native_dw]
         [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
 Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
@@ -18,14 +19,20 @@ Sections:
   it: the measurements behind the per-shape rule;
 - step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours as
   the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`; large-map memory-lean layers,
-  `lean_layers`, with the fused native BN + activation kernels), ours with ATen's depthwise
-  backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel differs),
-  ours without the native kernels (`use_native(False)`: only BN + activation differ), the same network on
-  PyTorch's ops for both (ATen's depthwise backward, no native kernels), and
-  for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal);
+  `lean_layers`, with the fused native BN + activation kernels, the native depthwise kernels where they pay and
+  the SE as one autograd node), ours with ATen's depthwise backward (`use_fast_backward(False)`, a deep copy with
+  the same weights: only the depthwise kernel differs), ours without the native depthwise kernels
+  (`use_native_depthwise(False)`: `DepthwiseConvFunction` everywhere), ours with the plain SqueezeExcite (no SE
+  node), ours without the native kernels (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or
+  `DepthwiseConvFunction`), the same network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE
+  node), and for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs
+  checked equal);
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
   and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
   the network's sum;
+- native_dw (not in the default list): per depthwise layer of the model, forward + backward through the native
+  depthwise kernels (`mbconv.layers.native_depthwise`), through `DepthwiseConvFunction` and through ATen, the
+  pick of the size rule `native_dw_pays`, and the network's sum with those picks: the measurements behind it;
 - infer (not in the default list): inference (eval mode, no autograd) of the whole model, NCHW and channels_last,
   at the benchmark batch and at batch 1, with the cropped kernel where `crop_pays_for_inference` says so (ours)
   and with ATen's full kernel everywhere (`use_fast_backward(False)`, the same module), and each layer the
@@ -77,6 +84,7 @@ from mbconv.layers.depthwise import (
 )
 from mbconv.layers.memory import lean_layers
 from mbconv.layers.native import use_native
+from mbconv.layers.native_depthwise import NativeDepthwiseFn, native_dw_pays, use_native_depthwise
 from mbconv.layers.pointwise import fast_pointwise
 from mbconv.provenance import RunRecord, write_result
 
@@ -233,6 +241,41 @@ def section_layers(key: str, rounds: int, log: Callable[[str], None]) -> list[di
     return rows
 
 
+def section_native_dw(key: str, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Per depthwise layer, forward + backward: the native kernels (`NativeDepthwiseFn`, called directly), the
+    `DepthwiseConvFunction` path (`use_native_depthwise(False)`) and ATen's (`use_fast_backward(False)`), the
+    same weights; which one `native_dw_pays` picks, and the network's sum with the pick against without it."""
+    c = MODELS[key]
+    rows = []
+    log(f"\n### native depthwise kernels per layer, forward + backward: {describe(key)}")
+    log("| layer | native ms | DepthwiseConvFunction ms | ATen ms | Function/native per round | rule picks |")
+    log("|---|---|---|---|---|---|")
+    for cfg in depthwise_layers(build_ours(key), model_input(key)):
+        m, x, g = layer_tensors(cfg, c["dims"])
+
+        def run(kind: str, m: nn.Module = m, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            x.grad = m.weight.grad = None
+            if kind == "native":
+                NativeDepthwiseFn.apply(x, m.weight, m.bias, m.stride, m.padding).backward(g)
+                return
+            with use_native_depthwise(False), use_fast_backward(kind == "function"):
+                m(x).backward(g)
+
+        t = interleaved({k: functools.partial(run, k) for k in ("native", "function", "aten")}, rounds,
+                        inner=inner_for(functools.partial(run, "aten")))
+        r = ratio_stats(t["function"], t["native"])
+        pick = "native" if native_dw_pays(x, m.kernel_size) else "function"
+        med = {k: statistics.median(v) for k, v in t.items()}
+        log(f"| {layer_label(cfg)} | {med['native'] * 1e3:.3f} | {med['function'] * 1e3:.3f} | "
+            f"{med['aten'] * 1e3:.3f} | {fmt_ratio(r)} | {pick} |")
+        rows.append(dict(cfg, shape=list(cfg["shape"]), times=t, ratio=r, pick=pick))
+    picked = sum(statistics.median(row["times"][row["pick"]]) * row["count"] for row in rows)
+    before = sum(statistics.median(row["times"]["function"]) * row["count"] for row in rows)
+    log(f"sum over the network's depthwise layers (x count): with the rule's picks {picked * 1e3:.2f} ms, "
+        f"DepthwiseConvFunction everywhere {before * 1e3:.2f} ms, x{before / picked:.2f}")
+    return rows
+
+
 def time_methods(cfg: dict[str, Any], dims: int, rounds: int) -> tuple[Any, set[str], dict[str, list[float]]]:
     """(plan, the rule's picks, seconds per call of every gradient method of the cropped conv: 'w_<method>',
     'i_<method>')."""
@@ -282,7 +325,7 @@ def section_methods(key: str, rounds: int, log: Callable[[str], None]) -> list[d
 def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool | None,
                   native: bool = True) -> Callable[[], None]:
     """One SGD step of `model`; `fast` sets our depthwise backward on/off for the step (None: leave it), `native`
-    the lean layers' fused BN + activation kernels."""
+    every native kernel (the lean layers' fused BN + activation, the native depthwise)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -293,6 +336,11 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool
             opt.step()
 
     return step
+
+
+def with_native_depthwise_off(step: Callable[[], None]) -> None:
+    with use_native_depthwise(False):
+        step()
 
 
 def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -308,10 +356,17 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     aten = copy.deepcopy(ours)
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
+    no_dw = train_step_fn(copy.deepcopy(ours), x, y, True)
+    plain_se = copy.deepcopy(ours)
+    lean_layers(plain_se, None)
+    lean_layers(plain_se, kinds=("bn_act", "se_gate"))  # as the trainer, but the plain SqueezeExcite
+    pytorch_ops = copy.deepcopy(plain_se)
     v = {"ours": train_step_fn(ours, x, y, True), "ours, ATen depthwise": train_step_fn(aten, x, y, False),
-         "ours, no native BN+act": train_step_fn(copy.deepcopy(ours), x, y, True, native=False),
-         "PyTorch ops (ATen depthwise, no native BN+act)": train_step_fn(copy.deepcopy(aten), x, y, False,
-                                                                         native=False)}
+         "ours, no native depthwise": functools.partial(with_native_depthwise_off, no_dw),
+         "ours, no SE node": train_step_fn(plain_se, x, y, True),
+         "ours, no native kernels": train_step_fn(copy.deepcopy(ours), x, y, True, native=False),
+         "PyTorch ops (ATen depthwise, no native kernels, no SE node)": train_step_fn(pytorch_ops, x, y, False,
+                                                                                     native=False)}
     if theirs is not None:
         v["timm"] = train_step_fn(theirs, x, y, None)
     t = interleaved(v, rounds, inner=1, warmup=2)
@@ -486,11 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    known = ("layers", "methods", "step", "infer", "bn_act")
+    known = ("layers", "methods", "step", "infer", "bn_act", "native_dw")
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
-                 "infer, bn_act")
+                 "infer, bn_act, native_dw")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -517,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["infer"] = section_infer(key, args.rounds or (3 if args.quick else 15), log)
             if "bn_act" in sections:
                 run["bn_act"] = section_bn_act(key, args.rounds or (3 if args.quick else 15), log)
+            if "native_dw" in sections:
+                run["native_dw"] = section_native_dw(key, args.rounds or (3 if args.quick else 15), log)
             result["runs"][f"{key}@{th}"] = run
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start

@@ -109,6 +109,10 @@ def op_kind(name: str, phase: str) -> str:
     n = name.lower()
     if "bnactfn" in n:  # the fused native BN + activation (mbconv.layers.native), forward and backward
         return "batch norm + activation (fused native)"
+    if "nativedepthwisefn" in n:  # the native depthwise kernels (their ctypes calls are inside the Function)
+        return "depthwise conv (native)"
+    if "squeezeexcitefn" in n:  # the SE as one node: its Python and the ops it runs that the profiler misses
+        return "SE (one node)"
     if "conv" in n:
         return "conv backward" if phase == "backward" or "backward" in n else "conv forward"
     if n in ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm"):
@@ -140,24 +144,26 @@ class TourStep:
     layers on large maps (`lean_layers`, `TrainConfig.memory_lean="auto"`). The keyword switches override single
     parts (for the candidates of `benchmarks.step`): `depthwise` (ours or ATen's backward), `fused` (AdamW step),
     `pointwise` (`fast_pointwise`), `memory_lean` ("auto" | "on" | "off", as `TrainConfig.memory_lean`),
-    `cached_data` (batches drawn once, then reused: the step without the data pipeline), `native` (the lean
-    layers' fused native BN + activation kernels, `mbconv.layers.native`).
+    `cached_data` (batches drawn once, then reused: the step without the data pipeline), `native` (every native
+    kernel: the lean layers' fused BN + activation, `mbconv.layers.native`, and the depthwise kernels),
+    `native_depthwise` (the native depthwise kernels alone, `mbconv.layers.native_depthwise`), `se_node` (the SE
+    as one autograd node, `lean_layers` kind "se").
     """
 
     def __init__(self, before: bool = False, *, depthwise: bool | None = None, fused: bool | None = None,
                  pointwise: bool | None = None, memory_lean: str | None = None, cached_data: bool = False,
-                 native: bool | None = None):
+                 native: bool | None = None, native_depthwise: bool | None = None, se_node: bool | None = None):
         from mbconv.chapters.context import TourContext
         from mbconv.chapters.train import tour_run_config
         from mbconv.data import load_dataset
-        from mbconv.layers.memory import LEAN_MODES, lean_layers
+        from mbconv.layers.memory import LEAN_KINDS, LEAN_MODES, lean_layers
         from mbconv.layers.pointwise import fast_pointwise
         from mbconv.train import TrainConfig, make_optimizer, param_groups_weight_decay
         from mbconv.train.sampling import make_shard_loader
         from mbconv.workflow import build_for_data
 
-        depthwise, fused, pointwise, native = (not before if v is None else v
-                                               for v in (depthwise, fused, pointwise, native))
+        depthwise, fused, pointwise, native, native_depthwise, se_node = (
+            not before if v is None else v for v in (depthwise, fused, pointwise, native, native_depthwise, se_node))
         cfg = tour_run_config(TourContext(Path("unused"), False, None))  # the chapter's recipe, nothing written
         train = load_dataset(cfg.data, "train", resolution=cfg.resolution, augment=cfg.augment, seed=0)
         model = build_for_data(cfg.model, train.info, cfg.resolution, cfg.width_mult, cfg.depth_mult, cfg.init,
@@ -165,7 +171,8 @@ class TourStep:
         self.model = model.to(memory_format=torch.channels_last).train()
         if pointwise:
             fast_pointwise(self.model)
-        lean_layers(self.model, LEAN_MODES[memory_lean or ("off" if before else "auto")])  # as the Trainer
+        kinds = LEAN_KINDS if se_node else tuple(k for k in LEAN_KINDS if k != "se")
+        lean_layers(self.model, LEAN_MODES[memory_lean or ("off" if before else "auto")], kinds)  # as the Trainer
         if fused:
             self.opt = make_optimizer(model, TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr,
                                                          weight_decay=cfg.weight_decay))
@@ -176,7 +183,7 @@ class TourStep:
         self.loader = make_shard_loader(train, cfg.batch_size, train=True, seed=0)
         self.batches: Iterator = iter(())
         self.cache: list | None = [] if cached_data else None
-        self.fast, self.native, self.i = depthwise, native, 0
+        self.fast, self.native, self.native_depthwise, self.i = depthwise, native, native_depthwise, 0
         self.label = (f"B0 spec x{cfg.width_mult}, {train.info.in_chans} channel, {train.info.num_classes} classes, "
                       f"{cfg.resolution} px, batch {cfg.batch_size}, channels_last")
 
@@ -201,10 +208,11 @@ class TourStep:
 
         from mbconv.layers.depthwise import use_fast_backward
         from mbconv.layers.native import use_native
+        from mbconv.layers.native_depthwise import use_native_depthwise
 
         with record_function("data"):
             x, y = self.next_batch()
-        with use_fast_backward(self.fast), use_native(self.native):
+        with use_fast_backward(self.fast), use_native(self.native), use_native_depthwise(self.native_depthwise):
             with record_function("forward"):
                 loss = self.loss_fn(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)

