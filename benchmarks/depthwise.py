@@ -31,7 +31,8 @@ Sections:
   and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
   the network's sum;
 - native_dw (not in the default list): per depthwise layer of the model, forward + backward through the native
-  depthwise kernels (`mbconv.layers.native_depthwise`), through `DepthwiseConvFunction` and through ATen, the
+  depthwise kernels (`mbconv.layers.native_depthwise`), through the layer's path without them
+  (`DepthwiseConvFunction`, or ATen where its rule leaves ATen) and through ATen, the
   pick of the size rule `native_dw_pays`, and the network's sum with those picks: the measurements behind it;
 - infer (not in the default list): inference (eval mode, no autograd) of the whole model, NCHW and channels_last,
   at the benchmark batch and at batch 1, with the cropped kernel where `crop_pays_for_inference` says so (ours)
@@ -241,14 +242,15 @@ def section_layers(key: str, rounds: int, log: Callable[[str], None]) -> list[di
     return rows
 
 
-def section_native_dw(key: str, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def section_native_dw(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Per depthwise layer, forward + backward: the native kernels (`NativeDepthwiseFn`, called directly), the
-    `DepthwiseConvFunction` path (`use_native_depthwise(False)`) and ATen's (`use_fast_backward(False)`), the
-    same weights; which one `native_dw_pays` picks, and the network's sum with the pick against without it."""
+    layer's path without them ("before": `DepthwiseConvFunction`, or ATen's conv where `own_backward` leaves it,
+    `use_native_depthwise(False)`) and ATen's (`use_fast_backward(False)`), the same weights; which one
+    `native_dw_pays` picks, and the network's sum with the pick against without it."""
     c = MODELS[key]
     rows = []
     log(f"\n### native depthwise kernels per layer, forward + backward: {describe(key)}")
-    log("| layer | native ms | DepthwiseConvFunction ms | ATen ms | Function/native per round | rule picks |")
+    log("| layer | native ms | before ms | ATen ms | before/native per round | rule picks |")
     log("|---|---|---|---|---|---|")
     for cfg in depthwise_layers(build_ours(key), model_input(key)):
         m, x, g = layer_tensors(cfg, c["dims"])
@@ -264,7 +266,7 @@ def section_native_dw(key: str, rounds: int, log: Callable[[str], None]) -> list
         t = interleaved({k: functools.partial(run, k) for k in ("native", "function", "aten")}, rounds,
                         inner=inner_for(functools.partial(run, "aten")))
         r = ratio_stats(t["function"], t["native"])
-        pick = "native" if native_dw_pays(x, m.kernel_size) else "function"
+        pick = "native" if native_dw_pays(x, m.kernel_size) else "function"  # "function": the path before
         med = {k: statistics.median(v) for k, v in t.items()}
         log(f"| {layer_label(cfg)} | {med['native'] * 1e3:.3f} | {med['function'] * 1e3:.3f} | "
             f"{med['aten'] * 1e3:.3f} | {fmt_ratio(r)} | {pick} |")
@@ -272,8 +274,8 @@ def section_native_dw(key: str, rounds: int, log: Callable[[str], None]) -> list
     picked = sum(statistics.median(row["times"][row["pick"]]) * row["count"] for row in rows)
     before = sum(statistics.median(row["times"]["function"]) * row["count"] for row in rows)
     log(f"sum over the network's depthwise layers (x count): with the rule's picks {picked * 1e3:.2f} ms, "
-        f"DepthwiseConvFunction everywhere {before * 1e3:.2f} ms, x{before / picked:.2f}")
-    return rows
+        f"without the native kernels {before * 1e3:.2f} ms, x{before / picked:.2f}")
+    return {"layers": rows, "sum_ms": {"picked": picked * 1e3, "before": before * 1e3}}
 
 
 def time_methods(cfg: dict[str, Any], dims: int, rounds: int) -> tuple[Any, set[str], dict[str, list[float]]]:

@@ -184,7 +184,7 @@ static int bwd_weight_rows(const geom *g, const float *restrict gy, const float 
     long lo[g->k[2]], hi[g->k[2]];
     out_ranges(g, lo, hi);
     double *total = calloc((size_t)threads * stride, sizeof(double));
-    float *part = calloc((size_t)threads * stride + CB, sizeof(float)); /* + CB: a partial block's full store */
+    float *part = calloc((size_t)threads * stride, sizeof(float));
     if (!total || !part) {
         free(total);
         free(part);

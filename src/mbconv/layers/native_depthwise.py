@@ -52,8 +52,8 @@ def use_native_depthwise(enabled: bool) -> Iterator[None]:
 
 
 def _to_rows(t: torch.Tensor) -> torch.Tensor:
-    """`t` (N, C, *spatial) with its channels last in memory: the same tensor (a view) for channels-last 2-D / 3-D,
-    else a transposed copy; for 1-D the (N, L, C) tensor itself."""
+    """`t` (N, C, *spatial) with its channels last in memory: the tensor itself for channels-last 2-D / 3-D, else a
+    channels-last copy; for 1-D a contiguous (N, L, C) copy."""
     if t.dim() == 3:
         return t.transpose(1, 2).contiguous()
     return t.contiguous(memory_format=_LAST[t.dim()])
