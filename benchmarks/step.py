@@ -126,9 +126,12 @@ def section_tour(rounds: int, clock: Callable[[], float], compile_too: bool, log
 
 def peak_step_bytes(step: Callable[[], None]) -> int:
     """Peak of live tensor bytes allocated by one call of `step` above what was live before it (see the module
-    docstring)."""
+    docstring). One unprofiled call first, so that what is live before the measured call is this step's own state
+    (variants sharing a model would otherwise inherit, and free inside the measured call, another variant's
+    gradients: 20 MiB on B0)."""
     from torch.profiler import ProfilerActivity, profile
 
+    step()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
         step()
     cur = peak = 0
