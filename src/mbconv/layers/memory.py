@@ -14,13 +14,16 @@ full-size tensors per layer. An MBConv block with SE also keeps the SE product x
   conv's BN); it is not subject to the size rule below, because it is faster than PyTorch's ops, not only leaner.
 - `GatedConvFn`: the SE gate multiply fused into the following 1x1 conv: y = conv(x * g) saves x and the
   (N, C, 1, ...) gate g, and recomputes x * g in backward. The SE product is never stored.
+- `LeanSqueezeExcite`: a SqueezeExcite whose training step is `SqueezeExciteFn` (layers/se.py), one autograd node
+  with a written-out backward (faster per layer, not leaner: it saves what autograd saves), on any size.
 - `SiLUFn` / `MemoryEfficientSiLU`: SiLU that keeps only its input and recomputes the sigmoid in backward (native
   `F.silu` already does; this matters for composed x * sigmoid(x) swish, which stores both).
-- `lean_layers(model)`, the `Trainer`'s default, applies the first two with the model's structure untouched. Only
-  classes change (`ConvNormAct` -> `LeanConvNormAct`, an MBConv-type block with SE before its project conv ->
-  `LeanMBConv` / `LeanDepthwiseSeparable` / `LeanFusedMBConv`), like `fast_pointwise`: `.bn`, `.act`, `.se` and
-  `.project.conv` stay the plain modules, so BN folding, pruning surgery, quantization hooks and export see the
-  ordinary network, and a replaced or hooked submodule simply takes the plain path.
+- `lean_layers(model)`, the `Trainer`'s default, applies the first two and the SE node with the model's structure
+  untouched. Only classes change (`ConvNormAct` -> `LeanConvNormAct`, an MBConv-type block with SE before its
+  project conv -> `LeanMBConv` / `LeanDepthwiseSeparable` / `LeanFusedMBConv`, `SqueezeExcite` ->
+  `LeanSqueezeExcite`, a subclass with the same submodules), like `fast_pointwise`: `.bn`, `.act`, the SE's
+  convs and `.project.conv` stay the plain modules, so BN folding, pruning surgery, quantization hooks and export
+  see the ordinary network, and a replaced or hooked submodule simply takes the plain path.
 - `memory_efficient(model)` is the explicit switch: `lean_layers` with every layer lean (`min_numel=0`) and the
   BN+activation / SE-gate kinds chosen separately, plus `MemoryEfficientSiLU` for the other `nn.SiLU` modules
   (a class-for-class swap too). It used to replace modules (`BatchNormAct`, `DeferredSE`, `GatedConv2d`), which

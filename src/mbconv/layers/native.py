@@ -1,17 +1,19 @@
-"""Native CPU kernels: training-mode batch norm fused with its activation (`bn_act.c`), built on first use.
+"""Native CPU kernels, built on first use: training-mode batch norm fused with its activation (`bn_act.c`, its Python
+side here) and the depthwise convolution (`dw_conv.c`, its Python side in native_depthwise.py).
 
 Why native: in a training step PyTorch runs BN + activation as four kernels and two autograd nodes, about six
 passes over each tensor; the fused kernels take four and keep no BN output. Measured on this project's networks
 (docs/bench/depthwise.md, "Fused BN + activation in native kernels"), they are what the tour model's and B0's
 steps were still spending in elementwise work once the depthwise backward was fixed.
 
-How it is built: the C file ships in the package and is compiled with the system C compiler (`$CC`, else `cc` /
-`gcc`; OpenMP, `-O3 -march=native`) into a per-user cache, keyed by the source, the compiler, the flags and the
-CPU, written atomically (a temporary file renamed into place, so concurrent processes such as DDP ranks never load
-a half-written library). No compiler, a failed build or `MBCONV_NATIVE=0` leaves the library off and every caller
-on PyTorch's ops: the package still needs only torch and numpy. `native_status()` says which and why.
+How it is built: the C files ship in the package and are compiled together with the system C compiler (`$CC`, else
+`cc` / `gcc`; OpenMP, `-O3 -march=native`) into one library in a per-user cache, keyed by the sources, the compiler,
+the flags and the CPU, written atomically (a temporary file renamed into place, so concurrent processes such as DDP
+ranks never load a half-written library). No compiler, a failed build or `MBCONV_NATIVE=0` leaves the library off
+and every caller on PyTorch's ops: the package still needs only torch and numpy. `native_status()` says which and
+why.
 
-The kernels take float32 CPU tensors in either dense layout: channels-last ("rows": N * spatial rows of C) or
+The BN kernels take float32 CPU tensors in either dense layout: channels-last ("rows": N * spatial rows of C) or
 contiguous ("planes": N * C planes); `bn_act_layout` says which, or None (the caller then uses PyTorch's ops).
 Threads: torch's intra-op count (`torch.get_num_threads()`), on the OpenMP runtime torch itself loaded.
 """
@@ -34,7 +36,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
-           "bn_act_pays", "native_enabled", "native_library", "native_status", "reset_native", "use_native"]
+           "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_status", "reset_native",
+           "use_native", "use_native_depthwise"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py)
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c"))
@@ -49,7 +52,7 @@ NATIVE_ACTS: dict[str, int] = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, 
 MIN_IDENTITY_NUMEL = 2**14
 MIN_PLANE = 16
 
-_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "status": "not built yet"}
+_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "status": "not built yet"}
 
 
 def _cache_dir() -> Path:
@@ -149,14 +152,30 @@ def native_status() -> str:
 
 
 @contextlib.contextmanager
-def use_native(enabled: bool) -> Iterator[None]:
-    """Switch the native kernels on or off inside the block (for comparisons on the same weights)."""
-    before = _state["enabled"]
-    _state["enabled"] = bool(enabled)
+def _switched(key: str, enabled: bool) -> Iterator[None]:
+    before = _state[key]
+    _state[key] = bool(enabled)
     try:
         yield
     finally:
-        _state["enabled"] = before
+        _state[key] = before
+
+
+def use_native(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Switch the native kernels on or off inside the block (for comparisons on the same weights)."""
+    return _switched("enabled", enabled)
+
+
+def use_native_depthwise(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Inside the block, depthwise layers take the native depthwise kernels where they pay (True, the default) or
+    never (False: `DepthwiseConvFunction` / ATen as before), for comparisons on the same weights. `use_native(False)`
+    turns off every native kernel, these included."""
+    return _switched("depthwise", enabled)
+
+
+def native_depthwise_on() -> bool:
+    """The `use_native_depthwise` switch (the library may still be off: see `native_enabled`)."""
+    return bool(_state["depthwise"])
 
 
 def bn_act_layout(x: torch.Tensor) -> str | None:

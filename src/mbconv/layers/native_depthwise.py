@@ -16,15 +16,14 @@ order; the weight gradient sums in double over runs of float).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.autograd import forward_ad
 
-from .native import native_enabled, native_library
+from .native import native_depthwise_on, native_enabled, native_library, use_native_depthwise
 
 __all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn", "dw_backward_input",
            "dw_backward_weight", "dw_forward", "native_dw_applies", "native_dw_pays", "use_native_depthwise"]
@@ -35,20 +34,6 @@ NATIVE_DW_MAX_MAP = 4
 NATIVE_DW_MAX_MAP_K5 = 56
 
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
-_state = {"enabled": True}
-
-
-@contextlib.contextmanager
-def use_native_depthwise(enabled: bool) -> Iterator[None]:
-    """Inside the block, depthwise layers take the native kernels where they pay (True, the default) or never
-    (False: `DepthwiseConvFunction` / ATen as before), for comparisons on the same weights. `use_native(False)`
-    turns off every native kernel, these included."""
-    before = _state["enabled"]
-    _state["enabled"] = bool(enabled)
-    try:
-        yield
-    finally:
-        _state["enabled"] = before
 
 
 def _to_rows(t: torch.Tensor) -> torch.Tensor:
@@ -140,11 +125,6 @@ def _rows_weight_grad(lib: Any, gyr: torch.Tensor, xr: torch.Tensor, geom: Any, 
     return gw.t().reshape(weight.shape)
 
 
-def _checked_grad(gy: torch.Tensor, out_shape: Sequence[int], fn: str) -> None:
-    if tuple(gy.shape) != tuple(out_shape):
-        raise ValueError(f"{fn}: gradient of shape {tuple(gy.shape)} for an output of {tuple(out_shape)}")
-
-
 def dw_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
                padding: Sequence[int]) -> torch.Tensor:
     """Depthwise conv of `x` (N, C, *spatial) with `weight` (C, 1, *kernel), optional `bias` (C,), symmetric zero
@@ -158,24 +138,29 @@ def dw_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return _from_rows(_rows_forward(lib, xr, w, bias, geom, out_shape), _is_last(x))
 
 
+def _backward_args(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                   padding: Sequence[int], fn: str) -> tuple[Any, Any, torch.Tensor]:
+    """(library, geometry, gy in rows) for a gradient call, after the checks (one line each)."""
+    lib = _checked(x, fn)
+    out_shape, geom = _geometry(x, weight, stride, padding)
+    if tuple(gy.shape) != tuple(out_shape):
+        raise ValueError(f"{fn}: gradient of shape {tuple(gy.shape)} for an output of {tuple(out_shape)}")
+    return lib, geom, _to_rows(gy.float())
+
+
 def dw_backward_input(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
                       padding: Sequence[int]) -> torch.Tensor:
     """d loss / d x of `dw_forward(x, weight, ...)` from the output gradient `gy`, in x's layout."""
-    lib = _checked(x, "dw_backward_input")
-    out_shape, geom = _geometry(x, weight, stride, padding)
-    _checked_grad(gy, out_shape, "dw_backward_input")
-    gyr, w = _to_rows(gy.float()), _rows_weight(weight)
+    lib, geom, gyr = _backward_args(gy, x, weight, stride, padding, "dw_backward_input")
+    w = _rows_weight(weight)  # named: the kernel reads it
     return _from_rows(_rows_input_grad(lib, gyr, w, geom, x.shape), _is_last(x))
 
 
 def dw_backward_weight(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
                        padding: Sequence[int]) -> torch.Tensor:
     """d loss / d weight of `dw_forward(x, weight, ...)`, shaped like `weight`."""
-    lib = _checked(x, "dw_backward_weight")
-    out_shape, geom = _geometry(x, weight, stride, padding)
-    _checked_grad(gy, out_shape, "dw_backward_weight")
-    gyr, xr = _to_rows(gy.float()), _to_rows(x)
-    return _rows_weight_grad(lib, gyr, xr, geom, weight)
+    lib, geom, gyr = _backward_args(gy, x, weight, stride, padding, "dw_backward_weight")
+    return _rows_weight_grad(lib, gyr, _to_rows(x), geom, weight)
 
 
 def native_dw_pays(x: torch.Tensor, kernel: Sequence[int]) -> bool:
@@ -194,7 +179,7 @@ def native_dw_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     weight, a shape where it pays, no forward-mode dual input (the Function defines no jvp), the kernels built and
     on. The caller has checked the rest (a depthwise conv with dilation 1, numeric zero padding, nothing
     tracing)."""
-    return (_state["enabled"] and x.dtype == torch.float32 and weight.dtype == torch.float32 and 3 <= x.dim() <= 5
+    return (native_depthwise_on() and x.dtype == torch.float32 and weight.dtype == torch.float32 and 3 <= x.dim() <= 5
             and native_dw_pays(x, weight.shape[2:]) and forward_ad.unpack_dual(x).tangent is None
             and native_enabled())
 
