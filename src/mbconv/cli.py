@@ -352,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep glibc's default of a fresh mmap per tensor over 32 MiB (by default freed large "
                          "tensors are reused from the heap during training: faster on large maps, higher peak RSS)")
     sp.add_argument("--no-native-kernels", action="store_true",
-                    help="train with PyTorch's BN and activation ops instead of the fused native kernels (built on "
-                         "first use with the system C compiler; without one PyTorch's ops are used anyway)")
+                    help="train with PyTorch's BN, activation and depthwise ops instead of the native kernels "
+                         "(built on first use with the system C compiler; without one PyTorch's ops are used anyway)")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
     sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")
     sp.add_argument("--data", type=text, help="another dataset with the same classes")

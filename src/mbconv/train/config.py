@@ -51,7 +51,7 @@ class TrainConfig:
     # memory-lean training layers (layers.memory.lean_layers): "auto" on large maps only, "on" every layer, "off"
     memory_lean: str = "auto"
     large_tensor_heap: bool = True  # CPU: glibc keeps freed large tensors for reuse during fit (train/heap.py)
-    native_kernels: bool = True  # CPU: the lean layers' fused BN + activation kernels, where built (layers/native.py)
+    native_kernels: bool = True  # CPU: the native kernels where built (layers/native.py): BN + act, depthwise
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):

@@ -134,12 +134,13 @@ class Trainer:
             with deterministic_algorithms(self.cfg.deterministic), large_tensor_heap(
                     self.cfg.large_tensor_heap and self.device.type == "cpu") as self.heap_active, \
                     use_native(self.cfg.native_kernels):
-                # the kernels run inside the lean layers, which memory_lean="off" leaves out
-                wanted = self.cfg.native_kernels and self.device.type == "cpu" and self.cfg.memory_lean != "off"
+                # the BN kernels run inside the lean layers (not with memory_lean="off"), the depthwise ones in
+                # the depthwise layers themselves: with the library on, some layer can take them
+                wanted = self.cfg.native_kernels and self.device.type == "cpu"
                 self.native_active = wanted and native_enabled()
                 if wanted and not self.native_active and self.rank == 0 and self.cfg.progress != "none":
-                    print(f"note: native BN + activation kernels {native_status()}; using PyTorch's ops",
-                          file=sys.stderr)
+                    print(f"note: native kernels (BN + activation, depthwise) {native_status()}; using PyTorch's "
+                          "ops", file=sys.stderr)
                 row = self._fit()
             ok = True
             return row
