@@ -272,8 +272,9 @@ def test_real_pretrained_lite0_fine_tuning_step(tmp_path) -> None:  # noqa: ANN0
 
 
 def test_under_ddp(tmp_path) -> None:  # noqa: ANN001
-    """DistributedDataParallel (gloo, one process) over lean layers: the kernels run inside DDP's forward and
-    their parameter gradients are reduced like any other (equal to the same model's without DDP)."""
+    """DistributedDataParallel (gloo, one process) over lean layers: the kernels (BN + activation, and a 5x5
+    depthwise conv's) run inside DDP's forward and their parameter gradients are reduced like any other (equal to
+    the same model's without DDP)."""
     import copy
 
     import torch.distributed as dist
@@ -283,7 +284,7 @@ def test_under_ddp(tmp_path) -> None:  # noqa: ANN001
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
-        model = nn.Sequential(ConvNormAct(3, 8, 3, act="swish"), ConvNormAct(8, 8, 3, groups=8, act="relu6"),
+        model = nn.Sequential(ConvNormAct(3, 8, 3, act="swish"), ConvNormAct(8, 8, 5, groups=8, act="relu6"),
                               nn.Flatten(), nn.Linear(8 * 9 * 9, 3))
         lean_layers(model, 0)
         model = model.to(memory_format=torch.channels_last)  # as the trainer runs a channels-last input
@@ -291,7 +292,8 @@ def test_under_ddp(tmp_path) -> None:  # noqa: ANN001
         x = make_input((4, 3, 9, 9), True)
         ddp = nn.parallel.DistributedDataParallel(model)
         out = ddp(x)
-        assert "NativeBNActFnBackward" in {type(n).__name__ for n in _graph_nodes(out.grad_fn)}
+        nodes = {type(n).__name__ for n in _graph_nodes(out.grad_fn)}
+        assert "NativeBNActFnBackward" in nodes and "NativeDepthwiseFnBackward" in nodes
         out.square().mean().backward()
         ref(x).square().mean().backward()
         for (k, p), q in zip(model.named_parameters(), ref.parameters()):
