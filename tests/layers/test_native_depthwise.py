@@ -168,3 +168,13 @@ def test_bad_arguments_are_one_line_errors() -> None:
         dw_backward_input(torch.randn(2, 4, 4, 4), x, w, (1, 1), (1, 1))
     with pytest.raises(ValueError, match="gradient of shape"):
         dw_backward_weight(torch.randn(2, 4, 4, 4), x, w, (1, 1), (1, 1))
+
+
+def test_deterministic_for_a_thread_count() -> None:
+    """The weight gradient sums per-thread partial results in a fixed order: two runs give the same bits."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 40, 7, 7).contiguous(memory_format=torch.channels_last)
+    w, gy = torch.randn(40, 1, 5, 5), torch.randn(8, 40, 7, 7).contiguous(memory_format=torch.channels_last)
+    runs = [(dw_backward_weight(gy, x, w, (1, 1), (2, 2)), dw_backward_input(gy, x, w, (1, 1), (2, 2)))
+            for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
