@@ -2,7 +2,7 @@
 and per training step, and the training step against timm's same network.
 
     .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2]
-        [--sections layers,methods,step,infer,bn_act,native_dw]
+        [--sections layers,methods,step,infer,bn_act,native_dw,pointwise1d]
         [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
 Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
@@ -23,10 +23,10 @@ Sections:
   the SE as one autograd node), ours with ATen's depthwise backward (`use_fast_backward(False)`, a deep copy with
   the same weights: only the depthwise kernel differs), ours without the native depthwise kernels
   (`use_native_depthwise(False)`: `DepthwiseConvFunction` everywhere), ours with the plain SqueezeExcite (no SE
-  node), ours without the native kernels (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or
-  `DepthwiseConvFunction`), the same network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE
-  node), and for tour and b0 timm's same network with the same weights (`benchmarks.run.build_pair`, outputs
-  checked equal);
+  node), ours with oneDNN for every 1x1 conv (no `fast_pointwise`), ours without the native kernels
+  (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or `DepthwiseConvFunction`), the same
+  network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), and for tour and b0 timm's
+  same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal);
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
   and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
   the network's sum;
@@ -34,6 +34,9 @@ Sections:
   depthwise kernels (`mbconv.layers.native_depthwise`), through the layer's path without them
   (`DepthwiseConvFunction`, or ATen where its rule leaves ATen) and through ATen, the
   pick of the size rule `native_dw_pays`, and the network's sum with those picks: the measurements behind it;
+- pointwise1d (not in the default list; once, whatever `--models` says): 1-D pointwise convs on a grid of widths
+  and lengths, forward + backward, oneDNN's conv1d against `PointwiseConv1d`'s batched product W @ x and the pick
+  of its rule (`matmul_applies`): the measurements behind `MAX_MATMUL_LENGTH` and `MAX_MATMUL_WEIGHT`;
 - infer (not in the default list): inference (eval mode, no autograd) of the whole model, NCHW and channels_last,
   at the benchmark batch and at batch 1, with the cropped kernel where `crop_pays_for_inference` says so (ours)
   and with ATen's full kernel everywhere (`use_fast_backward(False)`, the same module), and each layer the
@@ -86,7 +89,14 @@ from mbconv.layers.depthwise import (
 from mbconv.layers.memory import lean_layers
 from mbconv.layers.native import use_native
 from mbconv.layers.native_depthwise import NativeDepthwiseFn, native_dw_pays, use_native_depthwise
-from mbconv.layers.pointwise import fast_pointwise
+from mbconv.layers.pointwise import (
+    MAX_MATMUL_LENGTH,
+    MAX_MATMUL_WEIGHT,
+    POINTWISE_CONV,
+    fast_pointwise,
+    matmul_applies,
+    pointwise_matmul,
+)
 from mbconv.provenance import RunRecord, write_result
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -278,6 +288,44 @@ def section_native_dw(key: str, rounds: int, log: Callable[[str], None]) -> dict
     return {"layers": rows, "sum_ms": {"picked": picked * 1e3, "before": before * 1e3}}
 
 
+POINTWISE_TO_PLAIN = {v: k for k, v in POINTWISE_CONV.items()}
+POINTWISE_1D_GRID = [(cin, mult, length) for cin in (16, 32, 48, 64, 128) for mult in (4, 0.25) for length in
+                     (10, 20, 40, 64, 128)]
+
+
+def section_pointwise1d(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """1-D pointwise convs (contiguous N, C, L; batch 64), forward + backward: oneDNN's conv1d (the plain module)
+    against the batched product W @ x (`pointwise_matmul`, what `PointwiseConv1d` runs where its rule says), on a
+    grid of widths (expand x4 and project /4) and lengths; which the rule (`matmul_applies`) picks. Not tied to a
+    model."""
+    rows = []
+    log(f"\n### 1-D pointwise convs, forward + backward, batch 64, {torch.get_num_threads()} thread(s), "
+        f"{_clock['name']} clock, {rounds} rounds")
+    log("| in -> out channels | length | conv1d ms | W @ x ms | conv1d / W @ x per round | rule picks |")
+    log("|---|---|---|---|---|---|")
+    for cin, mult, length in POINTWISE_1D_GRID:
+        cout = int(cin * mult) if mult >= 1 else cin
+        cin_ = cin if mult >= 1 else int(cin / mult)
+        torch.manual_seed(0)
+        conv = nn.Conv1d(cin_, cout, 1)
+        x = torch.randn(64, cin_, length, requires_grad=True)
+        g = torch.randn(64, cout, length)
+
+        def run(product: bool, m: nn.Module = conv, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            x.grad = None
+            m.zero_grad(set_to_none=True)
+            (pointwise_matmul(x, m.weight, m.bias) if product else m(x)).backward(g)
+
+        t = interleaved({"conv1d": functools.partial(run, False), "matmul": functools.partial(run, True)}, rounds,
+                        inner=inner_for(functools.partial(run, False)))
+        r = ratio_stats(t["conv1d"], t["matmul"])
+        pick = "W @ x" if matmul_applies(x, conv.weight) else "conv1d"
+        med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+        log(f"| {cin_} -> {cout} | {length} | {med['conv1d']:.3f} | {med['matmul']:.3f} | {fmt_ratio(r)} | {pick} |")
+        rows.append(dict(cin=cin_, cout=cout, length=length, times=t, ratio=r, pick=pick))
+    return {"rows": rows, "max_matmul_length": MAX_MATMUL_LENGTH, "max_matmul_weight": MAX_MATMUL_WEIGHT}
+
+
 def time_methods(cfg: dict[str, Any], dims: int, rounds: int) -> tuple[Any, set[str], dict[str, list[float]]]:
     """(plan, the rule's picks, seconds per call of every gradient method of the cropped conv: 'w_<method>',
     'i_<method>')."""
@@ -359,6 +407,10 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
     no_dw = train_step_fn(copy.deepcopy(ours), x, y, True)
+    plain_pointwise = copy.deepcopy(ours)
+    for m in plain_pointwise.modules():  # back to nn.ConvNd: oneDNN for every 1x1 conv
+        if type(m) in POINTWISE_TO_PLAIN:
+            m.__class__ = POINTWISE_TO_PLAIN[type(m)]
     plain_se = copy.deepcopy(ours)
     lean_layers(plain_se, None)
     lean_layers(plain_se, kinds=("bn_act", "se_gate"))  # as the trainer, but the plain SqueezeExcite
@@ -366,6 +418,7 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     v = {"ours": train_step_fn(ours, x, y, True), "ours, ATen depthwise": train_step_fn(aten, x, y, False),
          "ours, no native depthwise": functools.partial(with_native_depthwise_off, no_dw),
          "ours, no SE node": train_step_fn(plain_se, x, y, True),
+         "ours, oneDNN for every 1x1 conv": train_step_fn(plain_pointwise, x, y, True),
          "ours, no native kernels": train_step_fn(copy.deepcopy(ours), x, y, True, native=False),
          "PyTorch ops (ATen depthwise, no native kernels, no SE node)": train_step_fn(pytorch_ops, x, y, False,
                                                                                      native=False)}
@@ -543,11 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    known = ("layers", "methods", "step", "infer", "bn_act", "native_dw")
+    known = ("layers", "methods", "step", "infer", "bn_act", "native_dw", "pointwise1d")
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
-                 "infer, bn_act, native_dw")
+                 "infer, bn_act, native_dw, pointwise1d")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -577,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
             if "native_dw" in sections:
                 run["native_dw"] = section_native_dw(key, args.rounds or (3 if args.quick else 15), log)
             result["runs"][f"{key}@{th}"] = run
+        if "pointwise1d" in sections:  # not tied to a model: once per thread count
+            result["runs"][f"pointwise1d@{th}"] = section_pointwise1d(args.rounds or (3 if args.quick else 9), log)
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start
     log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")

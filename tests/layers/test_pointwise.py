@@ -1,6 +1,7 @@
-"""Pointwise convs on small maps as matrix products: equal to the convolution (float64) in output and every
-gradient over dims, layouts, map sizes and bias; taken only where the rule says; the module is the nn.ConvNd it
-replaces (state, parameters, inference, scripting, tracing); the trainer swaps it in."""
+"""Pointwise convs on small maps as matrix products (and contiguous 1-D maps as batched products): equal to the
+convolution (float64) in output and every gradient over dims, layouts, map sizes and bias; taken only where the
+rule says; the module is the nn.ConvNd it replaces (state, parameters, inference, scripting, tracing); the trainer
+swaps it in."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from torch import nn
 from mbconv import create_model
 from mbconv.layers.pointwise import (
     MAX_LINEAR_PIXELS,
+    MAX_MATMUL_LENGTH,
+    MAX_MATMUL_WEIGHT,
     PointwiseConv2d,
     fast_pointwise,
     is_pointwise,
     linear_applies,
+    matmul_applies,
 )
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -53,6 +57,43 @@ def test_equals_the_convolution(dims, size, last, bias):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     if last:  # the output keeps the input's layout, as the convolution's does
         assert outs[1][0].is_contiguous(memory_format=LAST[dims])
+
+
+@pytest.mark.parametrize("length", [2, 9, MAX_MATMUL_LENGTH])
+@pytest.mark.parametrize("bias", [True, False])
+def test_1d_batched_product_equals_the_convolution(length, bias):
+    ref, ours = pair(1, 6, 5, bias)
+    x = torch.randn(3, 6, length, dtype=torch.float64)
+    assert matmul_applies(x.requires_grad_(), ours.weight) and not linear_applies(x, ours.weight)
+    g = torch.randn(3, 5, length, dtype=torch.float64)
+    outs = []
+    for m in (ref, ours):
+        xi = x.detach().clone().requires_grad_()
+        y = m(xi)
+        y.backward(g)
+        outs.append((y, xi.grad, m.weight.grad, None if m.bias is None else m.bias.grad))
+    assert type(outs[1][0].grad_fn).__name__ == ("AddBackward0" if bias else "BmmBackward0")  # not the conv
+    for a, b in zip(*outs):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert outs[1][0].is_contiguous()
+
+
+def test_1d_batched_product_only_where_the_rule_says():
+    w = nn.Conv1d(8, 16, 1).weight
+    ok = torch.randn(2, 8, 20, requires_grad=True)
+    assert matmul_applies(ok, w)
+    assert not matmul_applies(torch.randn(2, 8, MAX_MATMUL_LENGTH + 1, requires_grad=True), w)  # long map
+    assert not matmul_applies(ok[..., ::2], w)  # not contiguous
+    assert not matmul_applies(ok.detach(), w.detach())  # no autograd
+    wide = nn.Conv1d(64, MAX_MATMUL_WEIGHT // 64 + 1, 1).weight  # the weight gradient would cost more
+    assert not matmul_applies(torch.randn(2, 64, 20, requires_grad=True), wide)
+    with torch.no_grad():
+        assert not matmul_applies(ok, w)
+    conv = nn.Conv1d(8, 16, 1)
+    fast_pointwise(conv)
+    conv.eval()  # eval mode: the convolution, whatever the input
+    assert type(conv(ok).grad_fn).__name__ == "ConvolutionBackward0"
 
 
 @pytest.mark.parametrize("case", ["no_grad", "eval_input", "large_map", "nchw_map", "float16", "trace"])

@@ -8,10 +8,16 @@ thread). On larger maps oneDNN is as fast or faster (16x16: 2.1 vs 5.1 ms), so t
 to `MAX_LINEAR_PIXELS` pixels, and for spatial maps only when the input is channels_last (its channels are then
 the fastest axis, so the product needs no copy).
 
+1-D maps (contiguous N, C, L: PyTorch has no channels-last 1-D layout, so `F.linear` would need a transposed copy)
+of 2 to `MAX_MATMUL_LENGTH` values, with at most `MAX_MATMUL_WEIGHT` weights, take a batched matrix product W @ x
+instead (`pointwise_matmul`: `torch.bmm` over the expanded weight), where oneDNN's conv1d is slower forward +
+backward; on wider layers the product's batched weight gradient costs more (docs/bench/depthwise.md, "1-D pointwise
+convs as matrix products").
+
 `PointwiseConv1d/2d/3d` are nn.Conv1d/2d/3d subclasses (same parameters, state-dict keys, isinstance checks);
 `fast_pointwise(model)` turns a model's plain 1x1 convs into them in place (the class only: parameters, their
 objects and names are unchanged). During a CPU training step (module in training mode, grad enabled, not tracing,
-compiling, exporting or inside a torch.func transform) they run `F.linear`; everything else, inference and
+compiling, exporting or inside a torch.func transform) they run `F.linear` or W @ x; everything else, inference and
 gradients of a model in eval mode included, is nn.ConvNd's forward.
 Results equal the convolution's up to float rounding (another summation order).
 """
@@ -26,12 +32,20 @@ from torch import nn
 
 from .depthwise import TrainingForward, exporting_or_transforming, fx_proxy
 
-__all__ = ["MAX_LINEAR_PIXELS", "PointwiseConv1d", "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise",
-           "is_pointwise", "linear_applies"]
+__all__ = ["MAX_LINEAR_PIXELS", "MAX_MATMUL_LENGTH", "MAX_MATMUL_WEIGHT", "POINTWISE_CONV", "PointwiseConv1d",
+           "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise", "is_pointwise", "linear_applies", "matmul_applies",
+           "pointwise_matmul", "training_step_input"]
 
 # Largest map (pixels per sample) run as a matrix product; measured on the tour model at one thread
 # (docs/bench/depthwise.md): 4x4 and smaller win, 8x8 is mixed, 16x16 loses.
 MAX_LINEAR_PIXELS = 16
+# Contiguous 1-D maps run as a batched matrix product W @ x (see the module docstring) up to this length and this
+# weight size (in x out channels). Measured per layer (benchmarks.depthwise --sections pointwise1d, lengths 10-128):
+# the product wins at every length up to 48 x 192 channels, is mixed at 64 x 256 and loses at 128 x 512, where its
+# batched weight gradient (N x out x in values, summed over the batch) costs more than oneDNN's; lengths past 128
+# were not measured.
+MAX_MATMUL_LENGTH = 128
+MAX_MATMUL_WEIGHT = 48 * 192
 
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -44,12 +58,32 @@ def is_pointwise(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros")
 
 
+def training_step_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a pointwise conv of `x` is a CPU float training step (autograd recording) that no tracer, compiler,
+    exporter or torch.func transform is watching: where the products below may stand in for it."""
+    return not fx_proxy(x) and (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+                                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                                and x.dim() == weight.dim() and x.dim() >= 3) and not exporting_or_transforming()
+
+
+def matmul_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a pointwise conv of `x` runs as the batched product W @ x: a training step (`training_step_input`)
+    on a contiguous 1-D map of 2 to `MAX_MATMUL_LENGTH` values, with at most `MAX_MATMUL_WEIGHT` weights."""
+    return (x.dim() == 3 and 1 < x.shape[2] <= MAX_MATMUL_LENGTH and weight.numel() <= MAX_MATMUL_WEIGHT
+            and x.is_contiguous() and training_step_input(x, weight))
+
+
+def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 conv of a contiguous (N, Cin, L) `x` as the batched product W @ x: `torch.bmm` over the weight expanded
+    along the batch (a view; torch.matmul's broadcasting would make transposed copies)."""
+    y = torch.bmm(weight.flatten(1).expand(x.shape[0], -1, -1), x)
+    return y if bias is None else y + bias.unsqueeze(1)
+
+
 def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a pointwise conv of `x` runs as `F.linear`: a CPU float training step (autograd recording) on a map
-    of at most `MAX_LINEAR_PIXELS` pixels that is a single pixel or channels_last."""
-    if fx_proxy(x) or not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-                           and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                           and x.dim() == weight.dim() and x.dim() >= 3) or exporting_or_transforming():
+    """Whether a pointwise conv of `x` runs as `F.linear`: a training step (`training_step_input`) on a map of at
+    most `MAX_LINEAR_PIXELS` pixels that is a single pixel or channels_last."""
+    if not training_step_input(x, weight):
         return False
     pixels = math.prod(x.shape[2:])
     if pixels > MAX_LINEAR_PIXELS:
@@ -68,6 +102,8 @@ class PointwiseForward(TrainingForward):
             order = (0, *range(2, input.dim()), 1)  # channels last: a view for channels_last or 1-pixel maps
             back = (0, input.dim() - 1, *range(1, input.dim() - 1))
             return F.linear(input.permute(order), weight.flatten(1), self.bias).permute(back)
+        if self.training and matmul_applies(input, weight):
+            return pointwise_matmul(input, weight, self.bias)
         return self._conv_forward(input, weight, self.bias)
 
 
