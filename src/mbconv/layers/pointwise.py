@@ -69,8 +69,8 @@ def training_step_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def matmul_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a pointwise conv of `x` runs as the batched product W @ x: a training step (`training_step_input`)
     on a contiguous 1-D map of 2 to `MAX_MATMUL_LENGTH` values, with at most `MAX_MATMUL_WEIGHT` weights."""
-    return (x.dim() == 3 and 1 < x.shape[2] <= MAX_MATMUL_LENGTH and weight.numel() <= MAX_MATMUL_WEIGHT
-            and x.is_contiguous() and training_step_input(x, weight))
+    return (training_step_input(x, weight) and x.dim() == 3 and 1 < x.shape[2] <= MAX_MATMUL_LENGTH
+            and weight.numel() <= MAX_MATMUL_WEIGHT and x.is_contiguous())  # an fx proxy's shape is no value
 
 
 def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
