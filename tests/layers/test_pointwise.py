@@ -92,6 +92,8 @@ def test_1d_batched_product_only_where_the_rule_says():
         assert not matmul_applies(ok, w)
     conv = nn.Conv1d(8, 16, 1)
     fast_pointwise(conv)
+    gm = torch.fx.symbolic_trace(conv)  # a tracer sees the convolution (the proxy's shape is never read)
+    assert any("conv" in str(n.target) for n in gm.graph.nodes)
     conv.eval()  # eval mode: the convolution, whatever the input
     assert type(conv(ok).grad_fn).__name__ == "ConvolutionBackward0"
 
