@@ -36,16 +36,8 @@ def pair(dims: int, cin: int, cout: int, bias: bool) -> tuple[nn.Module, nn.Modu
     return ref, ours
 
 
-@pytest.mark.parametrize("dims,size,last", [(1, (1,), False), (2, (1, 1), False), (2, (2, 2), True),
-                                            (2, (4, 3), True), (3, (1, 1, 1), False), (3, (2, 2, 2), True)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_equals_the_convolution(dims, size, last, bias):
-    ref, ours = pair(dims, 6, 5, bias)
-    x = torch.randn(3, 6, *size, dtype=torch.float64)
-    if last:
-        x = x.contiguous(memory_format=LAST[dims])
-    assert linear_applies(x.requires_grad_(), ours.weight)
-    g = torch.randn(3, 5, *size, dtype=torch.float64)
+def same_step(ref: nn.Module, ours: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[tuple]:
+    """(output, input grad, weight grad, bias grad) of one backward through each module; asserts they are equal."""
     outs = []
     for m in (ref, ours):
         xi = x.detach().clone().requires_grad_()
@@ -55,6 +47,19 @@ def test_equals_the_convolution(dims, size, last, bias):
     for a, b in zip(*outs):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    return outs
+
+
+@pytest.mark.parametrize("dims,size,last", [(1, (1,), False), (2, (1, 1), False), (2, (2, 2), True),
+                                            (2, (4, 3), True), (3, (1, 1, 1), False), (3, (2, 2, 2), True)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_the_convolution(dims, size, last, bias):
+    ref, ours = pair(dims, 6, 5, bias)
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    if last:
+        x = x.contiguous(memory_format=LAST[dims])
+    assert linear_applies(x.requires_grad_(), ours.weight)
+    outs = same_step(ref, ours, x, torch.randn(3, 5, *size, dtype=torch.float64))
     if last:  # the output keeps the input's layout, as the convolution's does
         assert outs[1][0].is_contiguous(memory_format=LAST[dims])
 
@@ -65,17 +70,8 @@ def test_1d_batched_product_equals_the_convolution(length, bias):
     ref, ours = pair(1, 6, 5, bias)
     x = torch.randn(3, 6, length, dtype=torch.float64)
     assert matmul_applies(x.requires_grad_(), ours.weight) and not linear_applies(x, ours.weight)
-    g = torch.randn(3, 5, length, dtype=torch.float64)
-    outs = []
-    for m in (ref, ours):
-        xi = x.detach().clone().requires_grad_()
-        y = m(xi)
-        y.backward(g)
-        outs.append((y, xi.grad, m.weight.grad, None if m.bias is None else m.bias.grad))
+    outs = same_step(ref, ours, x, torch.randn(3, 5, length, dtype=torch.float64))
     assert type(outs[1][0].grad_fn).__name__ == ("AddBackward0" if bias else "BmmBackward0")  # not the conv
-    for a, b in zip(*outs):
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert outs[1][0].is_contiguous()
 
 
