@@ -121,6 +121,9 @@ def test_layers_take_the_kernels_where_they_pay() -> None:
     assert node(DepthwiseConv1d(8, 8, 5, padding=2, groups=8), torch.randn(2, 8, 40, requires_grad=True)) == \
         "NativeDepthwiseFnBackward"
     assert not native_dw_pays(x_mid, (3, 3)) and native_dw_pays(x_mid, (5, 5)) and native_dw_pays(x_small, (3, 3))
+    x3d = torch.randn(2, 8, 8, 8, 8, requires_grad=True)  # 3-D: 27 taps, native up to 16 a side
+    assert node(DepthwiseConv3d(8, 8, 3, padding=1, groups=8), x3d) == "NativeDepthwiseFnBackward"
+    assert not native_dw_pays(torch.randn(1, 8, 17, 17, 17), (3, 3, 3))
     with use_native_depthwise(False):
         assert node(k5, x_mid) != "NativeDepthwiseFnBackward"
     with native.use_native(False):

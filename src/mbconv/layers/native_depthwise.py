@@ -25,13 +25,17 @@ from torch.autograd import forward_ad
 
 from .native import native_depthwise_on, native_enabled, native_library, use_native_depthwise
 
-__all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn", "dw_backward_input",
-           "dw_backward_weight", "dw_forward", "native_dw_applies", "native_dw_pays", "use_native_depthwise"]
+__all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_3D", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn",
+           "dw_backward_input", "dw_backward_weight", "dw_forward", "native_dw_applies", "native_dw_pays",
+           "use_native_depthwise"]
 
 # `native_dw_pays`: the largest map side (pixels) on which the kernels win for every kernel size, and the largest
 # on which they win for kernels of 5 taps or more per axis (docs/bench/depthwise.md).
 NATIVE_DW_MAX_MAP = 4
 NATIVE_DW_MAX_MAP_K5 = 56
+# 3-D maps: a 3x3x3 kernel is 27 taps, and the kernels won on every layer of the 3-D benchmark net (4-16 a side,
+# 3-tap kernels; larger 3-D maps were not measured)
+NATIVE_DW_MAX_MAP_3D = 16
 
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -165,12 +169,14 @@ def dw_backward_weight(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
 
 def native_dw_pays(x: torch.Tensor, kernel: Sequence[int]) -> bool:
     """Whether the kernels beat `DepthwiseConvFunction` / ATen on this layer (per-layer measurements,
-    docs/bench/depthwise.md): maps of 2 to NATIVE_DW_MAX_MAP pixels a side for any kernel, and maps up to
-    NATIVE_DW_MAX_MAP_K5 a side for kernels of 5 or more taps per axis (on one-pixel maps the per-channel
-    multiply of `DepthwiseConvFunction` is as fast)."""
+    docs/bench/depthwise.md): maps of 2 to NATIVE_DW_MAX_MAP pixels a side for any kernel, maps up to
+    NATIVE_DW_MAX_MAP_K5 a side for kernels of 5 or more taps per axis, and 3-D maps up to NATIVE_DW_MAX_MAP_3D
+    a side (on one-pixel maps the per-channel multiply of `DepthwiseConvFunction` is as fast)."""
     side = max(x.shape[2:])
     if side <= 1:
         return False
+    if x.dim() == 5 and side <= NATIVE_DW_MAX_MAP_3D:
+        return True
     return side <= NATIVE_DW_MAX_MAP or (min(kernel) >= 5 and side <= NATIVE_DW_MAX_MAP_K5)
 
 
