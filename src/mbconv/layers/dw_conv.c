@@ -239,7 +239,8 @@ static int bwd_weight_rows(const geom *g, const float *restrict gy, const float 
     return 0;
 }
 
-/* -- entry points (x, y, gx, gy channels-last; w [taps][C]); each returns 1 when out of memory --------------- */
+/* -- entry points (x, y, gx, gy channels-last; w [taps][C]): the gradients return 1 when out of memory, the
+ * forward (no allocation) 0 ---------------------------------------------------------------------------------- */
 int mbconv_dw_forward(const long *geometry, const float *x, const float *w, const float *bias, float *y, int threads) {
     const geom g = unpack(geometry);
     fwd_rows(&g, x, w, bias, y, threads);
