@@ -78,6 +78,13 @@ static long *out_tables(const geom *g) {
     return t;
 }
 
+/* row r of an (N, D, H) grid of rows (extent `ext` = D, H, W): its sample and D, H indices */
+static inline void split_row(long r, const long *ext, long *n, long *d, long *h) {
+    *n = r / (ext[0] * ext[1]);
+    *d = r / ext[1] % ext[0];
+    *h = r % ext[1];
+}
+
 /* -- rows (channels-last): channels in blocks of CB held in a vector register while the taps accumulate --- */
 #define CB 16
 typedef float vblock __attribute__((vector_size(CB * sizeof(float)))); /* GCC/Clang vector extension */
@@ -110,7 +117,8 @@ static void fwd_rows(const geom *g, const float *restrict x, const float *restri
     const long C = g->c, rows = g->n * g->out[0] * g->out[1], OW = g->out[2], sw = g->s[2];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < rows; r++) {
-        const long n = r / (g->out[0] * g->out[1]), od = r / g->out[1] % g->out[0], oh = r % g->out[1];
+        long n, od, oh;
+        split_row(r, g->out, &n, &od, &oh);
         for (long ow = 0; ow < OW; ow++) {
             for (long c0 = 0; c0 < C; c0 += CB) {
                 const long cb = C - c0 < CB ? C - c0 : CB;
@@ -146,7 +154,8 @@ static int bwd_input_rows(const geom *g, const float *restrict gy, const float *
     const long *td = tab, *th = td + g->in[0] * g->k[0], *tw = th + g->in[1] * g->k[1];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < rows; r++) {
-        const long n = r / (g->in[0] * g->in[1]), id = r / g->in[1] % g->in[0], ih = r % g->in[1];
+        long n, id, ih;
+        split_row(r, g->in, &n, &id, &ih);
         for (long iw = 0; iw < IW; iw++) {
             for (long c0 = 0; c0 < C; c0 += CB) {
                 const long cb = C - c0 < CB ? C - c0 : CB;
@@ -198,7 +207,8 @@ static int bwd_weight_rows(const geom *g, const float *restrict gy, const float 
         long count = 0;
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
-            const long n = r / (g->out[0] * g->out[1]), od = r / g->out[1] % g->out[0], oh = r % g->out[1];
+            long n, od, oh;
+            split_row(r, g->out, &n, &od, &oh);
             const float *yr = gy + r * OW * C;
             for (long kd = 0; kd < g->k[0]; kd++) {
                 const long id = in_index(g, 0, od, kd);
