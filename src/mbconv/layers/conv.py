@@ -139,3 +139,8 @@ def init_weights_tf(module: nn.Module) -> None:
             nn.init.uniform_(m.weight, -r, r)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether `module` has forward (pre-)hooks: a fast path that bypasses its call would skip them."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)

@@ -58,7 +58,7 @@ from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
-from .conv import ConvNormAct
+from .conv import ConvNormAct, hooked
 from .depthwise import exporting_or_transforming, fx_proxy
 from .native import bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
 from .se import SqueezeExcite, SqueezeExciteFn, fused_se_applies
@@ -90,11 +90,6 @@ def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
     return (not fx_proxy(x) and torch.is_grad_enabled() and x.numel() >= min_numel
             and not torch.is_autocast_enabled(x.device.type) and not exporting_or_transforming()
             and forward_ad.unpack_dual(x).tangent is None)  # forward-mode AD: the Functions define no jvp
-
-
-def hooked(module: nn.Module) -> bool:
-    """Whether `module` has forward (pre-)hooks: a lean path that bypasses its call would skip them."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 # -- activations: in-place forward from the pre-activation, backward from the pre-activation -------------------

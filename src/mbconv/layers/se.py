@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .conv import CONV, create_act
+from .conv import CONV, create_act, hooked
 
 __all__ = ["SE_ACTS", "SqueezeExcite", "SqueezeExciteFn", "fused_se_applies"]
 
@@ -72,7 +72,7 @@ def fused_se_applies(se: SqueezeExcite) -> bool:
     return (all(isinstance(c, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not parametrize.is_parametrized(c)
                 and c.bias is not None and c.groups == 1 and all(k == 1 for k in c.kernel_size) for c in convs)
             and all(type(a) in SE_ACTS for a in acts)
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in (*convs, *acts)))
+            and not any(hooked(m) for m in (*convs, *acts)))
 
 
 class SqueezeExciteFn(torch.autograd.Function):
@@ -108,7 +108,7 @@ class SqueezeExciteFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.addcmul((gh @ w1).div_(x[0, 0].numel()).view(bshape), gy, g.view(bshape))
         if ctx.needs_input_grad[1]:
-            gw1 = (gh.t() @ s).view(ctx.saved_tensors[6].shape[0], c, *(1,) * (x.dim() - 2))
+            gw1 = (gh.t() @ s).view(w1.shape[0], c, *(1,) * (x.dim() - 2))
         if ctx.needs_input_grad[3]:
             gw2 = (gz.t() @ a).view(c, a.shape[1], *(1,) * (x.dim() - 2))
         gb1 = gh.sum(0) if ctx.needs_input_grad[2] else None
