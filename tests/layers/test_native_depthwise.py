@@ -181,3 +181,17 @@ def test_deterministic_for_a_thread_count() -> None:
     runs = [(dw_backward_weight(gy, x, w, (1, 1), (2, 2)), dw_backward_input(gy, x, w, (1, 1), (2, 2)))
             for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_backward_after_the_kernels_are_switched_off() -> None:
+    """A forward through the kernels whose backward runs with them switched off gets ATen's gradients, not an
+    error from a missing library."""
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 16, 4, 4, requires_grad=True), torch.randn(16, 1, 3, 3, requires_grad=True)
+    y = NativeDepthwiseFn.apply(x, w, None, (1, 1), (1, 1))
+    with native.use_native(False):
+        y.square().sum().backward()
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv2d(xr, wr, None, 1, 1, 1, 16).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=1e-4, atol=1e-4)

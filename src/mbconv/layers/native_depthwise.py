@@ -193,7 +193,8 @@ def native_dw_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 class NativeDepthwiseFn(torch.autograd.Function):
     """y = depthwise conv(x, weight, bias) through the native kernels. Saves x in the kernels' layout (x itself when
     it is channels-last; for a contiguous x the transposed copy, so backward transposes only its gradient) and the
-    weight. A double backward (create_graph) takes ATen's differentiable convolution backward instead."""
+    weight. A double backward (create_graph), or a backward run after the kernels were switched off, takes ATen's
+    convolution backward instead."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, ...],
@@ -211,15 +212,15 @@ class NativeDepthwiseFn(torch.autograd.Function):
         xr, weight = ctx.saved_tensors
         stride, padding, has_bias, x_shape, channels_last = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph: a differentiable backward
-            dims = xr.dim() - 2
-            x = xr.transpose(1, 2) if xr.dim() == 3 else xr  # (N, L, C) storage seen as (N, C, L)
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                gy, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), [1] * dims,
-                False, [0] * dims, weight.shape[0], [need_x, need_w, has_bias and need_b])
-            return gx, gw, gb, None, None
+        x_view = xr.transpose(1, 2) if xr.dim() == 3 else xr  # (N, L, C) storage seen as (N, C, L)
         lib = native_library()
-        x_view = xr.transpose(1, 2) if xr.dim() == 3 else xr
+        # create_graph needs a differentiable backward; a library switched off since the forward has none to give
+        if torch.is_grad_enabled() or lib is None:
+            dims = xr.dim() - 2
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                gy, x_view, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding),
+                [1] * dims, False, [0] * dims, weight.shape[0], [need_x, need_w, has_bias and need_b])
+            return gx, gw, gb, None, None
         _, geom = _geometry(x_view, weight, stride, padding)
         gyr = _to_rows(gy.float())
         gx = gw = gb = None
