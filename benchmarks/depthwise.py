@@ -2,7 +2,7 @@
 and per training step, and the training step against timm's same network.
 
     .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2]
-        [--sections layers,methods,step,infer,bn_act,native_dw,pointwise1d]
+        [--sections layers,methods,step,compiled,infer,bn_act,native_dw,pointwise1d]
         [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
 Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
@@ -27,6 +27,11 @@ Sections:
   (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or `DepthwiseConvFunction`), the same
   network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), and for tour and b0 timm's
   same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal);
+- compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile as
+  `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
+  `mbconv.layers.compiled`, small-map 1x1 convs into matrix products) against the eager step, and for tour and b0
+  timm's network eager and compiled, for mnist1d the eager net on ATen's depthwise; each compiled variant's compile
+  time (first two steps, a fresh inductor cache);
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
   and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
   the network's sum;
@@ -62,6 +67,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -434,6 +440,53 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     return dict(times=t, ratios=ratios)
 
 
+def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The training step under torch.compile (`TrainConfig.compile`: inductor, the depthwise layers traced into
+    `mbconv::dw_conv`, layers/compiled.py) against the eager step as the trainer runs it, and for tour and b0
+    timm's same network eager and compiled; for mnist1d the eager net on ATen's depthwise kernel. Compile time: the
+    first two steps of each compiled variant, wall clock, in a fresh inductor cache (timm's second, in the same
+    cache: it reuses kernels inductor generated for ours)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_depthwise_")
+    torch._dynamo.reset()
+    c = MODELS[key]
+    if c["timm"]:
+        ours, theirs = build_pair(c["timm"])
+        theirs = to_layout(theirs.train(), c["dims"])
+        ours = to_layout(ours.train(), c["dims"])
+    else:
+        ours, theirs = build_ours(key), None
+    fast_pointwise(ours)
+    lean_layers(ours)
+    x = model_input(key)
+    y = torch.randint(0, c["classes"], (x.shape[0],))
+    v = {"ours": train_step_fn(ours, x, y, True)}
+    compile_s: dict[str, float] = {}
+    pairs = [("ours, torch.compile", ours)] + ([("timm, torch.compile", theirs)] if theirs is not None else [])
+    for name, model in pairs:
+        step = train_step_fn(torch.compile(copy.deepcopy(model)), x, y, None)
+        t0 = time.perf_counter()
+        step()
+        step()
+        compile_s[name] = time.perf_counter() - t0
+        v[name] = step
+    if theirs is not None:
+        v["timm"] = train_step_fn(theirs, x, y, None)
+    else:
+        v["ours, ATen depthwise"] = train_step_fn(copy.deepcopy(ours), x, y, False)
+    t = interleaved(v, rounds, inner=1, warmup=2)
+    log(f"\n### training step (SGD) eager and under torch.compile: {describe(key)}, {rounds} rounds; compile "
+        "(first two steps, fresh inductor cache): " + ", ".join(f"{k} {s:.0f} s" for k, s in compile_s.items()))
+    for k, ts in t.items():
+        log(f"{k:>22}: median {statistics.median(ts) * 1e3:.1f} ms; samples {fmt_ms(ts)}")
+    ratios = {ref: {other: ratio_stats(t[other], t[ref]) for other in t if other != ref}
+              for ref in ("ours", "ours, torch.compile")}
+    for ref, rs in ratios.items():
+        for other, r in rs.items():
+            log(f"{other} / {ref} per round: {fmt_ratio(r)}")
+    return dict(times=t, ratios=ratios, compile_first_2_steps_s=compile_s,
+                inductor_cache=os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
 def bn_act_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
     """Distinct BN + activation configurations (input shape, layout, activation) of `model`'s ConvNormAct layers
     met by a forward on `x`, with counts."""
@@ -596,11 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    known = ("layers", "methods", "step", "infer", "bn_act", "native_dw", "pointwise1d")
+    known = ("layers", "methods", "step", "compiled", "infer", "bn_act", "native_dw", "pointwise1d")
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
-                 "infer, bn_act, native_dw, pointwise1d")
+                 "compiled, infer, bn_act, native_dw, pointwise1d")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -623,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
             if "step" in sections:
                 quick_rounds = 3 if key == "b0" else 5
                 run["step"] = section_step(key, args.rounds or (quick_rounds if args.quick else 10), log)
+            if "compiled" in sections:
+                run["compiled"] = section_compiled(key, args.rounds or (3 if args.quick else 10), log)
             if "infer" in sections:
                 run["infer"] = section_infer(key, args.rounds or (3 if args.quick else 15), log)
             if "bn_act" in sections:

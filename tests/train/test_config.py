@@ -17,6 +17,7 @@ BAD = [
     ("max_steps", -1), ("num_workers", 1.5), ("eval_batch_size", -2), ("ckpt_every_steps", None),
     ("seed", 1.5), ("optimizer", "lamb"), ("optimizer", None),
     ("bf16", 1), ("deterministic", "yes"), ("large_tensor_heap", "no"), ("native_kernels", 0), ("tune_threads", None),
+    ("compile", "yes"),
     ("progress", "loud"), ("memory_lean", "maybe"),
 ]
 

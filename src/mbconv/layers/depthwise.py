@@ -5,8 +5,9 @@ ATen's CPU depthwise backward costs 5-15x its forward for 5-tap kernels, and for
 state-dict keys, isinstance checks, surgery and export); during a CPU training step, for shapes where the rule
 below leaves ATen, they run `DepthwiseConvFunction`. Eager CPU calls without autograd (evaluation, calibration)
 run the cropped kernel where it pays (`crop_pays_for_inference`: maps of one pixel, strided NCHW maps smaller than
-the kernel), which ATen runs 10-300x slower; torch.compile, tracing, ONNX export, torch.func transforms and every
-other call see the plain `F.convNd`.
+the kernel), which ATen runs 10-300x slower. A training step traced by torch.compile takes the native depthwise
+kernels as graph operators (layers/compiled.py); compiled inference, tracing, torch.export, ONNX export, torch.func
+transforms and every other call see the plain `F.convNd`.
 
 `DepthwiseConvFunction`:
 - crops the kernel to the taps that ever touch the input (a 5-tap kernel on a 1x1 map has one live tap, on a
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import compiled_dw_applies, compiled_dw_conv
 from .native_depthwise import NativeDepthwiseFn, native_dw_applies
 
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -355,13 +357,18 @@ def functorch_active() -> bool:
     return True if query is None else bool(query())
 
 
+def kernel_geometry(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `conv(x)` is a batched depthwise conv with dilation 1 and numeric zero padding: what every kernel of
+    ours computes."""
+    return (x.dim() == weight.dim() and is_depthwise(conv) and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and all(d == 1 for d in conv.dilation))
+
+
 def geometry_applies(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether our kernels cover `conv(x)` at all: switch on, a batched CPU float input, a depthwise conv with
-    dilation 1 and numeric zero padding, and nothing tracing, compiling, exporting or transforming the call."""
+    """Whether our eager kernels cover `conv(x)` at all: switch on, a CPU float input, `kernel_geometry`, and
+    nothing tracing, compiling, exporting or transforming the call."""
     return (_state["enabled"] and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and x.dim() == weight.dim() and is_depthwise(conv) and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and all(d == 1 for d in conv.dilation)
-            and not exporting_or_transforming())
+            and kernel_geometry(conv, x, weight) and not exporting_or_transforming())
 
 
 def fx_proxy(x: object) -> bool:
@@ -407,6 +414,9 @@ class DepthwiseForward(TrainingForward):
         if fx_proxy(input):
             return self._conv_forward(input, weight, self.bias)
         if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+            if compiled_dw_applies(input, weight) and kernel_geometry(self, input, weight):
+                # a training step traced by torch.compile: the native kernels as graph operators (layers/compiled)
+                return compiled_dw_conv(input, weight, self.bias, self.stride, self.padding)
             if geometry_applies(self, input, weight):
                 if native_dw_applies(input, weight):
                     return NativeDepthwiseFn.apply(input, weight, self.bias, self.stride, self.padding)

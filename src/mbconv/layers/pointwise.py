@@ -17,8 +17,8 @@ convs as matrix products").
 `PointwiseConv1d/2d/3d` are nn.Conv1d/2d/3d subclasses (same parameters, state-dict keys, isinstance checks);
 `fast_pointwise(model)` turns a model's plain 1x1 convs into them in place (the class only: parameters, their
 objects and names are unchanged). During a CPU training step (module in training mode, grad enabled, not tracing,
-compiling, exporting or inside a torch.func transform) they run `F.linear` or W @ x; everything else, inference and
-gradients of a model in eval mode included, is nn.ConvNd's forward.
+exporting or inside a torch.func transform; a float32 step traced by torch.compile counts) they run `F.linear` or
+W @ x; everything else, inference and gradients of a model in eval mode included, is nn.ConvNd's forward.
 Results equal the convolution's up to float rounding (another summation order).
 """
 
@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import compiled_training_step
 from .depthwise import TrainingForward, exporting_or_transforming, fx_proxy
 
 __all__ = ["MAX_LINEAR_PIXELS", "MAX_MATMUL_LENGTH", "MAX_MATMUL_WEIGHT", "POINTWISE_CONV", "PointwiseConv1d",
            "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise", "is_pointwise", "linear_applies", "matmul_applies",
-           "pointwise_matmul", "training_step_input"]
+           "pointwise_matmul", "product_step_input", "training_step_input"]
 
 # Largest map (pixels per sample) run as a matrix product; measured on the tour model at one thread
 # (docs/bench/depthwise.md): 4x4 and smaller win, 8x8 is mixed, 16x16 loses.
@@ -66,10 +67,18 @@ def training_step_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
                                 and x.dim() == weight.dim() and x.dim() >= 3) and not exporting_or_transforming()
 
 
+def product_step_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where the products may stand in for the conv: an eager training step (`training_step_input`), or a float32
+    CPU training step traced by torch.compile (`layers.compiled.compiled_training_step`: the compiled graph then
+    holds the product, and inductor fuses the bias and the layout around it)."""
+    return training_step_input(x, weight) or (compiled_training_step(x, weight) and x.dim() == weight.dim()
+                                              and x.dim() >= 3)
+
+
 def matmul_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a pointwise conv of `x` runs as the batched product W @ x: a training step (`training_step_input`)
+    """Whether a pointwise conv of `x` runs as the batched product W @ x: a training step (`product_step_input`)
     on a contiguous 1-D map of 2 to `MAX_MATMUL_LENGTH` values, with at most `MAX_MATMUL_WEIGHT` weights."""
-    return (training_step_input(x, weight) and x.dim() == 3 and 1 < x.shape[2] <= MAX_MATMUL_LENGTH
+    return (product_step_input(x, weight) and x.dim() == 3 and 1 < x.shape[2] <= MAX_MATMUL_LENGTH
             and weight.numel() <= MAX_MATMUL_WEIGHT and x.is_contiguous())  # an fx proxy's shape is no value
 
 
@@ -81,14 +90,17 @@ def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a pointwise conv of `x` runs as `F.linear`: a training step (`training_step_input`) on a map of at
-    most `MAX_LINEAR_PIXELS` pixels that is a single pixel or channels_last."""
-    if not training_step_input(x, weight):
+    """Whether a pointwise conv of `x` runs as `F.linear`: a map that is a single pixel or channels_last, in an eager
+    training step (`training_step_input`) when it has at most `MAX_LINEAR_PIXELS` pixels, in a compiled one
+    (`layers.compiled.compiled_training_step`) at any size: there inductor fuses the bias and the layout around
+    the product, and with oneDNN's conv on the larger maps the compiled step was no faster (tour and B0, one
+    uncommitted run each, docs/bench/depthwise.md "A compiled training step")."""
+    if training_step_input(x, weight):
+        if math.prod(x.shape[2:]) > MAX_LINEAR_PIXELS:
+            return False
+    elif not (compiled_training_step(x, weight) and x.dim() == weight.dim() and x.dim() >= 3):
         return False
-    pixels = math.prod(x.shape[2:])
-    if pixels > MAX_LINEAR_PIXELS:
-        return False
-    return pixels == 1 or (x.dim() in _LAST and x.is_contiguous(memory_format=_LAST[x.dim()]))
+    return math.prod(x.shape[2:]) == 1 or (x.dim() in _LAST and x.is_contiguous(memory_format=_LAST[x.dim()]))
 
 
 class PointwiseForward(TrainingForward):

@@ -52,6 +52,9 @@ class TrainConfig:
     memory_lean: str = "auto"
     large_tensor_heap: bool = True  # CPU: glibc keeps freed large tensors for reuse during fit (train/heap.py)
     native_kernels: bool = True  # CPU: the native kernels where built (layers/native.py): BN + act, depthwise
+    # torch.compile the training step (inductor; the depthwise kernels as graph operators, layers/compiled.py):
+    # faster steps after a compile of tens of seconds, for long runs of small-map nets (docs/bench/depthwise.md)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.progress not in ("auto", "tqdm", "plain", "none"):
@@ -71,7 +74,7 @@ class TrainConfig:
         for name in ("momentum", "ema_decay", "label_smoothing"):
             check_real(name, getattr(self, name), below_one=True)
         for name in ("bf16", "deterministic", "resume", "drop_last", "save_best", "tune_threads",
-                     "large_tensor_heap", "native_kernels"):
+                     "large_tensor_heap", "native_kernels", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
 

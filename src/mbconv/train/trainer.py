@@ -110,7 +110,8 @@ class Trainer:
                 self._start_fresh()
             barrier()  # nobody writes before every rank has read the checkpoint
         # CPU thread count timed per epoch (1 vs all): a loaded machine makes 2 threads up to 15x slower
-        self.tuner = ThreadTuner() if cfg.tune_threads and ThreadTuner.wanted(
+        # (not with compile: inductor's kernels keep the thread count they were compiled with)
+        self.tuner = ThreadTuner() if cfg.tune_threads and not cfg.compile and ThreadTuner.wanted(
             self.device, self.world_size, cfg.deterministic) else None
         self.heap_active = False  # whether fit() runs with large tensors from the heap (train/heap.py)
         self.native_active = False  # whether fit() runs the fused native BN + activation kernels (layers/native.py)
@@ -118,6 +119,8 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:  # compiled on the first step; evaluation and checkpoints use the plain self.model
+            self.net = torch.compile(self.net)
 
     # -- public -----------------------------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class Trainer:
             row["threads"] = torch.get_num_threads()
             row["large_tensor_heap"] = self.heap_active
             row["native_kernels"] = self.native_active
+            row["compiled"] = self.cfg.compile
             row["seconds"] = round(time.time() - t0, 3)
             self.epoch, self.epoch_step = epoch + 1, 0
             self.meter.reset()

@@ -1,0 +1,144 @@
+"""The native depthwise kernels inside torch.compile: custom operators for a compiled training step on CPU.
+
+Why: a training step compiled with torch.compile (inductor) runs every convolution through ATen, and for a
+depthwise conv that means ATen's depthwise backward, the kernel issue 15 replaced in eager mode (2-48x its forward
+on small maps). Eager mode takes `NativeDepthwiseFn` or `DepthwiseConvFunction`, autograd Functions holding ctypes
+calls, which the compiler cannot put into a graph. Registered as custom operators (`torch.library.custom_op`) with
+their shapes (`register_fake`) and gradient (`register_autograd`), the same kernels become single nodes of the
+compiled forward and backward graphs, and inductor fuses the elementwise work (BN, activations, SE, residuals)
+around them.
+
+`mbconv::dw_conv` computes its forward with the native kernel where it beats oneDNN (`native_dw_pays`) and with
+ATen's convolution elsewhere (oneDNN's forward wins on large maps with 3-tap kernels); its backward is always the
+native input and weight gradients (`mbconv::dw_conv_input_grad`, `mbconv::dw_conv_weight_grad`), which beat ATen's
+depthwise backward on every layer measured (docs/bench/depthwise.md, "A compiled training step"). Without the
+library the operators fall back to ATen's convolution and convolution backward, so a graph compiled with them still
+runs. The bias is added outside the operator, where inductor fuses it.
+
+When the layers use them (`compiled_training_step`): only while torch.compile traces a training step (not while
+torch.export or the ONNX exporter traces, and never for inference), for float32 CPU tensors, with the kernels built
+and switched on; compiled inference and export see the plain convolution, as before.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .native import native_depthwise_ready, native_library
+from .native_depthwise import dw_backward_input, dw_backward_weight, dw_forward, native_dw_pays
+
+__all__ = ["compiled_dw_applies", "compiled_dw_conv", "compiled_training_step", "dw_conv_layout"]
+
+_aten = torch.ops.aten
+_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def dw_conv_layout(x: Tensor) -> torch.memory_format:
+    """The memory format of the operators' outputs and input gradients: x's (channels-last where x is, else
+    contiguous), fixed so that the fake shapes and the real results agree stride for stride."""
+    fmt = _LAST.get(x.dim())
+    return fmt if fmt is not None and x.is_contiguous(memory_format=fmt) else torch.contiguous_format
+
+
+def _out_shape(x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> list[int]:
+    return [x.shape[0], x.shape[1], *((i + 2 * p - k) // s + 1
+                                      for i, k, s, p in zip(x.shape[2:], weight.shape[2:], stride, padding))]
+
+
+def _aten_backward(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int],
+                   mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    dims = x.dim() - 2
+    return _aten.convolution_backward(gy, x, weight, None, stride, padding, [1] * dims, False, [0] * dims,
+                                      weight.shape[0], [*mask, False])
+
+
+def _native(x: Tensor) -> bool:
+    """Whether the native kernels take `x` now (float32, 1-3 spatial axes, the library loaded)."""
+    return x.dtype == torch.float32 and 3 <= x.dim() <= 5 and native_library() is not None
+
+
+@torch.library.custom_op("mbconv::dw_conv", mutates_args=())
+def dw_conv_op(x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> Tensor:
+    """Depthwise conv of `x` (N, C, *spatial) with `weight` (C, 1, *kernel), no bias, symmetric zero padding."""
+    if _native(x) and native_dw_pays(x, weight.shape[2:]):
+        y = dw_forward(x, weight, None, stride, padding)
+    else:
+        dims = x.dim() - 2
+        y = _aten.convolution(x, weight, None, stride, padding, [1] * dims, False, [0] * dims, x.shape[1])
+    return y.contiguous(memory_format=dw_conv_layout(x))
+
+
+@dw_conv_op.register_fake
+def _dw_conv_fake(x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> Tensor:
+    return x.new_empty(_out_shape(x, weight, stride, padding)).contiguous(memory_format=dw_conv_layout(x))
+
+
+@torch.library.custom_op("mbconv::dw_conv_input_grad", mutates_args=())
+def dw_conv_input_grad(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> Tensor:
+    """d loss / d x of `mbconv::dw_conv`, in x's layout."""
+    if _native(x):
+        gx = dw_backward_input(gy, x, weight, stride, padding)
+    else:
+        gx = _aten_backward(gy, x, weight, stride, padding, [True, False])[0]
+    return gx.contiguous(memory_format=dw_conv_layout(x))
+
+
+@dw_conv_input_grad.register_fake
+def _dw_conv_input_grad_fake(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int]
+                             ) -> Tensor:
+    return x.new_empty(x.shape).contiguous(memory_format=dw_conv_layout(x))
+
+
+@torch.library.custom_op("mbconv::dw_conv_weight_grad", mutates_args=())
+def dw_conv_weight_grad(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> Tensor:
+    """d loss / d weight of `mbconv::dw_conv`, contiguous, shaped like `weight`."""
+    if _native(x):
+        gw = dw_backward_weight(gy, x, weight, stride, padding)
+    else:
+        gw = _aten_backward(gy, x, weight, stride, padding, [False, True])[1]
+    return gw.contiguous()
+
+
+@dw_conv_weight_grad.register_fake
+def _dw_conv_weight_grad_fake(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int]
+                              ) -> Tensor:
+    return weight.new_empty(weight.shape)
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    x, weight, stride, padding = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.geometry = (stride, padding)
+
+
+def _backward(ctx: torch.autograd.function.FunctionCtx, gy: Tensor) -> tuple:
+    x, weight = ctx.saved_tensors
+    stride, padding = ctx.geometry
+    gx = dw_conv_input_grad(gy, x, weight, stride, padding) if ctx.needs_input_grad[0] else None
+    gw = dw_conv_weight_grad(gy, x, weight, stride, padding) if ctx.needs_input_grad[1] else None
+    return gx, gw, None, None
+
+
+dw_conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def compiled_training_step(x: Tensor, weight: Tensor) -> bool:
+    """Whether a conv of `x` is traced by torch.compile for a float32 CPU training step (autograd recording), and
+    not by torch.export: where the layers put our operators into the graph."""
+    return (torch.compiler.is_compiling() and not torch.compiler.is_exporting() and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad) and x.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32)
+
+
+def compiled_dw_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether a depthwise conv (dilation 1, numeric zero padding: the caller's checks) of `x` in a compiled
+    training step runs `mbconv::dw_conv`: 1-3 spatial axes, the depthwise kernels switched on and loaded."""
+    return compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_ready()
+
+
+def compiled_dw_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
+                     padding: tuple[int, ...]) -> Tensor:
+    """Depthwise conv through `mbconv::dw_conv`, the bias added outside it (inductor fuses the add)."""
+    y = torch.ops.mbconv.dw_conv(x, weight, list(stride), list(padding))
+    return y if bias is None else y + bias.view(1, -1, *([1] * (x.dim() - 2)))
