@@ -13,10 +13,11 @@ Sections:
   instead of matrix products on small maps; torch's per-parameter AdamW instead of the fused step; no
   memory-lean layers (`TrainConfig.memory_lean="off"`), and memory-lean layers on every map, not only the large
   ones (`"on"`, `lean_layers(min_numel=0)`); batches drawn once and reused (the step without the data pipeline);
-  with `--compile`, the model under `torch.compile` (inductor; it traces the plain convolutions: our depthwise
-  Function is bypassed there by design), its compile time (first three steps, wall and CPU, with a fresh inductor
-  cache unless TORCHINDUCTOR_CACHE_DIR is set) beside it. Ratio =
-  candidate / default per round (> 1: the default is faster).
+  with `--compile`, the model under `torch.compile` as `TrainConfig.compile` runs it (inductor; since the seventh
+  session the depthwise layers trace into the native operators of `mbconv.layers.compiled`, the 1x1 convs into
+  matrix products; before, it traced ATen's convolutions: the fourth session's "plain convs"), its compile time
+  (first three steps, wall and CPU, with a fresh inductor cache unless TORCHINDUCTOR_CACHE_DIR is set) beside it.
+  Ratio = candidate / default per round (> 1: the default is faster).
 - b0: EfficientNet-B0, 224 px, batch 8, SGD, channels_last: ours as the trainer runs it (`fast_pointwise`,
   `lean_layers` with the size rule), ours without the native kernels, without the native depthwise kernels,
   with the plain SqueezeExcite, with no memory-lean layers, ours memory-lean on every layer, and timm's
@@ -107,7 +108,7 @@ def section_tour(rounds: int, clock: Callable[[], float], compile_too: bool, log
                         "cache_dir": os.environ["TORCHINDUCTOR_CACHE_DIR"], "fresh_cache": _USER_INDUCTOR_CACHE is None}
         log(f"torch.compile: first 3 steps {compile_info['first_3_steps_wall_s']:.1f} s wall, "
             f"{compile_info['first_3_steps_cpu_s']:.1f} s CPU of this process (gcc runs in child processes)")
-        steps["torch.compile (plain convs)"] = compiled
+        steps["torch.compile (TrainConfig.compile)"] = compiled
     times = interleaved_steps(steps, rounds, clock)
     base = times["default (trainer)"]
     label = steps["default (trainer)"].label
