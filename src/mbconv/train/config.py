@@ -53,7 +53,8 @@ class TrainConfig:
     large_tensor_heap: bool = True  # CPU: glibc keeps freed large tensors for reuse during fit (train/heap.py)
     native_kernels: bool = True  # CPU: the native kernels where built (layers/native.py): BN + act, depthwise
     # torch.compile the training step (inductor; the depthwise kernels as graph operators, layers/compiled.py):
-    # faster steps after a compile of tens of seconds, for long runs of small-map nets (docs/bench/depthwise.md)
+    # faster steps after a compile of tens of seconds (seconds on a rerun: inductor's cache), for long runs of
+    # small-map nets (docs/bench/depthwise.md); a ragged last batch (drop_last=False) compiles a second graph once
     compile: bool = False
 
     def __post_init__(self) -> None:
