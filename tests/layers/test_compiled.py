@@ -142,6 +142,14 @@ def test_compiled_training_step_uses_the_operators_and_matches_eager() -> None:
         assert torch.allclose(a.float(), b.float(), atol=1e-6), "BN running statistics"
 
 
+def test_a_step_compiled_before_the_library_was_loaded_gets_the_operators() -> None:
+    """torch.compile cannot trace the build: the library is built (or loaded from the cache) while tracing, once."""
+    native.reset_native()  # as in a fresh process where nothing has loaded the library yet
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    ops, _ = graph_ops(Tiny().to(memory_format=torch.channels_last).train(), x, train=True)
+    assert "mbconv.dw_conv.default" in ops and native.native_enabled()
+
+
 def test_compiled_inference_and_frozen_weights_keep_the_plain_conv() -> None:
     model = Tiny().to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)

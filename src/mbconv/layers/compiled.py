@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .native import native_depthwise_ready, native_library
+from .native import native_depthwise_on, native_library
 from .native_depthwise import dw_backward_input, dw_backward_weight, dw_forward, native_dw_pays
 
-__all__ = ["compiled_dw_applies", "compiled_dw_conv", "compiled_training_step", "dw_conv_layout"]
+__all__ = ["compiled_dw_applies", "compiled_dw_conv", "compiled_training_step", "dw_conv_layout", "library_ready"]
 
 _aten = torch.ops.aten
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -131,10 +131,18 @@ def compiled_training_step(x: Tensor, weight: Tensor) -> bool:
             and x.dtype == torch.float32 and weight.dtype == torch.float32)
 
 
+@torch.compiler.assume_constant_result
+def library_ready() -> bool:
+    """Whether the native library is switched on and built, building it on first use. torch.compile calls it once
+    while tracing and keeps the answer as a constant (it cannot trace a build), so a step compiled before anything
+    else loaded the library still gets the operators; switched off later, the operators fall back to ATen."""
+    return native_library() is not None
+
+
 def compiled_dw_applies(x: Tensor, weight: Tensor) -> bool:
     """Whether a depthwise conv (dilation 1, numeric zero padding: the caller's checks) of `x` in a compiled
-    training step runs `mbconv::dw_conv`: 1-3 spatial axes, the depthwise kernels switched on and loaded."""
-    return compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_ready()
+    training step runs `mbconv::dw_conv`: 1-3 spatial axes, the depthwise kernels switched on and built."""
+    return compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_on() and library_ready()
 
 
 def compiled_dw_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],

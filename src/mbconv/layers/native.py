@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
-           "bn_act_pays", "native_depthwise_on", "native_depthwise_ready", "native_enabled", "native_library",
-           "native_status", "reset_native", "use_native", "use_native_depthwise"]
+           "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_status", "reset_native",
+           "use_native", "use_native_depthwise"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py)
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c"))
@@ -52,8 +52,7 @@ NATIVE_ACTS: dict[str, int] = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, 
 MIN_IDENTITY_NUMEL = 2**14
 MIN_PLANE = 16
 
-_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "status": "not built yet",
-          "loaded": False}
+_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "status": "not built yet"}
 
 
 def _cache_dir() -> Path:
@@ -122,7 +121,6 @@ def _load() -> ctypes.CDLL | None:
     lib.mbconv_dw_backward_input.argtypes = [p, p, p, p, i32]
     lib.mbconv_dw_backward_weight.argtypes = [p, p, p, p, i32]
     _state["status"] = f"on: {out}"
-    _state["loaded"] = True
     return lib
 
 
@@ -138,18 +136,11 @@ def reset_native() -> None:
     or $MBCONV_CACHE_DIR in a running process. A library already loaded stays mapped."""
     _load.cache_clear()
     _state["status"] = "not built yet"
-    _state["loaded"] = False
 
 
 def native_enabled() -> bool:
     """Whether the native kernels are switched on and built (builds them on first call)."""
     return native_library() is not None
-
-
-def native_depthwise_ready() -> bool:
-    """Whether the depthwise kernels can run now without building anything: switched on (both switches) and the
-    library already loaded. A plain read of flags, so torch.compile can trace it (it guards on the values)."""
-    return bool(_state["enabled"] and _state["depthwise"] and _state["loaded"])
 
 
 def native_status() -> str:
