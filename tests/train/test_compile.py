@@ -72,4 +72,4 @@ def test_cli_compile_reaches_the_rows(traced, tmp_path, capsys) -> None:
     assert rc == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["compiled"] is True for r in rows)
-    capsys.readouterr()
+    assert "torch.compile compiles the training step" in capsys.readouterr().err  # the first step's wait explained

@@ -144,6 +144,9 @@ class Trainer:
                 if wanted and not self.native_active and self.rank == 0 and self.cfg.progress != "none":
                     print(f"note: native kernels (BN + activation, depthwise) {native_status()}; using PyTorch's "
                           "ops", file=sys.stderr)
+                if self.cfg.compile and self.rank == 0 and self.cfg.progress != "none" and self.epoch < self.cfg.epochs:
+                    print("note: torch.compile compiles the training step on its first call (about a minute on a "
+                          "fresh cache, seconds from torch's cache of an earlier run)", file=sys.stderr)
                 row = self._fit()
             ok = True
             return row
