@@ -161,6 +161,13 @@ def test_compiled_inference_and_frozen_weights_keep_the_plain_conv() -> None:
     assert "mbconv.dw_conv.default" not in ops
 
 
+def test_autocast_keeps_the_plain_ops() -> None:
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ops, _ = graph_ops(Tiny().to(memory_format=torch.channels_last).train(), x, train=True)
+    assert "mbconv.dw_conv.default" not in ops and "aten.convolution.default" in ops
+
+
 def test_export_keeps_the_plain_conv() -> None:
     model = Tiny().to(memory_format=torch.channels_last).train()
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)

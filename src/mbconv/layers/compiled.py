@@ -124,11 +124,13 @@ dw_conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def compiled_training_step(x: Tensor, weight: Tensor) -> bool:
-    """Whether a conv of `x` is traced by torch.compile for a float32 CPU training step (autograd recording), and
-    not by torch.export: where the layers put our operators into the graph."""
+    """Whether a conv of `x` is traced by torch.compile for a float32 CPU training step (autograd recording, no
+    autocast: the operators have no autocast rule), and not by torch.export: where the layers put our operators
+    into the graph."""
     return (torch.compiler.is_compiling() and not torch.compiler.is_exporting() and torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad) and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32)
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))
 
 
 @torch.compiler.assume_constant_result
