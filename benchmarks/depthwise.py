@@ -2,7 +2,7 @@
 and per training step, and the training step against timm's same network.
 
     .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2]
-        [--sections layers,methods,step,compiled,infer,bn_act,native_dw,pointwise1d]
+        [--sections layers,methods,step,compiled,overhead,infer,bn_act,native_dw,pointwise1d]
         [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
 Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
@@ -32,6 +32,8 @@ Sections:
   `mbconv.layers.compiled`, small-map 1x1 convs into matrix products) against the eager step, and for tour and b0
   timm's network eager and compiled, for mnist1d the eager net on ATen's depthwise; each compiled variant's compile
   time (first two steps, a fresh inductor cache);
+- overhead (not in the default list; tour and b0): the SGD step of ours (as the trainer runs it) and timm's at
+  batches 2 and 8 beside the benchmark batch: the fixed cost per step, what no kernel change removes;
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
   and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
   the network's sum;
@@ -487,6 +489,33 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
                 inductor_cache=os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
+OVERHEAD_BATCHES = (2, 8)
+
+
+def section_overhead(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The SGD step at small batches beside the benchmark batch, ours (as the trainer runs it) and timm's same
+    network: at batch 2 the arithmetic is a few per cent of batch 64's, so the step time there is about the fixed
+    cost of dispatching the step's operations (Python, autograd, per-call kernel set-up), what no kernel change
+    removes."""
+    c = MODELS[key]
+    ours, theirs = build_pair(c["timm"])
+    theirs = to_layout(theirs.train(), c["dims"])
+    ours = to_layout(ours.train(), c["dims"])
+    fast_pointwise(ours)
+    lean_layers(ours)
+    out: dict[str, Any] = {}
+    for batch in (*OVERHEAD_BATCHES, c["batch"]):
+        x = model_input(key, batch)
+        y = torch.randint(0, c["classes"], (batch,))
+        t = interleaved({"ours": train_step_fn(ours, x, y, True), "timm": train_step_fn(theirs, x, y, None)},
+                        rounds, inner=1, warmup=2)
+        med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+        out[str(batch)] = dict(times=t, median_ms=med, ratio_timm_over_ours=ratio_stats(t["timm"], t["ours"]))
+        log(f"batch {batch}: ours {med['ours']:.1f} ms, timm {med['timm']:.1f} ms, timm / ours per round "
+            f"{fmt_ratio(out[str(batch)]['ratio_timm_over_ours'])}")
+    return out
+
+
 def bn_act_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
     """Distinct BN + activation configurations (input shape, layout, activation) of `model`'s ConvNormAct layers
     met by a forward on `x`, with counts."""
@@ -649,11 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    known = ("layers", "methods", "step", "compiled", "infer", "bn_act", "native_dw", "pointwise1d")
+    known = ("layers", "methods", "step", "compiled", "overhead", "infer", "bn_act", "native_dw", "pointwise1d")
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
-                 "compiled, infer, bn_act, native_dw, pointwise1d")
+                 "compiled, overhead, infer, bn_act, native_dw, pointwise1d")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -676,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
             if "step" in sections:
                 quick_rounds = 3 if key == "b0" else 5
                 run["step"] = section_step(key, args.rounds or (quick_rounds if args.quick else 10), log)
+            if "overhead" in sections and MODELS[key]["timm"]:
+                log(f"\n### SGD step at small batches (fixed cost per step): {describe(key)}")
+                run["overhead"] = section_overhead(key, args.rounds or (3 if args.quick else 10), log)
             if "compiled" in sections:
                 run["compiled"] = section_compiled(key, args.rounds or (3 if args.quick else 10), log)
             if "infer" in sections:
