@@ -401,17 +401,26 @@ def with_native_depthwise_off(step: Callable[[], None]) -> None:
         step()
 
 
-def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+def trainer_models(key: str) -> tuple[nn.Module, nn.Module | None]:
+    """(ours, timm's) in training mode and the model's layout, the same weights (`build_pair` checks the outputs
+    equal; None for timm where the model has no timm twin), ours as the Trainer runs it: small-map 1x1 convs as
+    products (`fast_pointwise`) and its default size-chosen memory-lean layers (`lean_layers`)."""
     c = MODELS[key]
     if c["timm"]:
-        ours, theirs = build_pair(c["timm"])  # same weights, outputs checked equal
+        ours, theirs = build_pair(c["timm"])
         theirs = to_layout(theirs.train(), c["dims"])
         ours = to_layout(ours.train(), c["dims"])
     else:
         ours, theirs = build_ours(key), None
-    fast_pointwise(ours)  # as the Trainer runs it (with its default size-chosen memory-lean layers); the
-    lean_layers(ours)     # ATen-depthwise copy keeps both: only the depthwise differs
-    aten = copy.deepcopy(ours)
+    fast_pointwise(ours)
+    lean_layers(ours)
+    return ours, theirs
+
+
+def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    c = MODELS[key]
+    ours, theirs = trainer_models(key)
+    aten = copy.deepcopy(ours)  # keeps the 1x1 products and lean layers: only the depthwise differs
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
     no_dw = train_step_fn(copy.deepcopy(ours), x, y, True)
@@ -451,14 +460,7 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_depthwise_")
     torch._dynamo.reset()
     c = MODELS[key]
-    if c["timm"]:
-        ours, theirs = build_pair(c["timm"])
-        theirs = to_layout(theirs.train(), c["dims"])
-        ours = to_layout(ours.train(), c["dims"])
-    else:
-        ours, theirs = build_ours(key), None
-    fast_pointwise(ours)
-    lean_layers(ours)
+    ours, theirs = trainer_models(key)
     x = model_input(key)
     y = torch.randint(0, c["classes"], (x.shape[0],))
     v = {"ours": train_step_fn(ours, x, y, True)}
@@ -498,11 +500,7 @@ def section_overhead(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     cost of dispatching the step's operations (Python, autograd, per-call kernel set-up), what no kernel change
     removes."""
     c = MODELS[key]
-    ours, theirs = build_pair(c["timm"])
-    theirs = to_layout(theirs.train(), c["dims"])
-    ours = to_layout(ours.train(), c["dims"])
-    fast_pointwise(ours)
-    lean_layers(ours)
+    ours, theirs = trainer_models(key)
     out: dict[str, Any] = {}
     for batch in (*OVERHEAD_BATCHES, c["batch"]):
         x = model_input(key, batch)
