@@ -73,3 +73,13 @@ def test_cli_compile_reaches_the_rows(traced, tmp_path, capsys) -> None:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["compiled"] is True for r in rows)
     assert "torch.compile compiles the training step" in capsys.readouterr().err  # the first step's wait explained
+
+
+def test_compile_without_a_cxx_compiler_is_a_one_line_error(monkeypatch) -> None:
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    model = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        Trainer(model, make_data(16), None, TrainConfig(epochs=1, batch_size=8, progress="none", compile=True))

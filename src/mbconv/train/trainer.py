@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -120,6 +121,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:  # compiled on the first step; evaluation and checkpoints use the plain self.model
+            if self.device.type == "cpu" and not (os.environ.get("CXX") or shutil.which("g++")
+                                                  or shutil.which("clang++")):
+                # inductor would fail deep inside its first compile instead
+                raise ValueError("compile=True on CPU needs a C++ compiler for torch.compile (g++, clang++ or $CXX); "
+                                 "none found")
             self.net = torch.compile(self.net)
 
     # -- public -----------------------------------------------------------------------------------------
