@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mbconv.layers import native
+from mbconv.layers.channels_last_1d import to_channels_last_1d
 from mbconv.layers.conv import ConvNormAct
 from mbconv.layers.memory import NATIVE_ACT_NAMES, lean_layers
 
@@ -22,7 +23,8 @@ def make_input(shape: tuple[int, ...], channels_last: bool, seed: int = 0) -> to
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g) * 2.0 + 0.7
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+        x = to_channels_last_1d(x) if x.ndim == 3 else \
+            x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
     return x
 
 
@@ -34,7 +36,8 @@ def reference(x: torch.Tensor, bn: nn.Module, act: nn.Module, gy: torch.Tensor) 
 
 
 CASES = [((6, 5), False), ((4, 7, 9), False), ((4, 6, 5, 3), False), ((4, 6, 5, 3), True), ((3, 8, 1, 1), True),
-         ((2, 5, 3, 4, 2), False), ((2, 5, 3, 4, 2), True), ((3, 70, 6, 6), True), ((2, 9, 130), False)]
+         ((2, 5, 3, 4, 2), False), ((2, 5, 3, 4, 2), True), ((3, 70, 6, 6), True), ((2, 9, 130), False),
+         ((4, 7, 9), True), ((2, 37, 130), True)]  # 3-D True: channels-last 1-D maps (N, L, C in memory)
 
 
 @pytest.mark.parametrize("shape,channels_last", CASES)

@@ -58,6 +58,7 @@ from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
+from .channels_last_1d import channels_last_1d_on, to_channels_last_1d
 from .conv import ConvNormAct, hooked
 from .depthwise import exporting_or_transforming, fx_proxy
 from .native import bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
@@ -335,8 +336,13 @@ class LeanConvNormAct(ConvNormAct):
         """act(bn(y)): through `NativeBNActFn` where it applies (`native_applies`: no `min_numel`, the fused
         kernels beat PyTorch's ops on small maps too), else through `BNActFn` on inputs of at least `min_numel`."""
         kind = _lean_bn_kind(self.bn, self.act)
-        if kind is not None and kind in NATIVE_ACT_NAMES and native_applies(y, self.bn, NATIVE_ACT_NAMES[kind]):
-            return native_bn_act_apply(self.bn, NATIVE_ACT_NAMES[kind], y)
+        if kind is not None and kind in NATIVE_ACT_NAMES:
+            if y.dim() == 3 and channels_last_1d_on() and lean_applies(y, 0) and native_enabled():
+                # 1-D maps go channels-last (one copy where the conv gave them contiguous): the layers after this
+                # one read them without transposing (layers/channels_last_1d.py)
+                y = to_channels_last_1d(y)
+            if native_applies(y, self.bn, NATIVE_ACT_NAMES[kind]):
+                return native_bn_act_apply(self.bn, NATIVE_ACT_NAMES[kind], y)
         if kind is None or kind not in ACTS or not lean_applies(y, self.min_numel):
             return self.act(self.bn(y))
         return bn_act_apply(self.bn, kind, y)

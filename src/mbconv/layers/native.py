@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .channels_last_1d import is_channels_last_1d
+
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
            "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_status", "reset_native",
            "use_native", "use_native_depthwise"]
@@ -179,8 +181,9 @@ def native_depthwise_on() -> bool:
 
 
 def bn_act_layout(x: torch.Tensor) -> str | None:
-    """"rows" (channels-last), "planes" (contiguous NC...) or None: the dense float32 CPU layouts the kernels
-    take. A tensor dense in both (one spatial position) counts as rows, whose loop is over channels."""
+    """"rows" (channels-last, 1-D maps included: layers/channels_last_1d.py), "planes" (contiguous NC...) or None:
+    the dense float32 CPU layouts the kernels take. A tensor dense in both (one spatial position) counts as rows,
+    whose loop is over channels."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.ndim < 2:
         return None
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
@@ -188,17 +191,20 @@ def bn_act_layout(x: torch.Tensor) -> str | None:
         return "rows"
     if x.is_contiguous():
         return "rows" if math.prod(x.shape[2:]) == 1 else "planes"
+    if is_channels_last_1d(x):  # (N, L, C) storage: N * L rows of C, as a channels-last 2-D map
+        return "rows"
     return None
 
 
 def bn_act_pays(x: torch.Tensor, act: str) -> bool:
     """Whether the fused kernels are expected to be faster than PyTorch's BN + activation on `x` (a layout they
     take, planes of at least MIN_PLANE values, and for a BN with no activation at least MIN_IDENTITY_NUMEL
-    elements)."""
+    elements, or a channels-last 1-D map of any size: PyTorch's BN returns that one contiguous, a transposing copy
+    that every layer after it pays for)."""
     layout = bn_act_layout(x)
     if layout is None or (layout == "planes" and math.prod(x.shape[2:]) < MIN_PLANE):
         return False
-    return act != "identity" or x.numel() >= MIN_IDENTITY_NUMEL
+    return act != "identity" or x.numel() >= MIN_IDENTITY_NUMEL or (x.dim() == 3 and not x.is_contiguous())
 
 
 def _geometry(x: torch.Tensor, layout: str) -> tuple[int, int, int]:

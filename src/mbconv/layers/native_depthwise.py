@@ -8,10 +8,10 @@ register while the taps accumulate. They are not faster everywhere: on large map
 forward (and the backward built from it) wins, so `DepthwiseForward` takes `NativeDepthwiseFn` only where
 `native_dw_pays` (measured per layer in docs/bench/depthwise.md, "Depthwise convolution in native kernels").
 
-The kernels read channels-last tensors (a 1-D map as (N, L, C)); a contiguous N, C, spatial input is transposed
-to that and the output back (kernels along the rows of contiguous planes, tried first, ran slower than both
-transpositions plus these on MNIST-1D's maps). Results equal ATen's up to float rounding (another summation
-order; the weight gradient sums in double over runs of float).
+The kernels read channels-last tensors (a 1-D map as (N, L, C), the layout of layers/channels_last_1d.py); a
+contiguous N, C, spatial input is transposed to that and the output back (kernels along the rows of contiguous
+planes, tried first, ran slower than both transpositions plus these on MNIST-1D's maps). Results equal ATen's up
+to float rounding (another summation order; the weight gradient sums in double over runs of float).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.autograd import forward_ad
 
+from .channels_last_1d import is_channels_last_1d
 from .native import native_depthwise_on, native_enabled, native_library, use_native_depthwise
 
 __all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_3D", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn",
@@ -49,14 +50,18 @@ def _to_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _is_last(t: torch.Tensor) -> bool:
+    """Whether `t` has its channels last in memory (channels_last 2-D / 3-D, or the 1-D layout of
+    layers/channels_last_1d.py): the kernels then read and write it as it is."""
+    if t.dim() == 3:
+        return not t.is_contiguous() and is_channels_last_1d(t)
     return t.dim() in _LAST and t.is_contiguous(memory_format=_LAST[t.dim()])
 
 
 def _from_rows(rows: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A kernel output (as `_empty_rows` makes it) as (N, C, *spatial): channels-last if `channels_last` (the
-    input's layout), else contiguous."""
+    input's layout; for 1-D a view of the (N, L, C) rows), else contiguous."""
     if rows.dim() == 3:
-        return rows.transpose(1, 2).contiguous()
+        return rows.transpose(1, 2) if channels_last else rows.transpose(1, 2).contiguous()
     return rows if channels_last else rows.contiguous()
 
 
