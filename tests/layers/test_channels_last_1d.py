@@ -21,7 +21,7 @@ from mbconv.layers.channels_last_1d import (
 )
 from mbconv.layers.depthwise import DepthwiseConv1d, use_fast_backward
 from mbconv.layers.memory import LeanConvNormAct, lean_layers
-from mbconv.layers.native_depthwise import use_native_depthwise
+from mbconv.layers.native_depthwise import native_dw_pays, use_native_depthwise
 from mbconv.layers.pointwise import PointwiseConv1d, fast_pointwise
 
 needs_native = pytest.mark.skipif(not native.native_enabled(), reason=f"native kernels {native.native_status()}")
@@ -159,3 +159,11 @@ def test_pointwise_takes_one_product_on_channels_last_maps() -> None:
     torch.testing.assert_close(xr.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv.weight.grad, ref_w, rtol=1e-4, atol=1e-4)
     assert "Convolution" in type(conv(x.clone().requires_grad_()).grad_fn).__name__  # 300 > MAX_MATMUL_LENGTH
+
+
+def test_native_depthwise_takes_channels_last_1d_maps_of_any_length() -> None:
+    """Without transposes to pay the native kernels win on every 1-D length measured; contiguous maps keep the
+    size rule (3 taps on 1000 positions: `DepthwiseConvFunction`)."""
+    x = torch.randn(2, 8, 1000)
+    assert native_dw_pays(to_channels_last_1d(x), (3,)) and not native_dw_pays(x, (3,))
+    assert not native_dw_pays(to_channels_last_1d(torch.randn(2, 8, 1)), (3,))  # one position: the multiply
