@@ -25,13 +25,15 @@ Sections:
   (`use_native_depthwise(False)`: `DepthwiseConvFunction` everywhere), ours with the plain SqueezeExcite (no SE
   node), ours with oneDNN for every 1x1 conv (no `fast_pointwise`), ours without the native kernels
   (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or `DepthwiseConvFunction`), the same
-  network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), and for tour and b0 timm's
-  same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal);
+  network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), for tour and b0 timm's
+  same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal), and for 1-D models
+  ours and ours on ATen's depthwise with contiguous maps (`use_channels_last_1d(False)`: the ATen reference in
+  the layout it ran before 1-D maps went channels-last, layers/channels_last_1d.py);
 - compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile as
   `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
   `mbconv.layers.compiled`, small-map 1x1 convs into matrix products) against the eager step, and for tour and b0
-  timm's network eager and compiled, for mnist1d the eager net on ATen's depthwise; each compiled variant's compile
-  time (first two steps, a fresh inductor cache);
+  timm's network eager and compiled, for mnist1d the eager net on ATen's depthwise (and the two contiguous 1-D
+  variants of the step section); each compiled variant's compile time (first two steps, a fresh inductor cache);
 - overhead (not in the default list; tour and b0): the SGD step of ours (as the trainer runs it) and timm's at
   batches 2 and 8 beside the benchmark batch: the fixed cost per step, what no kernel change removes;
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
@@ -80,6 +82,7 @@ from torch import nn
 
 from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log
 from mbconv.files import atomic_write_text
+from mbconv.layers.channels_last_1d import use_channels_last_1d
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
     INPUT_GRAD_METHODS,
@@ -401,6 +404,20 @@ def with_native_depthwise_off(step: Callable[[], None]) -> None:
         step()
 
 
+def with_contiguous_1d(step: Callable[[], None]) -> None:
+    with use_channels_last_1d(False):
+        step()
+
+
+def contiguous_1d_variants(ours: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """A 1-D model's step with contiguous maps (`use_channels_last_1d(False)`, the layout before the eighth
+    session), ours and on ATen's depthwise, copies with the same weights: the ATen reference in either layout."""
+    return {"ours, contiguous 1-D maps": functools.partial(
+                with_contiguous_1d, train_step_fn(copy.deepcopy(ours), x, y, True)),
+            "ours, ATen depthwise, contiguous 1-D maps": functools.partial(
+                with_contiguous_1d, train_step_fn(copy.deepcopy(ours), x, y, False))}
+
+
 def trainer_models(key: str) -> tuple[nn.Module, nn.Module | None]:
     """(ours, timm's) in training mode and the model's layout, the same weights (`build_pair` checks the outputs
     equal; None for timm where the model has no timm twin), ours as the Trainer runs it: small-map 1x1 convs as
@@ -441,6 +458,8 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
                                                                                      native=False)}
     if theirs is not None:
         v["timm"] = train_step_fn(theirs, x, y, None)
+    if c["dims"] == 1:
+        v.update(contiguous_1d_variants(ours, x, y))
     t = interleaved(v, rounds, inner=1, warmup=2)
     log(f"\n### training step (SGD): {describe(key)}, {rounds} rounds")
     for k, ts in t.items():
@@ -477,6 +496,8 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
         v["timm"] = train_step_fn(theirs, x, y, None)
     else:
         v["ours, ATen depthwise"] = train_step_fn(copy.deepcopy(ours), x, y, False)
+    if c["dims"] == 1:
+        v.update(contiguous_1d_variants(ours, x, y))
     t = interleaved(v, rounds, inner=1, warmup=2)
     log(f"\n### training step (SGD) eager and under torch.compile: {describe(key)}, {rounds} rounds; compile "
         "(first two steps, fresh inductor cache): " + ", ".join(f"{k} {s:.0f} s" for k, s in compile_s.items()))
