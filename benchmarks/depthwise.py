@@ -215,6 +215,8 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, inner: int,
 def describe(key: str) -> str:
     c = MODELS[key]
     layout = "channels_last" if c["dims"] in LAST and _layout["last"] else "contiguous"
+    if c["dims"] == 1:  # the lean layers put 1-D maps channels-last in the step (layers/channels_last_1d.py)
+        layout = "contiguous input, channels-last 1-D maps in the step"
     return f"{c['label']}, {layout}, {torch.get_num_threads()} thread(s), {_clock['name']} clock"
 
 
