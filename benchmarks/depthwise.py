@@ -67,21 +67,18 @@ import argparse
 import contextlib
 import copy
 import functools
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log
-from mbconv.files import atomic_write_text
+from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log, write_bench_result
 from mbconv.layers.channels_last_1d import use_channels_last_1d
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
@@ -108,7 +105,7 @@ from mbconv.layers.pointwise import (
     matmul_applies,
     pointwise_matmul,
 )
-from mbconv.provenance import RunRecord, write_result
+from mbconv.provenance import RunRecord
 
 MODELS: dict[str, dict[str, Any]] = {
     "tour": dict(label="tour model (B0 x0.5, 1 ch, 32 px, batch 64)", name="efficientnet_b0", res=32,
@@ -740,16 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             result["runs"][f"{key}@{th}"] = run
         if "pointwise1d" in sections:  # not tied to a model: once per thread count
             result["runs"][f"pointwise1d@{th}"] = section_pointwise1d(args.rounds or (3 if args.quick else 9), log)
-    result["load_average_end"] = list(os.getloadavg())
-    result["wall_s"] = time.perf_counter() - t_start
-    log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # tuples (shapes, kernels) become lists; the record holds command, commit, versions, device and threads
-    plain = json.loads(json.dumps(result, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    write_result(out, plain, record, threads=threads)
-    atomic_write_text(out.with_suffix(".txt"), "\n".join(lines) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.txt')}")
+    write_bench_result(args.out, result, record, lines, log, t_start, threads)
     return 0
 
 

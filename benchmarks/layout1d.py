@@ -29,21 +29,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.depthwise import fmt_ratio, inner_for, interleaved, train_step_fn, with_contiguous_1d
-from benchmarks.run import parse_threads, ratio_stats, tee_log
-from mbconv.files import atomic_write_text
+from benchmarks.run import parse_threads, ratio_stats, tee_log, write_bench_result
 from mbconv.layers.channels_last_1d import to_channels_last_1d
 from mbconv.layers.depthwise import DepthwiseConvFunction
 from mbconv.layers.memory import lean_layers
 from mbconv.layers.native_depthwise import NativeDepthwiseFn
 from mbconv.layers.pointwise import fast_pointwise, pointwise_matmul
-from mbconv.provenance import RunRecord, write_result
+from mbconv.provenance import RunRecord
 
 # (N, C, L, kernel, stride)
 DW_LAYERS = [(64, 128, 40, 5, 1), (64, 192, 20, 5, 2), (32, 128, 400, 5, 1), (32, 128, 400, 5, 2),
@@ -200,14 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if "step" in sections:
             run["step"] = section_step(3 if args.quick else 10, log)
         result["runs"][str(th)] = run
-    result["load_average_end"] = list(os.getloadavg())
-    result["wall_s"] = time.perf_counter() - t_start
-    log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_result(out, result, record, threads=threads)
-    atomic_write_text(out.with_suffix(".txt"), "\n".join(lines) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.txt')}")
+    write_bench_result(args.out, result, record, lines, log, t_start, threads)
     return 0
 
 

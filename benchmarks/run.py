@@ -60,6 +60,23 @@ def tee_log() -> tuple[list[str], Callable[[str], None]]:
     return lines, log
 
 
+def write_bench_result(out: str | Path, result: dict[str, Any], record: RunRecord, lines: list[str],
+                       log: Callable[[str], None], t_start: float, threads: list[int]) -> None:
+    """Finish a benchmark run: the end load average and wall time into `result` (and the log), the result as JSON
+    with its provenance record (tuples as lists) and the log's lines as the .txt beside it."""
+    from mbconv.files import atomic_write_text
+
+    result["load_average_end"] = list(os.getloadavg())
+    result["wall_s"] = time.perf_counter() - t_start
+    log(f"\ntotal {result['wall_s']:.0f} s; load average at the end {result['load_average_end'][0]:.2f}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plain = json.loads(json.dumps(result, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    write_result(out, plain, record, threads=threads)
+    atomic_write_text(out.with_suffix(".txt"), "\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.txt')}")
+
+
 def parse_threads(ap: argparse.ArgumentParser, text: str) -> list[int]:
     """Comma-separated thread counts >= 1 from `text`; anything else is an argparse error naming it."""
     try:
