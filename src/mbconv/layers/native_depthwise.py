@@ -176,9 +176,9 @@ def native_dw_pays(x: torch.Tensor, kernel: Sequence[int]) -> bool:
     """Whether the kernels beat `DepthwiseConvFunction` / ATen on this layer (per-layer measurements,
     docs/bench/depthwise.md): maps of 2 to NATIVE_DW_MAX_MAP pixels a side for any kernel, maps up to
     NATIVE_DW_MAX_MAP_K5 a side for kernels of 5 or more taps per axis, and 3-D maps up to NATIVE_DW_MAX_MAP_3D
-    a side, and channels-last 1-D maps of any length (no transposes to pay: 1.3-1.9x faster than the best path
-    on a contiguous map at lengths 40-1000, kernels of 3 and 5, docs/bench/depthwise.md "1-D maps channels-last")
-    (on one-pixel maps the per-channel multiply of `DepthwiseConvFunction` is as fast)."""
+    a side, and channels-last 1-D maps of any length: with no transposes to pay they beat the best path on a
+    contiguous map at every length measured, 40-1000, kernels of 3 and 5 (`benchmarks.layout1d`). On one-pixel
+    maps the per-channel multiply of `DepthwiseConvFunction` is as fast."""
     side = max(x.shape[2:])
     if side <= 1:
         return False
