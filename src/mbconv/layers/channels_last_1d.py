@@ -5,8 +5,8 @@ Why: PyTorch has channels_last for 2-D and 3-D maps and none for 1-D, so a 1-D n
 read channels in the fastest axis (a transposed copy in and out per depthwise layer), a 1x1 conv is a batched
 product over N small matrices instead of one (N * L, C) @ (C, C') product, and BN on short planes leaves the
 kernels' inner loops mostly remainder. With the channels last in memory all three read the map as it is: the
-MNIST-1D net's SGD step ran about 1.3x faster, the native depthwise layers 1.3-1.9x and the 1x1 convs up to 1.8x
-(one product against W @ x; 1.3-2.1x against oneDNN's conv1d) (`benchmarks.layout1d`, docs/bench/depthwise.md,
+MNIST-1D net's SGD step ran about 1.3x faster, the native depthwise layers 1.2-1.7x and the 1x1 convs up to 1.8x
+(one product against W @ x; 1.6-2.1x against oneDNN's conv1d) (`benchmarks.layout1d`, docs/bench/depthwise.md,
 "1-D maps channels-last").
 
 Nothing in PyTorch marks such a tensor, so the layout travels as the strides themselves: the layers that produce
