@@ -167,3 +167,28 @@ def test_native_depthwise_takes_channels_last_1d_maps_of_any_length() -> None:
     x = torch.randn(2, 8, 1000)
     assert native_dw_pays(to_channels_last_1d(x), (3,)) and not native_dw_pays(x, (3,))
     assert not native_dw_pays(to_channels_last_1d(torch.randn(2, 8, 1)), (3,))  # one position: the multiply
+
+
+@needs_native
+def test_ddp_step_takes_the_layout_and_matches(tmp_path) -> None:  # noqa: ANN001
+    """Under DistributedDataParallel (gloo, one process) the 1-D step runs channels-last and its gradients, which
+    DDP's buckets reduce, equal the plain module's."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        net = trainer_net()
+        ref = copy.deepcopy(net)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        torch.manual_seed(1)
+        x, y = torch.randn(8, 1, 40), torch.randint(0, 10, (8,))
+        assert all(is_channels_last_1d(o) for o in layer_outputs(ddp, x))
+        net.load_state_dict(ref.state_dict())  # undo the statistics update of the layout check
+        _, grads = step(ddp, x, y)
+        _, want = step(ref, x, y)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, want[name.removeprefix("module.")], rtol=1e-5, atol=1e-6, msg=name)
+    finally:
+        dist.destroy_process_group()
