@@ -35,6 +35,9 @@ def test_helpers_and_switch() -> None:
     assert to_channels_last_1d(r).data_ptr() == r.data_ptr()  # already: no copy
     assert is_channels_last_1d(torch.randn(3, 5, 1))  # one position: dense in both layouts
     assert not is_channels_last_1d(torch.randn(3, 5, 7, 2))
+    for bad in (torch.randn(3, 5, 7, 2), torch.randn(5), [1.0]):
+        with pytest.raises(ValueError, match=r"needs an \(N, C, L\) tensor"):
+            to_channels_last_1d(bad)
     assert channels_last_1d_on()
     with pytest.raises(RuntimeError), use_channels_last_1d(False):
         assert not channels_last_1d_on()

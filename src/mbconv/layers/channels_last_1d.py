@@ -36,7 +36,11 @@ def is_channels_last_1d(x: torch.Tensor) -> bool:
 
 
 def to_channels_last_1d(x: torch.Tensor) -> torch.Tensor:
-    """`x` (N, C, L) in the channels-last 1-D layout: `x` itself if it already is, else one transposing copy."""
+    """`x` (N, C, L) in the channels-last 1-D layout: `x` itself if it already is, else one transposing copy; a
+    one-line ValueError for anything that is not a 3-D tensor."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        got = f"a {x.dim()}-D tensor {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"to_channels_last_1d needs an (N, C, L) tensor, got {got}")
     if is_channels_last_1d(x):
         return x
     return x.transpose(1, 2).contiguous().transpose(1, 2)
