@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -40,8 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import paired  # noqa: E402
-from tour_accuracy_rerun import two_se  # noqa: E402
+from tour_accuracy_rerun import compare  # noqa: E402
 from tour_recipe import INIT  # noqa: E402
 
 from mbconv.provenance import RunRecord  # noqa: E402
@@ -103,16 +101,12 @@ def run_arms(roots: dict[str, Path], seeds: list[int], epochs: int, runs: Path) 
 
 
 def decide(now: dict[str, float], before: dict[str, float]) -> dict[str, Any]:
-    seeds = sorted(now, key=int)
-    if sorted(before, key=int) != seeds:
-        raise ValueError(f"seeds differ: now {seeds}, before {sorted(before, key=int)}")
-    p = statistics.mean(before.values())
-    diff = paired([now[s] for s in seeds], [before[s] for s in seeds])
-    bound = two_se(p, len(seeds))
-    return {"criterion": CRITERION, "seeds": seeds, "before_mean": p, "now_mean": statistics.mean(now.values()),
-            "paired_difference": diff, "two_se": bound, "unchanged": abs(diff["mean"]) <= bound,
-            "now_mean_at_least_98": statistics.mean(now.values()) >= 0.98,
-            "before_mean_at_least_98": p >= 0.98}
+    """The seventh session's comparison (`tour_accuracy_rerun.compare`: two standard errors of the paired
+    difference, over as many seeds as given) under this experiment's criterion, and whether the before arm's mean is
+    at least 98 %."""
+    d = compare(now, before)
+    return {**d, "criterion": CRITERION, "seeds": sorted(now, key=int),
+            "before_mean_at_least_98": d["before_mean"] >= 0.98}
 
 
 def main() -> int:
