@@ -2,7 +2,7 @@
 and per training step, and the training step against timm's same network.
 
     .venv/bin/python -m benchmarks.depthwise [--quick] [--threads 1,2]
-        [--sections layers,methods,step,compiled,overhead,infer,bn_act,native_dw,pointwise1d]
+        [--sections layers,methods,step,compiled,overhead,infer,bn_act,native_dw,pointwise1d,pointwise2d]
         [--models tour,b0,mnist1d,mbconv3d] [--clock wall|cpu] [--contiguous] [--out results/bench/depthwise.json]
 
 Models: tour = B0 spec x0.5, 1 channel, 10 classes, 32 px, batch 64 (the tour's network); b0 = B0 at 224 px,
@@ -46,6 +46,9 @@ Sections:
 - pointwise1d (not in the default list; once, whatever `--models` says): 1-D pointwise convs on a grid of widths
   and lengths, forward + backward, oneDNN's conv1d against `PointwiseConv1d`'s batched product W @ x and the pick
   of its rule (`matmul_applies`): the measurements behind `MAX_MATMUL_LENGTH` and `MAX_MATMUL_WEIGHT`;
+- pointwise2d (not in the default list; 2-D models): per 1x1 conv of the model on maps of more than one pixel
+  (channels_last), forward + backward, oneDNN's conv against one `F.linear` product over the channels and the
+  pick of `linear_applies`: the measurements behind `MAX_LINEAR_PIXELS`;
 - infer (not in the default list): inference (eval mode, no autograd) of the whole model, NCHW and channels_last,
   at the benchmark batch and at batch 1, with the cropped kernel where `crop_pays_for_inference` says so (ours)
   and with ATen's full kernel everywhere (`use_fast_backward(False)`, the same module), and each layer the
@@ -67,6 +70,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import math
 import os
 import statistics
 import sys
@@ -76,6 +80,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log, write_bench_result
@@ -102,6 +107,8 @@ from mbconv.layers.pointwise import (
     MAX_MATMUL_WEIGHT,
     POINTWISE_CONV,
     fast_pointwise,
+    is_pointwise,
+    linear_applies,
     matmul_applies,
     pointwise_matmul,
 )
@@ -334,6 +341,60 @@ def section_pointwise1d(rounds: int, log: Callable[[str], None]) -> dict[str, An
         log(f"| {cin_} -> {cout} | {length} | {med['conv1d']:.3f} | {med['matmul']:.3f} | {fmt_ratio(r)} | {pick} |")
         rows.append(dict(cin=cin_, cout=cout, length=length, times=t, ratio=r, pick=pick))
     return {"rows": rows, "max_matmul_length": MAX_MATMUL_LENGTH, "max_matmul_weight": MAX_MATMUL_WEIGHT}
+
+
+def pointwise_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Distinct 1x1 conv configurations (input shape, output channels) of `model` on maps of more than one pixel
+    met by a forward on `x` (the SE's 1x1 convs on pooled maps are left out), in network order, with counts."""
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        key = (tuple(inp[0].shape), mod.out_channels)
+        if key in seen:
+            seen[key]["count"] += 1
+        else:
+            seen[key] = dict(shape=tuple(inp[0].shape), cout=mod.out_channels, count=1)
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if is_pointwise(m)]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return [c for c in seen.values() if math.prod(c["shape"][2:]) > 1]
+
+
+def section_pointwise2d(key: str, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Per 1x1 conv of a 2-D model (channels_last, the trainer's layout), forward + backward: oneDNN's conv against
+    one `F.linear` product over the channels (what `PointwiseConv2d` runs where `linear_applies` says), and the
+    rule's pick: the measurements behind `MAX_LINEAR_PIXELS`."""
+    rows = []
+    log(f"\n### 1x1 convs, forward + backward: {describe(key)}, {rounds} rounds")
+    log("| layer | conv ms | F.linear ms | conv / F.linear per round | rule picks |")
+    log("|---|---|---|---|---|")
+    for cfg in pointwise_layers(build_ours(key), model_input(key)):
+        torch.manual_seed(0)
+        n, cin, *sp = cfg["shape"]
+        conv = POINTWISE_CONV[nn.Conv2d](cin, cfg["cout"], 1, bias=False).train()
+        x = torch.randn(cfg["shape"]).contiguous(memory_format=torch.channels_last).requires_grad_()
+        g = torch.randn(n, cfg["cout"], *sp).contiguous(memory_format=torch.channels_last)
+
+        def run(product: bool, m: nn.Module = conv, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            x.grad = None
+            m.zero_grad(set_to_none=True)
+            y = F.linear(x.permute(0, 2, 3, 1), m.weight.flatten(1)).permute(0, 3, 1, 2) if product else \
+                F.conv2d(x, m.weight)
+            y.backward(g)
+
+        t = interleaved({"conv": functools.partial(run, False), "linear": functools.partial(run, True)}, rounds,
+                        inner=inner_for(functools.partial(run, False)))
+        r = ratio_stats(t["conv"], t["linear"])
+        pick = "F.linear" if linear_applies(x, conv.weight) else "conv"
+        med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+        label = f"N{n} {cin}->{cfg['cout']} {'x'.join(map(str, sp))}" + (f" (x{cfg['count']})" if cfg["count"] > 1
+                                                                         else "")
+        log(f"| {label} | {med['conv']:.3f} | {med['linear']:.3f} | {fmt_ratio(r)} | {pick} |")
+        rows.append(dict(cfg, shape=list(cfg["shape"]), label=label, times=t, ratio=r, pick=pick))
+    return rows
 
 
 def time_methods(cfg: dict[str, Any], dims: int, rounds: int) -> tuple[Any, set[str], dict[str, list[float]]]:
@@ -696,11 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     _layout["last"] = not args.contiguous
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    known = ("layers", "methods", "step", "compiled", "overhead", "infer", "bn_act", "native_dw", "pointwise1d")
+    known = ("layers", "methods", "step", "compiled", "overhead", "infer", "bn_act", "native_dw", "pointwise1d",
+             "pointwise2d")
     bad = [m for m in models if m not in MODELS] + [s for s in sections if s not in known]
     if bad:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
-                 "compiled, overhead, infer, bn_act, native_dw, pointwise1d")
+                 "compiled, overhead, infer, bn_act, native_dw, pointwise1d, pointwise2d")
     threads = parse_threads(ap, args.threads)
     lines, log = tee_log()
 
@@ -734,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["bn_act"] = section_bn_act(key, args.rounds or (3 if args.quick else 15), log)
             if "native_dw" in sections:
                 run["native_dw"] = section_native_dw(key, args.rounds or (3 if args.quick else 15), log)
+            if "pointwise2d" in sections and MODELS[key]["dims"] == 2:
+                run["pointwise2d"] = section_pointwise2d(key, args.rounds or (3 if args.quick else 11), log)
             result["runs"][f"{key}@{th}"] = run
         if "pointwise1d" in sections:  # not tied to a model: once per thread count
             result["runs"][f"pointwise1d@{th}"] = section_pointwise1d(args.rounds or (3 if args.quick else 9), log)
