@@ -4,9 +4,11 @@ A 1x1 convolution with stride 1 and no padding is a matrix product over the chan
 (SE squeeze/excite convs on 1x1 maps, expand/project convs of the late stages of a small network) ATen sends it
 through oneDNN, whose per-call cost is 2-3x that of `F.linear` on the same numbers: SE convs on (64, C, 1, 1)
 0.30-0.51 ms forward + backward vs 0.11-0.21 ms; channels_last 2x2 and 4x4 maps 0.52-0.83 vs 0.29-0.61 ms (one
-thread). On larger maps oneDNN is as fast or faster (16x16: 2.1 vs 5.1 ms), so the matrix product is used only up
-to `MAX_LINEAR_PIXELS` pixels, and for spatial maps only when the input is channels_last (its channels are then
-the fastest axis, so the product needs no copy).
+thread). On 7x7 and 8x8 maps it still wins on every layer of the tour model and B0 (1.07-1.44x at one and two
+threads); on 14x14 and 16x16 maps the two are even or either wins, and on the largest maps oneDNN does
+(`benchmarks.depthwise --sections pointwise2d`). So the matrix product is used only up to `MAX_LINEAR_PIXELS`
+pixels, and for spatial maps only when the input is channels_last (its channels are then the fastest axis, so the
+product needs no copy).
 
 1-D maps in the channels-last 1-D layout (layers/channels_last_1d.py, what the trainer's lean layers produce) take
 `F.linear` at any length. Contiguous (N, C, L) maps (where `F.linear` would need a transposed copy) of 2 to
@@ -39,9 +41,10 @@ __all__ = ["MAX_LINEAR_PIXELS", "MAX_MATMUL_LENGTH", "MAX_MATMUL_WEIGHT", "POINT
            "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise", "is_pointwise", "linear_applies", "matmul_applies",
            "pointwise_matmul", "product_step_input", "training_step_input"]
 
-# Largest map (pixels per sample) run as a matrix product; measured on the tour model at one thread
-# (docs/bench/depthwise.md): 4x4 and smaller win, 8x8 is mixed, 16x16 loses.
-MAX_LINEAR_PIXELS = 16
+# Largest map (pixels per sample) run as a matrix product: every 1x1 conv of the tour model and B0 on maps up to 8x8
+# wins at one and two threads, 14x14 and 16x16 are mixed (benchmarks.depthwise --sections pointwise2d, eighth
+# session; the first measurement, one thread, had 8x8 mixed and set 16)
+MAX_LINEAR_PIXELS = 64
 # Contiguous 1-D maps run as a batched matrix product W @ x (see the module docstring) up to this length and this
 # weight size (in x out channels). Measured per layer (benchmarks.depthwise --sections pointwise1d, lengths 10-128):
 # the product wins at every length up to 48 x 192 channels, is mixed at 64 x 256 and loses at 128 x 512, where its
