@@ -28,7 +28,8 @@ Sections:
   network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), for tour and b0 timm's
   same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal), and for 1-D models
   ours and ours on ATen's depthwise with contiguous maps (`use_channels_last_1d(False)`: the ATen reference in
-  the layout it ran before 1-D maps went channels-last, layers/channels_last_1d.py);
+  the layout it ran before 1-D maps went channels-last, layers/channels_last_1d.py), and for 2-D models ours with
+  the seventh session's product rule (`MAX_LINEAR_PIXELS` = 16 instead of 64);
 - compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile as
   `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
   `mbconv.layers.compiled`, small-map 1x1 convs into matrix products) against the eager step, and for tour and b0
@@ -84,6 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log, write_bench_result
+from mbconv.layers import pointwise
 from mbconv.layers.channels_last_1d import use_channels_last_1d
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
@@ -464,6 +466,16 @@ def with_native_depthwise_off(step: Callable[[], None]) -> None:
         step()
 
 
+def with_linear_pixels(pixels: int, step: Callable[[], None]) -> None:
+    """`step` with `linear_applies` taking eager 1x1 products only up to `pixels` pixels (an earlier rule)."""
+    before = pointwise.MAX_LINEAR_PIXELS
+    pointwise.MAX_LINEAR_PIXELS = pixels
+    try:
+        step()
+    finally:
+        pointwise.MAX_LINEAR_PIXELS = before
+
+
 def with_contiguous_1d(step: Callable[[], None]) -> None:
     with use_channels_last_1d(False):
         step()
@@ -520,6 +532,9 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
         v["timm"] = train_step_fn(theirs, x, y, None)
     if c["dims"] == 1:
         v.update(contiguous_1d_variants(ours, x, y))
+    else:
+        v["ours, 1x1 products up to 16 pixels"] = functools.partial(
+            with_linear_pixels, 16, train_step_fn(copy.deepcopy(ours), x, y, True))
     t = interleaved(v, rounds, inner=1, warmup=2)
     log(f"\n### training step (SGD): {describe(key)}, {rounds} rounds")
     for k, ts in t.items():
