@@ -250,6 +250,15 @@ def test_bad_number_token_is_named(text, token):
     assert _msg(e).startswith("invalid block_string=") and repr(token) in _msg(e), _msg(e)
 
 
+@pytest.mark.parametrize("arch", [",;_", "ir_r1_k3_s1_e2_c8;,", ",,;ir_r1_k3_s1_e2_c8"])
+def test_stage_of_separators_only_names_the_string(arch):
+    """A stage with no block between the separators (found by the CLI fuzz test as ',;_') is refused naming the
+    whole string, not with the dataclass's 'a stage needs at least one block'."""
+    with pytest.raises(ValueError) as e:
+        parse_arch(arch)
+    assert repr(arch) in _msg(e) and "has no blocks" in _msg(e), _msg(e)
+
+
 ONE_STAGE = ("ir_r1_k3_s1_e2_c8",)
 
 

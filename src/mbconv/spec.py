@@ -402,7 +402,10 @@ def parse_arch(arch: str | list[list[str]] | list[str]) -> tuple[StageSpec, ...]
     """Stages from block strings: a list of lists (one inner list per stage), a flat list (one stage each),
     or one string with stages separated by ';' and blocks within a stage by ','."""
     if isinstance(arch, str):
-        arch = [[b for b in stage.split(",") if b.strip()] for stage in arch.split(";") if stage.strip()]
+        text = arch
+        arch = [[b for b in stage.split(",") if b.strip()] for stage in text.split(";") if stage.strip()]
+        if not all(arch):  # a stage of separators only (",,"): say which string, not "a stage needs a block"
+            raise ValueError(f"invalid block string {text!r}: a stage between ';' has no blocks")
     stages = []
     for s in arch:
         s = [s] if isinstance(s, str) else list(s)
