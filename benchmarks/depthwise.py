@@ -32,9 +32,11 @@ Sections:
   the seventh session's product rule (`MAX_LINEAR_PIXELS` = 16 instead of 64);
 - compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile as
   `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
-  `mbconv.layers.compiled`, small-map 1x1 convs into matrix products) against the eager step, and for tour and b0
-  timm's network eager and compiled, for mnist1d the eager net on ATen's depthwise (and the two contiguous 1-D
-  variants of the step section); each compiled variant's compile time (first two steps, a fresh inductor cache);
+  `mbconv.layers.compiled` where the native kernels pay, small-map 1x1 convs into matrix products) against the
+  eager step, and for tour and b0 timm's network eager and compiled and ours compiled with the operator on every
+  depthwise layer (the seventh session's routing), for mnist1d the eager net on ATen's depthwise (and the two
+  contiguous 1-D variants of the step section); each compiled variant's compile time (first two steps, a fresh
+  inductor cache);
 - overhead (not in the default list; tour and b0): the SGD step of ours (as the trainer runs it) and timm's at
   batches 2 and 8 beside the benchmark batch: the fixed cost per step, what no kernel change removes;
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
@@ -85,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log, write_bench_result
-from mbconv.layers import pointwise
+from mbconv.layers import compiled, pointwise
 from mbconv.layers.channels_last_1d import use_channels_last_1d
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
@@ -476,6 +478,17 @@ def with_linear_pixels(pixels: int, step: Callable[[], None]) -> None:
         pointwise.MAX_LINEAR_PIXELS = before
 
 
+def with_operator_everywhere(step: Callable[[], None]) -> None:
+    """`step` with the compiled routing of the seventh session: `mbconv::dw_conv` on every depthwise layer (no
+    `native_dw_pays` rule, no one-tap multiply). Patched around every call, so that the variant's trace sees it."""
+    pays, tap = compiled.native_dw_pays, compiled.single_tap
+    compiled.native_dw_pays, compiled.single_tap = (lambda *a: True), (lambda *a: None)
+    try:
+        step()
+    finally:
+        compiled.native_dw_pays, compiled.single_tap = pays, tap
+
+
 def with_contiguous_1d(step: Callable[[], None]) -> None:
     with use_channels_last_1d(False):
         step()
@@ -560,8 +573,12 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     v = {"ours": train_step_fn(ours, x, y, True)}
     compile_s: dict[str, float] = {}
     pairs = [("ours, torch.compile", ours)] + ([("timm, torch.compile", theirs)] if theirs is not None else [])
+    if c["dims"] == 2:
+        pairs.append(("ours, torch.compile, operator on every depthwise layer", ours))
     for name, model in pairs:
         step = train_step_fn(torch.compile(copy.deepcopy(model)), x, y, None)
+        if name.endswith("every depthwise layer"):
+            step = functools.partial(with_operator_everywhere, step)
         t0 = time.perf_counter()
         step()
         step()

@@ -142,6 +142,65 @@ def test_compiled_training_step_uses_the_operators_and_matches_eager() -> None:
         assert torch.allclose(a.float(), b.float(), atol=1e-6), "BN running statistics"
 
 
+class Routed(nn.Module):
+    """One depthwise layer per routing of a compiled step: 3x3 on an 8x8 map (ATen's conv: the native kernels do
+    not pay there), 5x5 stride 2 on the same map size (the operator), 3x3 on a 1-pixel map (one tap read: a
+    per-channel multiply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = DepthwiseConv2d(8, 8, 3, 1, 1, groups=8)
+        self.small = DepthwiseConv2d(8, 8, 5, 2, 2, groups=8, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pixel = DepthwiseConv2d(8, 8, 3, 1, 1, groups=8, bias=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.small(F.silu(self.big(x))))
+        return self.head(self.pixel(self.pool(x)).flatten(1))
+
+
+def test_compiled_step_routes_each_depthwise_layer_by_the_eager_rule() -> None:
+    """The operator only where `native_dw_pays`; ATen's conv on an 8x8 map with a 3x3 kernel; a 1-pixel map as a
+    multiply by its centre tap (no convolution at all); gradients equal to the eager step's."""
+    torch.manual_seed(2)
+    eager = Routed().to(memory_format=torch.channels_last).train()
+    comp = copy.deepcopy(eager)
+    x = torch.randn(3, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    F.cross_entropy(eager(x), torch.tensor([0, 1, 2])).backward()
+    calls: list[str] = []
+
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    def fw(gm: torch.fx.GraphModule, inputs: list) -> torch.fx.GraphModule:
+        calls.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    out = torch.compile(comp, backend=lambda gm, inputs: aot_module_simplified(gm, inputs, fw_compiler=fw))(x)
+    F.cross_entropy(out, torch.tensor([0, 1, 2])).backward()
+    assert calls.count("mbconv.dw_conv.default") == 1  # the 5x5 kernel
+    assert calls.count("aten.convolution.default") == 1  # the 3x3 kernel on 8x8; none for the 1-pixel map
+    scale = max(float(p.grad.abs().max()) for p in eager.parameters())
+    for (name, a), b in zip(eager.named_parameters(), comp.parameters()):
+        assert float((a.grad - b.grad).abs().max()) <= 1e-5 * scale, name
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "padding", "want"), [
+    ((1, 1), (3, 3), (1, 1), (1, 1), (1, 1)), ((1, 1), (5, 5), (2, 2), (2, 2), (2, 2)), ((1,), (5,), (1,), (2,), (2,)),
+    ((1, 1), (3, 3), (1, 1), (2, 2), None),  # 3x3 output: more than one pixel
+    ((1, 1), (3, 3), (1, 1), (0, 0), None),  # no output at all (nn.Conv2d's error is the answer)
+    ((2, 2), (3, 3), (1, 1), (1, 1), None), ((1, 1, 1), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1))])
+def test_single_tap_finds_the_one_tap_a_one_pixel_map_reads(size, kernel, stride, padding, want) -> None:
+    assert compiled.single_tap(size, kernel, stride, padding) == want
+    if want is not None:  # the multiply equals the convolution
+        x, w = torch.randn(2, 4, *size), torch.randn(4, 1, *kernel)
+        ref = CONV[len(size)](x, w, None, stride, padding, 1, 4)
+        got = x * w[(slice(None), 0, *want)].view(1, -1, *([1] * len(size)))
+        assert torch.allclose(got, ref, atol=1e-6)
+
+
 def test_a_step_compiled_before_the_library_was_loaded_gets_the_operators() -> None:
     """torch.compile cannot trace the build: the library is built (or loaded from the cache) while tracing, once."""
     native.reset_native()  # as in a fresh process where nothing has loaded the library yet

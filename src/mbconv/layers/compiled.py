@@ -9,11 +9,15 @@ compiled forward and backward graphs, and inductor fuses the elementwise work (B
 around them.
 
 `mbconv::dw_conv` computes its forward with the native kernel where it beats oneDNN (`native_dw_pays`) and with
-ATen's convolution elsewhere (oneDNN's forward wins on large maps with 3-tap kernels); its backward is always the
-native input and weight gradients (`mbconv::dw_conv_input_grad`, `mbconv::dw_conv_weight_grad`), which beat ATen's
-depthwise backward on every layer measured (docs/bench/depthwise.md, "A compiled training step"). Without the
-library the operators fall back to ATen's convolution and convolution backward, so a graph compiled with them still
-runs. The bias is added outside the operator, where inductor fuses it.
+ATen's convolution elsewhere; its backward is the native input and weight gradients (`mbconv::dw_conv_input_grad`,
+`mbconv::dw_conv_weight_grad`). Without the library the operators fall back to ATen's convolution and convolution
+backward, so a graph compiled with them still runs. The bias is added outside the operator, where inductor fuses it.
+
+Which layers take the operator (`compiled_dw_applies`): those where the eager step takes the native kernels
+(`native_dw_pays`). Elsewhere ATen's convolution and its backward stay in the graph: on maps of more than 4 pixels a
+side with 3-tap kernels they beat the operator's native backward (docs/bench/depthwise.md, "The compiled step's
+depthwise layers"). A map of one pixel whose output is one pixel reads a single tap per channel: there the conv is
+traced as that per-channel multiply (`single_tap`), which inductor fuses with the BN after it.
 
 When the layers use them (`compiled_training_step`): only while torch.compile traces a training step (not while
 torch.export or the ONNX exporter traces, and never for inference), for float32 CPU tensors, with the kernels built
@@ -22,13 +26,16 @@ and switched on; compiled inference and export see the plain convolution, as bef
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from .native import native_depthwise_on, native_library
 from .native_depthwise import dw_backward_input, dw_backward_weight, dw_forward, native_dw_pays
 
-__all__ = ["compiled_dw_applies", "compiled_dw_conv", "compiled_training_step", "dw_conv_layout", "library_ready"]
+__all__ = ["compiled_dw_applies", "compiled_dw_conv", "compiled_training_step", "dw_conv_layout", "library_ready",
+           "single_tap"]
 
 _aten = torch.ops.aten
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -141,14 +148,34 @@ def library_ready() -> bool:
     return native_library() is not None
 
 
-def compiled_dw_applies(x: Tensor, weight: Tensor) -> bool:
+def single_tap(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+               ) -> tuple[int, ...] | None:
+    """The kernel index per axis of the one tap a depthwise conv reads when its input and output are one pixel
+    (that pixel sits `padding` taps into the window), else None."""
+    if any(n != 1 for n in size):
+        return None
+    if any(p >= k or (1 + 2 * p - k) // s + 1 != 1 for k, s, p in zip(kernel, stride, padding)):
+        return None
+    return tuple(padding)
+
+
+def compiled_dw_applies(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int]) -> bool:
     """Whether a depthwise conv (dilation 1, numeric zero padding: the caller's checks) of `x` in a compiled
-    training step runs `mbconv::dw_conv`: 1-3 spatial axes, the depthwise kernels switched on and built."""
-    return compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_on() and library_ready()
+    training step is ours: 1-3 spatial axes, the depthwise kernels switched on and built, and a map where the
+    native kernels pay (`native_dw_pays`) or one tap is read (`single_tap`)."""
+    return (compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_on() and library_ready()
+            and (native_dw_pays(x, weight.shape[2:])
+                 or single_tap(x.shape[2:], weight.shape[2:], stride, padding) is not None))
 
 
 def compiled_dw_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
                      padding: tuple[int, ...]) -> Tensor:
-    """Depthwise conv through `mbconv::dw_conv`, the bias added outside it (inductor fuses the add)."""
-    y = torch.ops.mbconv.dw_conv(x, weight, list(stride), list(padding))
-    return y if bias is None else y + bias.view(1, -1, *([1] * (x.dim() - 2)))
+    """Depthwise conv through `mbconv::dw_conv`, or a per-channel multiply where one tap is read (`single_tap`); the
+    bias added outside either (inductor fuses the add)."""
+    per_channel = [1, -1, *([1] * (x.dim() - 2))]
+    taps = single_tap(x.shape[2:], weight.shape[2:], stride, padding)
+    if taps is not None:
+        y = x * weight[(slice(None), 0, *taps)].view(per_channel)
+    else:
+        y = torch.ops.mbconv.dw_conv(x, weight, list(stride), list(padding))
+    return y if bias is None else y + bias.view(per_channel)
