@@ -34,7 +34,8 @@ Sections:
   `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
   `mbconv.layers.compiled` where the native kernels pay, small-map 1x1 convs into matrix products) against the
   eager step, and for tour and b0 timm's network eager and compiled and ours compiled with the operator on every
-  depthwise layer (the seventh session's routing), for mnist1d the eager net on ATen's depthwise (and the two
+  depthwise layer (the seventh session's routing) and, for tour, ours compiled with inductor's C++ wrapper
+  (`cpp_wrapper`), for mnist1d the eager net on ATen's depthwise (and the two
   contiguous 1-D variants of the step section); each compiled variant's compile time (first two steps, a fresh
   inductor cache);
 - overhead (not in the default list; tour and b0): the SGD step of ours (as the trainer runs it) and timm's at
@@ -558,6 +559,10 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     return dict(times=t, ratios=ratios)
 
 
+# inductor's C++ wrapper: the compiled graphs' kernels called from generated C++ instead of generated Python
+CPP_WRAPPER = "ours, torch.compile, C++ wrapper"
+
+
 def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The training step under torch.compile (`TrainConfig.compile`: inductor, the depthwise layers traced into
     `mbconv::dw_conv`, layers/compiled.py) against the eager step as the trainer runs it, and for tour and b0
@@ -575,8 +580,11 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     pairs = [("ours, torch.compile", ours)] + ([("timm, torch.compile", theirs)] if theirs is not None else [])
     if c["dims"] == 2:
         pairs.append(("ours, torch.compile, operator on every depthwise layer", ours))
+        if key == "tour":
+            pairs.append((CPP_WRAPPER, ours))
     for name, model in pairs:
-        step = train_step_fn(torch.compile(copy.deepcopy(model)), x, y, None)
+        options = {"cpp_wrapper": True} if name == CPP_WRAPPER else None
+        step = train_step_fn(torch.compile(copy.deepcopy(model), options=options), x, y, None)
         if name.endswith("every depthwise layer"):
             step = functools.partial(with_operator_everywhere, step)
         t0 = time.perf_counter()
