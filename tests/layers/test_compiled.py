@@ -187,6 +187,17 @@ def test_compiled_step_routes_each_depthwise_layer_by_the_eager_rule() -> None:
         assert float((a.grad - b.grad).abs().max()) <= 1e-5 * scale, name
 
 
+@pytest.mark.parametrize(("shape", "k", "want"), [
+    ((2, 8, 20, 20), 3, True),  # more than COMPILED_ATEN_MAX_MAP a side: the operator
+    ((2, 8, 16, 16), 3, False), ((2, 8, 8, 8), 3, False),  # 3-tap kernels on 5-16 px: ATen's conv
+    ((2, 8, 8, 8), 5, True), ((2, 8, 4, 4), 3, True),  # where the native kernels pay (`native_dw_pays`)
+    ((2, 8, 1, 1), 3, True)])  # one tap read
+def test_compiled_routing_rule(monkeypatch, shape, k, want) -> None:
+    monkeypatch.setattr(compiled, "compiled_training_step", lambda x, w: True)  # as while torch.compile traces
+    x, w = torch.empty(shape), torch.empty(shape[1], 1, k, k)
+    assert compiled.compiled_dw_applies(x, w, (1, 1), (k // 2, k // 2)) is want
+
+
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding", "want"), [
     ((1, 1), (3, 3), (1, 1), (1, 1), (1, 1)), ((1, 1), (5, 5), (2, 2), (2, 2), (2, 2)), ((1,), (5,), (1,), (2,), (2,)),
     ((1, 1), (3, 3), (1, 1), (2, 2), None),  # 3x3 output: more than one pixel

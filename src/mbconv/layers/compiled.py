@@ -14,10 +14,11 @@ ATen's convolution elsewhere; its backward is the native input and weight gradie
 backward, so a graph compiled with them still runs. The bias is added outside the operator, where inductor fuses it.
 
 Which layers take the operator (`compiled_dw_applies`): those where the eager step takes the native kernels
-(`native_dw_pays`). Elsewhere ATen's convolution and its backward stay in the graph: on maps of more than 4 pixels a
-side with 3-tap kernels they beat the operator's native backward (docs/bench/depthwise.md, "The compiled step's
-depthwise layers"). A map of one pixel whose output is one pixel reads a single tap per channel: there the conv is
-traced as that per-channel multiply (`single_tap`), which inductor fuses with the BN after it.
+(`native_dw_pays`), and maps of more than COMPILED_ATEN_MAX_MAP pixels a side. In between (3-tap kernels on maps of
+5-16 pixels a side) ATen's convolution and its backward stay in the graph: there they made the compiled tour step
+faster, while on B0's larger maps they made its compiled step slower (docs/bench/depthwise.md, "The compiled
+step's depthwise layers"). A map of one pixel whose output is one pixel reads a single tap per channel: there the
+conv is traced as that per-channel multiply (`single_tap`), which inductor fuses with the BN after it.
 
 When the layers use them (`compiled_training_step`): only while torch.compile traces a training step (not while
 torch.export or the ONNX exporter traces, and never for inference), for float32 CPU tensors, with the kernels built
@@ -34,10 +35,13 @@ from torch import Tensor
 from .native import native_depthwise_on, native_library
 from .native_depthwise import dw_backward_input, dw_backward_weight, dw_forward, native_dw_pays
 
-__all__ = ["compiled_dw_applies", "compiled_dw_conv", "compiled_training_step", "dw_conv_layout", "library_ready",
-           "single_tap"]
+__all__ = ["COMPILED_ATEN_MAX_MAP", "compiled_dw_applies", "compiled_dw_conv", "compiled_training_step",
+           "dw_conv_layout", "library_ready", "single_tap"]
 
 _aten = torch.ops.aten
+# `compiled_dw_applies`: maps of more than this many pixels a side take the operator whatever the kernel (measured on
+# the compiled steps of the tour model, 3-tap kernels on 8-16 px maps, and B0, on 7-112 px maps)
+COMPILED_ATEN_MAX_MAP = 16
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
@@ -162,9 +166,10 @@ def single_tap(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]
 def compiled_dw_applies(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int]) -> bool:
     """Whether a depthwise conv (dilation 1, numeric zero padding: the caller's checks) of `x` in a compiled
     training step is ours: 1-3 spatial axes, the depthwise kernels switched on and built, and a map where the
-    native kernels pay (`native_dw_pays`) or one tap is read (`single_tap`)."""
+    native kernels pay (`native_dw_pays`), larger than COMPILED_ATEN_MAX_MAP a side, or of one tap read
+    (`single_tap`)."""
     return (compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_on() and library_ready()
-            and (native_dw_pays(x, weight.shape[2:])
+            and (native_dw_pays(x, weight.shape[2:]) or max(x.shape[2:]) > COMPILED_ATEN_MAX_MAP
                  or single_tap(x.shape[2:], weight.shape[2:], stride, padding) is not None))
 
 
