@@ -33,8 +33,8 @@ Sections:
 - compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile as
   `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
   `mbconv.layers.compiled` where the native kernels pay, small-map 1x1 convs into matrix products) against the
-  eager step, and for tour and b0 timm's network eager and compiled and ours compiled with the operator on every
-  depthwise layer (the seventh session's routing) and, for tour, ours compiled with inductor's C++ wrapper
+  eager step, ours compiled with the operator on every depthwise layer (the seventh session's routing), for tour
+  and b0 timm's network eager and compiled and, for tour, ours compiled with inductor's C++ wrapper
   (`cpp_wrapper`), for mnist1d the eager net on ATen's depthwise (and the two
   contiguous 1-D variants of the step section); each compiled variant's compile time (first two steps, a fresh
   inductor cache);
@@ -578,10 +578,9 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     v = {"ours": train_step_fn(ours, x, y, True)}
     compile_s: dict[str, float] = {}
     pairs = [("ours, torch.compile", ours)] + ([("timm, torch.compile", theirs)] if theirs is not None else [])
-    if c["dims"] == 2:
-        pairs.append(("ours, torch.compile, operator on every depthwise layer", ours))
-        if key == "tour":
-            pairs.append((CPP_WRAPPER, ours))
+    pairs.append(("ours, torch.compile, operator on every depthwise layer", ours))
+    if key == "tour":
+        pairs.append((CPP_WRAPPER, ours))
     for name, model in pairs:
         options = {"cpp_wrapper": True} if name == CPP_WRAPPER else None
         step = train_step_fn(torch.compile(copy.deepcopy(model), options=options), x, y, None)
