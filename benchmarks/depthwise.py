@@ -89,6 +89,7 @@ from torch import nn
 
 from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log, write_bench_result
 from mbconv.layers import compiled, pointwise
+from mbconv.layers import depthwise as depthwise_module
 from mbconv.layers.channels_last_1d import use_channels_last_1d
 from mbconv.layers.depthwise import (
     DEPTHWISE_CONV,
@@ -105,7 +106,7 @@ from mbconv.layers.depthwise import (
     weight_grad_method,
 )
 from mbconv.layers.memory import lean_layers
-from mbconv.layers.native import use_native
+from mbconv.layers.native import native_depthwise_on, use_native
 from mbconv.layers.native_depthwise import NativeDepthwiseFn, native_dw_pays, use_native_depthwise
 from mbconv.layers.pointwise import (
     MAX_MATMUL_LENGTH,
@@ -479,15 +480,22 @@ def with_linear_pixels(pixels: int, step: Callable[[], None]) -> None:
         pointwise.MAX_LINEAR_PIXELS = before
 
 
+def seventh_session_routing(x: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any) -> bool:
+    """`compiled_dw_applies` as the seventh session had it: `mbconv::dw_conv` on every depthwise layer of a compiled
+    step (the operator's own forward rule, native where `native_dw_pays`, ATen's elsewhere, unchanged)."""
+    return (compiled.compiled_training_step(x, weight) and 3 <= x.dim() <= 5 and native_depthwise_on()
+            and compiled.library_ready())
+
+
 def with_operator_everywhere(step: Callable[[], None]) -> None:
-    """`step` with the compiled routing of the seventh session: `mbconv::dw_conv` on every depthwise layer (no
-    `native_dw_pays` rule, no one-tap multiply). Patched around every call, so that the variant's trace sees it."""
-    pays, tap = compiled.native_dw_pays, compiled.single_tap
-    compiled.native_dw_pays, compiled.single_tap = (lambda *a: True), (lambda *a: None)
+    """`step` with the compiled routing of the seventh session (`seventh_session_routing`, no one-tap multiply).
+    Patched around every call, so that the variant's trace sees it; the operator's forward rule is left alone."""
+    applies, tap = depthwise_module.compiled_dw_applies, compiled.single_tap
+    depthwise_module.compiled_dw_applies, compiled.single_tap = seventh_session_routing, (lambda *a: None)
     try:
         step()
     finally:
-        compiled.native_dw_pays, compiled.single_tap = pays, tap
+        depthwise_module.compiled_dw_applies, compiled.single_tap = applies, tap
 
 
 def with_contiguous_1d(step: Callable[[], None]) -> None:
