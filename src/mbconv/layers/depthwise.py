@@ -414,7 +414,8 @@ class DepthwiseForward(TrainingForward):
         if fx_proxy(input):
             return self._conv_forward(input, weight, self.bias)
         if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
-            if kernel_geometry(self, input, weight) and compiled_dw_applies(input, weight, self.stride, self.padding):
+            if torch.compiler.is_compiling() and kernel_geometry(self, input, weight) \
+                    and compiled_dw_applies(input, weight, self.stride, self.padding):
                 # a training step traced by torch.compile: the native kernels as graph operators (layers/compiled)
                 return compiled_dw_conv(input, weight, self.bias, self.stride, self.padding)
             if geometry_applies(self, input, weight):
