@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(built on first use with the system C compiler; without one PyTorch's ops are used anyway)")
     sp.add_argument("--compile", action="store_true",
                     help="torch.compile the training step (the native depthwise kernels inside the graph): faster "
-                         "steps on small-map 2-D nets after a compile of tens of seconds; pays on long runs (1-D "
+                         "steps on small-map 2-D nets after a compile of one to two minutes; pays on long runs (1-D "
                          "nets train faster without it)")
     sp = add("eval", cmd_eval, "test accuracy of a trained run or checkpoint")
     sp.add_argument("--checkpoint", type=text, required=True, help="run directory or checkpoint directory")

@@ -17,6 +17,7 @@ from mbconv.layers import compiled, native
 from mbconv.layers.depthwise import DepthwiseConv2d
 from mbconv.layers.native_depthwise import native_dw_pays
 from mbconv.layers.pointwise import PointwiseConv2d
+from mbconv.train.trainer import COMPILE_OPTIONS_CPU
 
 pytestmark = pytest.mark.skipif(not native.native_enabled(), reason=f"native kernels {native.native_status()}")
 
@@ -253,14 +254,16 @@ def test_switched_off_kernels_keep_the_plain_conv() -> None:
     assert "mbconv.dw_conv.default" not in ops
 
 
-def test_inductor_training_step_end_to_end() -> None:
-    """The real compiler: the fake strides must agree with the kernels' results (inductor asserts them)."""
+@pytest.mark.parametrize("options", [None, COMPILE_OPTIONS_CPU], ids=["python wrapper", "trainer's options"])
+def test_inductor_training_step_end_to_end(options) -> None:
+    """The real compiler, as torch.compile's default and with the trainer's CPU options (the C++ wrapper): the fake
+    strides must agree with the kernels' results (inductor asserts them), and the gradients with eager's."""
     torch.manual_seed(1)
     eager = Tiny().to(memory_format=torch.channels_last).train()
     comp = copy.deepcopy(eager)
     x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     torch._dynamo.reset()
-    net = torch.compile(comp)
+    net = torch.compile(comp, options=options)
     for fn in (eager, net):
         fn(x).square().mean().backward()
     scale = max(float(p.grad.abs().max()) for p in eager.parameters())

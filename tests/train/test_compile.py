@@ -5,7 +5,6 @@ tests/layers/test_compiled.py runs inductor itself."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from mbconv.checkpoint import load_checkpoint
 from mbconv.cli import main
 from mbconv.layers.native import native_enabled
 from mbconv.train import TrainConfig, Trainer
+from mbconv.train.trainer import COMPILE_OPTIONS_CPU
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_train_scripts"))
 from tinytrain import make_data  # noqa: E402
@@ -26,7 +26,8 @@ from tinytrain import make_data  # noqa: E402
 
 @pytest.fixture
 def traced(monkeypatch) -> list[tuple]:
-    """torch.compile with the aot_eager backend; returns the list of depthwise calls traced into the operator."""
+    """torch.compile with the aot_eager backend; returns ("options", the inductor options the trainer passed), then
+    the depthwise calls traced into the operator."""
     calls: list[tuple] = []
     real_op = depthwise.compiled_dw_conv
 
@@ -35,7 +36,13 @@ def traced(monkeypatch) -> list[tuple]:
         return real_op(x, *args)
 
     monkeypatch.setattr(depthwise, "compiled_dw_conv", counting)
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    real_compile = torch.compile
+
+    def aot_eager(model, options=None):  # noqa: ANN001, ANN202 (inductor's options mean nothing to aot_eager)
+        calls.append(("options", options))
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
     torch._dynamo.reset()
     return calls
 
@@ -49,7 +56,8 @@ def test_trainer_compiles_the_step_and_keeps_the_plain_model(traced, tmp_path) -
     assert tr.net is not tr.model and hasattr(tr.net, "_orig_mod") and tr.tuner is None
     row = tr.fit()
     assert row["compiled"] is True and row["val_acc"] is not None
-    assert bool(traced) is native_enabled()  # depthwise layers traced into mbconv::dw_conv where built
+    assert traced[0] == ("options", COMPILE_OPTIONS_CPU)  # CPU: inductor's C++ wrapper
+    assert bool(traced[1:]) is native_enabled()  # depthwise layers traced into mbconv::dw_conv where built
     fresh = create_model("efficientnet_b0", num_classes=4, width_mult=0.25, depth_mult=0.25)
     load_checkpoint(tmp_path / "last", fresh)  # the plain model's keys (strict), not the compiled wrapper's
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), tr.model.state_dict().values()))

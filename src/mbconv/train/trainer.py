@@ -32,7 +32,10 @@ from .sampling import ResumableSampler, make_shard_loader
 from .seeding import derive_seed, deterministic_algorithms
 from .threads import ThreadTuner
 
-__all__ = ["Trainer"]
+__all__ = ["COMPILE_OPTIONS_CPU", "Trainer"]
+
+# `TrainConfig.compile` on CPU: inductor's options (the C++ wrapper; see Trainer.__init__)
+COMPILE_OPTIONS_CPU: dict[str, Any] = {"cpp_wrapper": True}
 
 
 class Trainer:
@@ -126,7 +129,10 @@ class Trainer:
                 # inductor would fail deep inside its first compile instead
                 raise ValueError("compile=True on CPU needs a C++ compiler for torch.compile (g++, clang++ or $CXX); "
                                  "none found")
-            self.net = torch.compile(self.net)
+            # on CPU with inductor's C++ wrapper: the graphs' kernels called from generated C++, not Python (the
+            # tour's step x0.91-0.95 of the default compile's time, for about 25 s more compile on a fresh cache;
+            # BENCHMARKS.md, "The compiled step's depthwise layers")
+            self.net = torch.compile(self.net, options=COMPILE_OPTIONS_CPU if self.device.type == "cpu" else None)
 
     # -- public -----------------------------------------------------------------------------------------
 
@@ -151,8 +157,8 @@ class Trainer:
                     print(f"note: native kernels (BN + activation, depthwise) {native_status()}; using PyTorch's "
                           "ops", file=sys.stderr)
                 if self.cfg.compile and self.rank == 0 and self.cfg.progress != "none" and self.epoch < self.cfg.epochs:
-                    print("note: torch.compile compiles the training step on its first call (about a minute on a "
-                          "fresh cache, seconds from torch's cache of an earlier run)", file=sys.stderr)
+                    print("note: torch.compile compiles the training step on its first call (one to two minutes on "
+                          "a fresh cache, seconds from torch's cache of an earlier run)", file=sys.stderr)
                 row = self._fit()
             ok = True
             return row
