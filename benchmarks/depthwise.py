@@ -30,8 +30,9 @@ Sections:
   ours and ours on ATen's depthwise with contiguous maps (`use_channels_last_1d(False)`: the ATen reference in
   the layout it ran before 1-D maps went channels-last, layers/channels_last_1d.py), and for 2-D models ours with
   the seventh session's product rule (`MAX_LINEAR_PIXELS` = 16 instead of 64);
-- compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile as
-  `TrainConfig.compile` runs it (inductor; the depthwise layers traced into the native operators of
+- compiled (not in the default list; minutes of compile per model): the SGD step under torch.compile with
+  inductor's defaults (`TrainConfig.compile` adds the C++ wrapper on CPU since the ninth session: the tour's variant
+  "C++ wrapper"; the depthwise layers traced into the native operators of
   `mbconv.layers.compiled` where the native kernels pay, small-map 1x1 convs into matrix products) against the
   eager step, ours compiled with the operator on every depthwise layer (the seventh session's routing), for tour
   and b0 timm's network eager and compiled and, for tour, ours compiled with inductor's C++ wrapper

@@ -75,6 +75,7 @@ from benchmarks.profile import TourStep, interleaved_steps  # noqa: E402
 from benchmarks.run import build_pair, ratio_stats, tee_log  # noqa: E402
 from mbconv.files import atomic_write_text  # noqa: E402
 from mbconv.provenance import RunRecord, write_result  # noqa: E402
+from mbconv.train.trainer import COMPILE_OPTIONS_CPU  # noqa: E402
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -99,7 +100,7 @@ def section_tour(rounds: int, clock: Callable[[], float], compile_too: bool, log
         # a fresh inductor cache, as on a fresh clone (a warm cache would hide most of the compile time)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = _USER_INDUCTOR_CACHE or tempfile.mkdtemp(prefix="inductor_step_")
         compiled = TourStep()
-        compiled.model = torch.compile(compiled.model)
+        compiled.model = torch.compile(compiled.model, options=COMPILE_OPTIONS_CPU)  # as the trainer on CPU
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(3):  # the forward and backward graphs are compiled on the first step
             compiled()
