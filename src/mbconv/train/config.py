@@ -54,9 +54,8 @@ class TrainConfig:
     native_kernels: bool = True  # CPU: the native kernels where built (layers/native.py): BN + act, depthwise
     # torch.compile the training step (inductor, on CPU with its C++ wrapper; the depthwise kernels as graph
     # operators, layers/compiled.py): faster steps after a compile of one to two minutes (seconds on a rerun:
-    # inductor's cache), for long runs of
-    # small-map 2-D nets (docs/bench/depthwise.md; 1-D nets train faster eager, their maps channels-last); a ragged
-    # last batch (drop_last=False) compiles a second graph once
+    # inductor's cache), for long runs of small-map 2-D nets (docs/bench/depthwise.md; 1-D nets train faster
+    # eager, their maps channels-last); a ragged last batch (drop_last=False) compiles a second graph once
     compile: bool = False
 
     def __post_init__(self) -> None:
