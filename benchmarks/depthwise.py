@@ -612,7 +612,7 @@ def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     for k, ts in t.items():
         log(f"{k:>22}: median {statistics.median(ts) * 1e3:.1f} ms; samples {fmt_ms(ts)}")
     ratios = {ref: {other: ratio_stats(t[other], t[ref]) for other in t if other != ref}
-              for ref in ("ours", "ours, torch.compile")}
+              for ref in ("ours", "ours, torch.compile", CPP_WRAPPER) if ref in t}
     for ref, rs in ratios.items():
         for other, r in rs.items():
             log(f"{other} / {ref} per round: {fmt_ratio(r)}")
