@@ -573,9 +573,11 @@ CPP_WRAPPER = "ours, torch.compile, C++ wrapper"
 
 
 def section_compiled(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The training step under torch.compile (`TrainConfig.compile`: inductor, the depthwise layers traced into
-    `mbconv::dw_conv`, layers/compiled.py) against the eager step as the trainer runs it, and for tour and b0
-    timm's same network eager and compiled; for mnist1d the eager net on ATen's depthwise kernel. Compile time: the
+    """The training step under torch.compile (inductor's defaults; the depthwise layers traced into `mbconv::dw_conv`
+    where `compiled_dw_applies`, layers/compiled.py) against the eager step as the trainer runs it, the seventh
+    session's routing (`with_operator_everywhere`), for tour the C++ wrapper `TrainConfig.compile` uses on CPU, and
+    for tour and b0 timm's same network eager and compiled; for mnist1d the eager net on ATen's depthwise kernel.
+    Ratios per round against ours eager, ours compiled and (tour) ours with the C++ wrapper. Compile time: the
     first two steps of each compiled variant, wall clock, in a fresh inductor cache (timm's second, in the same
     cache: it reuses kernels inductor generated for ours)."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_depthwise_")
