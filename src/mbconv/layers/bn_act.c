@@ -8,8 +8,7 @@
  * Layouts: "rows" is channels-last (M = N * spatial rows of C contiguous channels), "planes" is contiguous NC...
  * (N * C planes of S contiguous values). Sums are float over short runs flushed to double, so long reductions
  * keep double precision while the inner loops stay float vectors. Threads: OpenMP, the count passed in (torch's).
- * exp is a vectorisable Cephes-style expf (about 2 ulp), so no fast-math flag is needed: NaN and inf behave as in
- * IEEE arithmetic.
+ * exp is native_exp.h's vectorisable approximation, so no fast-math flag is needed.
  */
 #ifndef ACT
 #include <math.h>
@@ -25,22 +24,7 @@ enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_RELU6 = 2, ACT_SILU = 3, ACT_HARDSWIS
 #define DSTRIDE(c) ((((size_t)(2 * (c)) + 7) / 8) * 8 + 8)
 #define FSTRIDE(c) ((((size_t)(2 * (c)) + 15) / 16) * 16 + 16)
 
-static inline float exp_approx(float x) {
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.0f ? -87.0f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale;
-    scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
-}
+#include "native_exp.h" /* exp_approx */
 
 static inline __attribute__((always_inline)) float act_fwd(const int act, float z) {
     switch (act) {

@@ -62,6 +62,7 @@ from .channels_last_1d import channels_last_1d_on, to_channels_last_1d
 from .conv import ConvNormAct, hooked
 from .depthwise import exporting_or_transforming, fx_proxy
 from .native import bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
+from .native_se import NativeSqueezeExciteFn, native_se_applies
 from .se import SqueezeExcite, SqueezeExciteFn, fused_se_applies
 
 __all__ = ["ACTS", "LEAN_BLOCK", "LEAN_KINDS", "LEAN_MIN_NUMEL", "LEAN_MODES", "NATIVE_ACT_NAMES", "BNActFn",
@@ -285,8 +286,11 @@ class LeanSqueezeExcite(SqueezeExcite):
                 and fused_se_applies(self))
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        r, e = self.conv_reduce, self.conv_expand
-        return SqueezeExciteFn.apply(x, r.weight, r.bias, e.weight, e.bias, (type(self.act), type(self.gate)))
+        """`NativeSqueezeExciteFn` where the native kernels take `x` (`native_se_applies`), else `SqueezeExciteFn`."""
+        r, e, acts = self.conv_reduce, self.conv_expand, (type(self.act), type(self.gate))
+        w1, b1, w2, b2 = r.weight, r.bias, e.weight, e.bias
+        fn = NativeSqueezeExciteFn if native_se_applies(x, w1, b1, w2, b2, acts) else SqueezeExciteFn
+        return fn.apply(x, w1, b1, w2, b2, acts)
 
 
 def gated_conv_apply(conv: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Native CPU kernels, built on first use: training-mode batch norm fused with its activation (`bn_act.c`, its Python
-side here) and the depthwise convolution (`dw_conv.c`, its Python side in native_depthwise.py).
+side here), the depthwise convolution (`dw_conv.c`, its Python side in native_depthwise.py) and squeeze-and-excitation
+(`se.c`, its Python side in native_se.py).
 
 Why native: in a training step PyTorch runs BN + activation as four kernels and two autograd nodes, about six
 passes over each tensor; the fused kernels take four and keep no BN output. Measured on this project's networks
@@ -41,8 +42,11 @@ __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", 
            "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_status", "reset_native",
            "use_native", "use_native_depthwise"]
 
-# bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py)
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c"))
+# bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
+# se.c: squeeze-and-excitation (its Python side is layers/native_se.py)
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c", "se.c"))
+# included by the sources (found next to them): part of the build cache key
+HEADERS = (Path(__file__).with_name("native_exp.h"),)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
 
 # activation name -> the kernel's code (bn_act.c's enum)
@@ -104,7 +108,8 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-        key = hashlib.sha256("\0".join([*(s.read_text() for s in SOURCES), cc, version, *FLAGS, _cpu_id()]).encode())
+        texts = [s.read_text() for s in (*SOURCES, *HEADERS)]
+        key = hashlib.sha256("\0".join([*texts, cc, version, *FLAGS, _cpu_id()]).encode())
         out = _cache_dir() / f"native-{key.hexdigest()[:16]}.so"
         if not out.exists():
             _build(cc, out)
@@ -122,6 +127,9 @@ def _load() -> ctypes.CDLL | None:
     lib.mbconv_dw_forward.argtypes = [p, p, p, p, p, i32]
     lib.mbconv_dw_backward_input.argtypes = [p, p, p, p, i32]
     lib.mbconv_dw_backward_weight.argtypes = [p, p, p, p, i32]
+    lib.mbconv_se_forward.argtypes = [i32, i32, p, p, i64, i64, i64, i64, p, p, p, p, p, p, p, p, p, i32]
+    lib.mbconv_se_backward.argtypes = [i32, i32, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, p, p, p, p, p,
+                                       i32]
     _state["status"] = f"on: {out}"
     return lib
 
