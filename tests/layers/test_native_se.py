@@ -14,7 +14,6 @@ from mbconv.layers import native
 from mbconv.layers.channels_last_1d import to_channels_last_1d
 from mbconv.layers.memory import LeanSqueezeExcite, lean_layers
 from mbconv.layers.native_se import (
-    NATIVE_SE_MIN_PIXELS,
     NativeSqueezeExciteFn,
     native_se_applies,
     se_backward,
@@ -46,7 +45,7 @@ def grads(fn: type, x: torch.Tensor, ws: list[torch.Tensor], acts: tuple[type, t
     return [y.detach(), *(t.grad for t in leaves)]
 
 
-SHAPES = [(4, 6, 5, 3), (2, 5, 3, 4, 2), (4, 7, 9), (2, 37, 130), (3, 70, 9, 9), (2, 3, 2, 1)]
+SHAPES = [(4, 6, 5, 3), (2, 5, 3, 4, 2), (4, 7, 9), (2, 37, 130), (3, 70, 9, 9), (2, 3, 2, 1), (5, 40, 1, 1)]
 ACT_PAIRS = [(nn.SiLU, nn.Sigmoid), (nn.ReLU, nn.Hardsigmoid), (nn.Sigmoid, nn.SiLU), (nn.Hardsigmoid, nn.ReLU)]
 
 
@@ -68,8 +67,8 @@ def test_matches_squeeze_excite_fn(shape: tuple[int, ...], acts: tuple[type, typ
 
 def test_lean_squeeze_excite_takes_the_kernels_on_channels_last_maps() -> None:
     """`lean_layers`' SE runs the kernels in a training step on channels-last maps, with the plain module's output
-    and gradients; one-pixel and contiguous maps, eval mode and `use_native(False)` keep `SqueezeExciteFn` or the
-    plain forward."""
+    and gradients (one-pixel maps too); contiguous maps, `use_native(False)` and eval mode keep `SqueezeExciteFn` or
+    the plain forward."""
     torch.manual_seed(0)
     se = SqueezeExcite(32, 8).train()
     plain = copy.deepcopy(se)
@@ -87,7 +86,7 @@ def test_lean_squeeze_excite_takes_the_kernels_on_channels_last_maps() -> None:
     for p, p0 in zip(se.parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, p0.grad, rtol=1e-4, atol=1e-5)
     assert type(se(torch.randn(4, 32, 6, 6, requires_grad=True)).grad_fn).__name__ == "SqueezeExciteFnBackward"
-    assert type(se(torch.randn(4, 32, 1, 1, requires_grad=True)).grad_fn).__name__ == "SqueezeExciteFnBackward"
+    assert type(se(torch.randn(4, 32, 1, 1, requires_grad=True)).grad_fn).__name__ == "NativeSqueezeExciteFnBackward"
     with native.use_native(False):
         assert type(se(x).grad_fn).__name__ == "SqueezeExciteFnBackward"
     se.eval()
@@ -101,13 +100,16 @@ def test_where_the_kernels_do_not_apply() -> None:
     assert native_se_applies(x, *ws, acts)
     assert not native_se_applies(torch.randn(2, 8, 4, 4), *ws, acts)  # contiguous N, C, H, W
     assert not native_se_applies(x.double(), *ws, acts)
-    assert not native_se_applies(torch.randn(2, 8, 1, 1), *ws, acts) and NATIVE_SE_MIN_PIXELS > 1
+    assert native_se_applies(torch.randn(2, 8, 1, 1), *ws, acts)  # one pixel: contiguous is channels-last
     assert not native_se_applies(x, *ws, (nn.GELU, nn.Sigmoid))
     assert not native_se_applies(x, ws[0].double(), *ws[1:], acts)
     assert not native_se_applies(x, ws[0], None, *ws[2:], acts)  # a reduce conv without bias
     assert not native_se_applies(x[:0], *ws, acts)
     with native.use_native(False):
         assert not native_se_applies(x, *ws, acts)
+    with native.use_native_se(False):
+        assert not native_se_applies(x, *ws, acts) and native.native_enabled()
+    assert native_se_applies(x, *ws, acts)
 
 
 def test_threads_do_not_change_the_result() -> None:

@@ -39,8 +39,8 @@ import torch
 from .channels_last_1d import is_channels_last_1d
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
-           "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_status", "reset_native",
-           "use_native", "use_native_depthwise"]
+           "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_se_on", "native_status",
+           "reset_native", "use_native", "use_native_depthwise", "use_native_se"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
 # se.c: squeeze-and-excitation (its Python side is layers/native_se.py)
@@ -58,7 +58,8 @@ NATIVE_ACTS: dict[str, int] = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, 
 MIN_IDENTITY_NUMEL = 2**14
 MIN_PLANE = 16
 
-_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "status": "not built yet"}
+_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "se": True,
+          "status": "not built yet"}
 
 
 def _cache_dir() -> Path:
@@ -181,6 +182,18 @@ def use_native_depthwise(enabled: bool) -> contextlib.AbstractContextManager[Non
     never (False: `DepthwiseConvFunction` / ATen as before), for comparisons on the same weights. `use_native(False)`
     turns off every native kernel, these included."""
     return _switched("depthwise", enabled)
+
+
+def use_native_se(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Inside the block, squeeze-and-excitation layers take the native SE kernels where they apply (True, the
+    default) or never (False: `SqueezeExciteFn` as before), for comparisons on the same weights. `use_native(False)`
+    turns off every native kernel, these included."""
+    return _switched("se", enabled)
+
+
+def native_se_on() -> bool:
+    """The `use_native_se` switch (the library may still be off: see `native_enabled`)."""
+    return bool(_state["se"])
 
 
 def native_depthwise_on() -> bool:

@@ -22,15 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .native import bn_act_layout, native_enabled, native_library
+from .native import bn_act_layout, native_enabled, native_library, native_se_on, use_native_se
 
-__all__ = ["NATIVE_SE_ACTS", "NATIVE_SE_MIN_PIXELS", "NativeSqueezeExciteFn", "native_se_applies", "se_backward",
-           "se_forward"]
-
-# Smallest map (pixels) the kernels take: on one-pixel maps the SE is its two small matrix products, which MKL runs
-# faster than the kernels' plain loops (the tour's 64 x 576 x 1 x 1 SE: x0.96 against `SqueezeExciteFn`; on its
-# 2x2 maps x1.3-1.5, 4x4 to 16x16 x1.5-1.7; docs/bench/depthwise.md, "The SE in native kernels").
-NATIVE_SE_MIN_PIXELS = 2
+__all__ = ["NATIVE_SE_ACTS", "NativeSqueezeExciteFn", "native_se_applies", "se_backward", "se_forward",
+           "use_native_se"]
 
 # activation / gate module type -> se.c's code
 NATIVE_SE_ACTS: dict[type, int] = {nn.SiLU: 0, nn.ReLU: 1, nn.Sigmoid: 2, nn.Hardsigmoid: 3}
@@ -43,15 +38,16 @@ def _param_ok(t: torch.Tensor | None, numel: int) -> bool:
 def native_se_applies(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
                       b2: torch.Tensor | None, acts: tuple[type, type]) -> bool:
     """Whether `NativeSqueezeExciteFn` should compute the SE of `x` with these reduce / expand weights (R, C, 1...)
-    and (C, R, 1...), biases and (activation, gate) types: `x` float32 in the rows layout with at least
-    NATIVE_SE_MIN_PIXELS pixels per map, every weight and bias a contiguous float32 CPU tensor of the right size,
-    both activations known, the kernels switched on and built."""
-    if x.dtype is not torch.float32 or acts[0] not in NATIVE_SE_ACTS or acts[1] not in NATIVE_SE_ACTS:
+    and (C, R, 1...), biases and (activation, gate) types: `x` float32 in the rows layout, every weight and bias a
+    contiguous float32 CPU tensor of the right size, both activations known, the kernels switched on
+    (`use_native_se`, `use_native`) and built. Measured faster than `SqueezeExciteFn` on every SE layer of the tour
+    model and B0, one-pixel maps included (`benchmarks.se`)."""
+    if not native_se_on() or x.dtype is not torch.float32 or acts[0] not in NATIVE_SE_ACTS \
+            or acts[1] not in NATIVE_SE_ACTS:
         return False
     c, r = x.shape[1], w1.shape[0]
-    return (x.shape[0] > 0 and math.prod(x.shape[2:]) >= NATIVE_SE_MIN_PIXELS and bn_act_layout(x) == "rows"
-            and _param_ok(w1, r * c) and _param_ok(w2, r * c) and _param_ok(b1, r) and _param_ok(b2, c)
-            and native_enabled())
+    return (x.shape[0] > 0 and bn_act_layout(x) == "rows" and _param_ok(w1, r * c) and _param_ok(w2, r * c)
+            and _param_ok(b1, r) and _param_ok(b2, c) and native_enabled())
 
 
 def _lib(x: torch.Tensor, fn: str) -> Any:
@@ -96,7 +92,8 @@ def se_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Te
     y = torch.empty_like(x)
     s, z, g = (torch.empty(n, c) for _ in range(3))
     h, a = torch.empty(n, r), torch.empty(n, r)
-    err = lib.mbconv_se_forward(act, gate, x.data_ptr(), y.data_ptr(), n, math.prod(x.shape[2:]), c, r, w1.data_ptr(),
+    pixels = math.prod(x.shape[2:])
+    err = lib.mbconv_se_forward(act, gate, x.data_ptr(), y.data_ptr(), n, pixels, c, r, w1.data_ptr(),
                                 b1.data_ptr(), w2.data_ptr(), b2.data_ptr(), s.data_ptr(), h.data_ptr(),
                                 a.data_ptr(), z.data_ptr(), g.data_ptr(), torch.get_num_threads())
     if err:
@@ -120,7 +117,8 @@ def se_backward(gy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, b1: torch.T
     gx = torch.empty_like(x)
     gw1, gb1, gw2, gb2 = (torch.empty_like(t) if need else None for t, need in zip((w1, b1, w2, b2), needs[1:]))
     ptrs = [None if t is None else t.data_ptr() for t in (gw1, gb1, gw2, gb2)]
-    err = lib.mbconv_se_backward(act, gate, gy.data_ptr(), x.data_ptr(), gx.data_ptr(), n, math.prod(x.shape[2:]), c, r,
+    pixels = math.prod(x.shape[2:])
+    err = lib.mbconv_se_backward(act, gate, gy.data_ptr(), x.data_ptr(), gx.data_ptr(), n, pixels, c, r,
                                  w1.data_ptr(), w2.data_ptr(), *(t.data_ptr() for t in saved), *ptrs,
                                  torch.get_num_threads())
     if err:

@@ -44,6 +44,31 @@ static inline __attribute__((always_inline)) float se_bwd(const int k, float v, 
     }
 }
 
+/* f(v) over n values, the activation chosen outside the loop (a switch inside it keeps the compiler from
+ * vectorising the loop, and the gate's exp over N * C values was most of a one-pixel SE's time) */
+static void se_fwd_n(const int k, const float *v, float *o, long n) {
+#define SE_FWD_LOOP(K) { _Pragma("omp simd") for (long i = 0; i < n; i++) o[i] = se_fwd(K, v[i]); }
+    switch (k) {
+    case SE_SILU: SE_FWD_LOOP(SE_SILU) break;
+    case SE_RELU: SE_FWD_LOOP(SE_RELU) break;
+    case SE_SIGMOID: SE_FWD_LOOP(SE_SIGMOID) break;
+    default: SE_FWD_LOOP(SE_HARDSIGMOID)
+    }
+#undef SE_FWD_LOOP
+}
+
+/* g[i] = g[i] * f'(v[i]) from inputs v and outputs o, over n values (as se_fwd_n, the switch outside the loop) */
+static void se_bwd_n(const int k, const float *v, const float *o, float *g, long n) {
+#define SE_BWD_LOOP(K) { _Pragma("omp simd") for (long i = 0; i < n; i++) g[i] = se_bwd(K, v[i], o[i], g[i]); }
+    switch (k) {
+    case SE_SILU: SE_BWD_LOOP(SE_SILU) break;
+    case SE_RELU: SE_BWD_LOOP(SE_RELU) break;
+    case SE_SIGMOID: SE_BWD_LOOP(SE_SIGMOID) break;
+    default: SE_BWD_LOOP(SE_HARDSIGMOID)
+    }
+#undef SE_BWD_LOOP
+}
+
 /* out[c] = sum over `rows` rows of a[r][c] (* b[r][c] when b is given), float runs added into double */
 static void se_row_sums(const float *a, const float *b, long rows, long channels, float *run, double *acc,
                         float *out) {
@@ -65,6 +90,46 @@ static void se_row_sums(const float *a, const float *b, long rows, long channels
         for (long c = 0; c < channels; c++) acc[c] += run[c];
     }
     for (long c = 0; c < channels; c++) out[c] = (float)acc[c];
+}
+
+/* out[r] = dot(v, m[r]) for the `rows` rows of m (length `len` each), four rows at a time: one running sum is a
+ * chain of dependent multiply-adds (latency-bound); four independent ones keep the vector unit busy and read v once */
+static void se_dots(const float *v, const float *m, long rows, long len, float *out) {
+    long r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *m0 = m + r * len, *m1 = m0 + len, *m2 = m1 + len, *m3 = m2 + len;
+        float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+        #pragma omp simd reduction(+:d0, d1, d2, d3)
+        for (long c = 0; c < len; c++) {
+            float x = v[c];
+            d0 += x * m0[c]; d1 += x * m1[c]; d2 += x * m2[c]; d3 += x * m3[c];
+        }
+        out[r] = d0; out[r + 1] = d1; out[r + 2] = d2; out[r + 3] = d3;
+    }
+    for (; r < rows; r++) {
+        const float *mr = m + r * len;
+        float d = 0.0f;
+        #pragma omp simd reduction(+:d)
+        for (long c = 0; c < len; c++) d += v[c] * mr[c];
+        out[r] = d;
+    }
+}
+
+/* out[c] += sum_j coef[j * cs] * m[j * ms + c] over `count` rows j of m, four rows per pass over out (a pass per
+ * row would load and store out once per row: the stores, not the multiply-adds, bounded that loop) */
+static void se_axpys(const float *coef, long cs, const float *m, long ms, long count, float *out, long len) {
+    long j = 0;
+    for (; j + 4 <= count; j += 4) {
+        const float a0 = coef[j * cs], a1 = coef[(j + 1) * cs], a2 = coef[(j + 2) * cs], a3 = coef[(j + 3) * cs];
+        const float *m0 = m + j * ms, *m1 = m0 + ms, *m2 = m1 + ms, *m3 = m2 + ms;
+        #pragma omp simd
+        for (long c = 0; c < len; c++) out[c] += (a0 * m0[c] + a1 * m1[c]) + (a2 * m2[c] + a3 * m3[c]);
+    }
+    for (; j < count; j++) {
+        const float a = coef[j * cs], *mj = m + j * ms;
+        #pragma omp simd
+        for (long c = 0; c < len; c++) out[c] += a * mj[c];
+    }
 }
 
 static float *se_transpose(const float *w, long rows, long cols) { /* [rows][cols] -> [cols][rows] */
@@ -95,22 +160,14 @@ int mbconv_se_forward(int act, int gate, const float *x, float *y, long batch, l
         se_row_sums(xn, NULL, spatial, channels, run + t * st, acc + t * st, sn);
         const float inv = 1.0f / (float)spatial;
         for (long c = 0; c < channels; c++) sn[c] *= inv;
-        for (long r = 0; r < reduced; r++) {
-            const float *wr = w1 + r * channels;
-            float d = 0.0f;
-            #pragma omp simd reduction(+:d)
-            for (long c = 0; c < channels; c++) d += sn[c] * wr[c];
-            hn[r] = d + b1[r];
-            an[r] = se_fwd(act, hn[r]);
-        }
+        se_dots(sn, w1, reduced, channels, hn);
+        for (long r = 0; r < reduced; r++) hn[r] += b1[r];
+        se_fwd_n(act, hn, an, reduced);
         for (long c = 0; c < channels; c++) zn[c] = 0.0f;
-        for (long r = 0; r < reduced; r++) {
-            const float ar = an[r], *wr = w2t + r * channels;
-            #pragma omp simd
-            for (long c = 0; c < channels; c++) zn[c] += ar * wr[c];
-        }
+        se_axpys(an, 1, w2t, channels, reduced, zn, channels);
         #pragma omp simd
-        for (long c = 0; c < channels; c++) { zn[c] += b2[c]; gn[c] = se_fwd(gate, zn[c]); }
+        for (long c = 0; c < channels; c++) zn[c] += b2[c];
+        se_fwd_n(gate, zn, gn, channels);
         float *yn = y + n * spatial * channels;
         for (long p = 0; p < spatial; p++) {
             const float *xr = xn + p * channels;
@@ -143,21 +200,11 @@ int mbconv_se_backward(int act, int gate, const float *gy, const float *x, float
         const float *zn = z + n * channels, *gn = g + n * channels, *hn = h + n * reduced, *an = a + n * reduced;
         float *gzn = gz + n * channels, *ghn = gh + n * reduced, *gs = run + t * 2 * st + st;
         se_row_sums(gyn, xn, spatial, channels, run + t * 2 * st, acc + t * st, gzn); /* d loss / d gate */
-        #pragma omp simd
-        for (long c = 0; c < channels; c++) gzn[c] = se_bwd(gate, zn[c], gn[c], gzn[c]);
-        for (long r = 0; r < reduced; r++) {
-            const float *wr = w2t + r * channels;
-            float d = 0.0f;
-            #pragma omp simd reduction(+:d)
-            for (long c = 0; c < channels; c++) d += gzn[c] * wr[c];
-            ghn[r] = se_bwd(act, hn[r], an[r], d);
-        }
+        se_bwd_n(gate, zn, gn, gzn, channels);
+        se_dots(gzn, w2t, reduced, channels, ghn);
+        se_bwd_n(act, hn, an, ghn, reduced);
         for (long c = 0; c < channels; c++) gs[c] = 0.0f;
-        for (long r = 0; r < reduced; r++) {
-            const float gr = ghn[r], *wr = w1 + r * channels;
-            #pragma omp simd
-            for (long c = 0; c < channels; c++) gs[c] += gr * wr[c];
-        }
+        se_axpys(ghn, 1, w1, channels, reduced, gs, channels);
         const float inv = 1.0f / (float)spatial;
         for (long c = 0; c < channels; c++) gs[c] *= inv; /* the mean's gradient, the same for every pixel */
         float *gxn = gx + n * spatial * channels;
@@ -180,21 +227,15 @@ int mbconv_se_backward(int act, int gate, const float *gy, const float *x, float
     float *gw2t = w2t; /* reused as [R][C] */
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < reduced; r++) {
-        float *o2 = gw2t + r * channels, *o1 = gw1 ? gw1 + r * channels : NULL, b = 0.0f;
+        float *o2 = gw2t + r * channels, b = 0.0f;
         for (long c = 0; c < channels; c++) o2[c] = 0.0f;
-        if (o1)
+        se_axpys(a + r, reduced, gz, channels, batch, o2, channels);
+        if (gw1) {
+            float *o1 = gw1 + r * channels;
             for (long c = 0; c < channels; c++) o1[c] = 0.0f;
-        for (long n = 0; n < batch; n++) {
-            const float ar = a[n * reduced + r], ghr = gh[n * reduced + r];
-            const float *sn = s + n * channels, *gzn = gz + n * channels;
-            b += ghr;
-            #pragma omp simd
-            for (long c = 0; c < channels; c++) o2[c] += ar * gzn[c];
-            if (o1) {
-                #pragma omp simd
-                for (long c = 0; c < channels; c++) o1[c] += ghr * sn[c];
-            }
+            se_axpys(gh + r, reduced, s, channels, batch, o1, channels);
         }
+        for (long n = 0; n < batch; n++) b += gh[n * reduced + r];
         if (gb1) gb1[r] = b;
     }
     if (gw2)
