@@ -82,6 +82,26 @@ def test_kernels_match_float64_truth(dims: int, k: int, s: int, p: int, size: in
     assert has_layout(y, kept) and has_layout(gx, kept)
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2), (3, 2, 0), (5, 3, 1)])
+def test_kernels_match_on_maps_with_many_inner_positions(k: int, s: int, p: int) -> None:
+    """1-D and 2-D maps wide enough for the four-position inner loops of the forward and input gradient (the grid
+    above has at most 8 positions a side), 40 channels: two full blocks of 16 and a partial one."""
+    g = torch.Generator().manual_seed(k * 10 + s)
+    for shape in ((2, 40, 13, 22), (2, 40, 37)):
+        x64 = torch.randn(shape, generator=g, dtype=torch.float64)
+        dims = x64.dim() - 2
+        w64 = torch.randn(40, 1, *[k] * dims, generator=g, dtype=torch.float64)
+        gy = torch.randn(CONV[dims](x64, w64, None, s, p, 1, 40).shape, generator=g, dtype=torch.float64)
+        ref = truth(x64, w64, None, s, p, gy)
+        aten32 = truth(x64.float(), w64.float(), None, s, p, gy.float())
+        x, gy32 = in_layout(x64.float(), True), in_layout(gy.float(), True)
+        got = (dw_forward(x, w64.float(), None, (s,) * dims, (p,) * dims),
+               dw_backward_input(gy32, x, w64.float(), (s,) * dims, (p,) * dims),
+               dw_backward_weight(gy32, x, w64.float(), (s,) * dims, (p,) * dims))
+        for a, want, theirs in zip(got, ref, aten32):
+            assert a.shape == want.shape and rel_err(a, want) <= 4 * rel_err(theirs, want) + 1e-6
+
+
 @pytest.mark.parametrize("dims,last", [(1, False), (1, True), (2, False), (2, True), (3, True)])
 def test_function_gradients_and_layout(dims: int, last: bool) -> None:
     torch.manual_seed(dims)
