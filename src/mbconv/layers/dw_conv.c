@@ -9,8 +9,9 @@
  * Geometry (one array of longs): n, c, in[3], out[3], kernel[3], stride[3], pad[3] (padding before each axis; the
  * output size fixes the rest), spatial axes D, H, W with unused leading axes of size 1. Input position of output o
  * and tap k: o * stride + k - pad; taps that fall outside the input read zero.
- * Layout: channels-last (every spatial position a contiguous run of C channels; a 1-D map is (N, L, C)), the
- * weight as [taps][C]: the loops take a block of 16 channels into a vector register and sum the taps there.
+ * Layout: channels-last (every spatial position a contiguous run of C channels; a 1-D map is (N, L, C)); the
+ * weight comes and its gradient goes as PyTorch stores it, [C][taps], and the loops read it as [taps][C] (a copy per
+ * call: they take a block of 16 channels into a vector register and sum the taps there).
  * (Contiguous N, C, spatial tensors are transposed to it by the caller: kernels along rows of 20-40 values, tried
  * first, ran 2-6x slower than the transposition plus these.)
  * Threads: OpenMP, the count passed in (torch's). Sums over many terms (the weight gradient) are float over short
@@ -395,27 +396,54 @@ static int bwd_weight_rows(const geom *g, const float *restrict gy, const float 
     return 0;
 }
 
-/* -- entry points (x, y, gx, gy channels-last; w [taps][C]): the gradients return 1 when out of memory, the
- * forward (no allocation) 0 ---------------------------------------------------------------------------------- */
+/* [rows][cols] -> a new [cols][rows] (NULL when out of memory): the weight between PyTorch's [C][taps] and the
+ * loops' [taps][C] */
+static float *transposed(const float *a, long rows, long cols) {
+    float *t = malloc((size_t)rows * cols * sizeof(float));
+    if (t)
+        for (long r = 0; r < rows; r++)
+            for (long c = 0; c < cols; c++) t[c * rows + r] = a[r * cols + c];
+    return t;
+}
+
+static long taps(const geom *g) { return g->k[0] * g->k[1] * g->k[2]; }
+
+/* -- entry points (x, y, gx, gy channels-last; w and gw as PyTorch stores a depthwise weight, [C][taps]): each
+ * returns 1 when out of memory, else 0 ------------------------------------------------------------------------ */
 int mbconv_dw_forward(const long *geometry, const float *x, const float *w, const float *bias, float *y, int threads) {
     const geom g = unpack(geometry);
+    float *wt = transposed(w, g.c, taps(&g));
+    if (!wt) return 1;
     if (g.k[0] == 1 && g.in[0] == 1 && g.out[0] == 1)
-        fwd_rows_2d(&g, x, w, bias, y, threads);
+        fwd_rows_2d(&g, x, wt, bias, y, threads);
     else
-        fwd_rows(&g, x, w, bias, y, threads);
+        fwd_rows(&g, x, wt, bias, y, threads);
+    free(wt);
     return 0;
 }
 
 int mbconv_dw_backward_input(const long *geometry, const float *gy, const float *w, float *gx, int threads) {
     const geom g = unpack(geometry);
-    if (g.k[0] == 1 && g.in[0] == 1 && g.out[0] == 1) {
-        bwd_input_rows_2d(&g, gy, w, gx, threads);
-        return 0;
-    }
-    return bwd_input_rows(&g, gy, w, gx, threads);
+    float *wt = transposed(w, g.c, taps(&g));
+    if (!wt) return 1;
+    int err = 0;
+    if (g.k[0] == 1 && g.in[0] == 1 && g.out[0] == 1)
+        bwd_input_rows_2d(&g, gy, wt, gx, threads);
+    else
+        err = bwd_input_rows(&g, gy, wt, gx, threads);
+    free(wt);
+    return err;
 }
 
 int mbconv_dw_backward_weight(const long *geometry, const float *gy, const float *x, float *gw, int threads) {
     const geom g = unpack(geometry);
-    return bwd_weight_rows(&g, gy, x, gw, threads);
+    const long K = taps(&g);
+    float *part = malloc((size_t)K * g.c * sizeof(float)); /* [taps][C] */
+    if (!part) return 1;
+    int err = bwd_weight_rows(&g, gy, x, part, threads);
+    if (!err)
+        for (long k = 0; k < K; k++)
+            for (long c = 0; c < g.c; c++) gw[c * K + k] = part[k * g.c + c];
+    free(part);
+    return err;
 }

@@ -17,6 +17,7 @@ to float rounding (another summation order; the weight gradient sums in double o
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +28,8 @@ from .channels_last_1d import is_channels_last_1d
 from .native import native_depthwise_on, native_enabled, native_library, use_native_depthwise
 
 __all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_3D", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn",
-           "dw_backward_input", "dw_backward_weight", "dw_forward", "native_dw_applies", "native_dw_pays",
-           "use_native_depthwise"]
+           "dw_backward_input", "dw_backward_weight", "dw_forward", "dw_geometry", "native_dw_applies",
+           "native_dw_pays", "use_native_depthwise"]
 
 # `native_dw_pays`: the largest map side (pixels) on which the kernels win for every kernel size, and the largest
 # on which they win for kernels of 5 taps or more per axis (docs/bench/depthwise.md).
@@ -69,20 +70,31 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padd
               ) -> tuple[tuple[int, ...], Any]:
     """(output shape, the C kernels' geometry array) for depthwise conv(x, weight) with symmetric `padding`; a
     one-line ValueError for shapes that do not match."""
-    dims = x.dim() - 2
-    c = x.shape[1]
-    if tuple(weight.shape[:2]) != (c, 1) or weight.dim() != x.dim() or len(stride) != dims or len(padding) != dims:
-        raise ValueError(f"invalid depthwise geometry: input {tuple(x.shape)}, weight {tuple(weight.shape)}, "
-                         f"stride {tuple(stride)}, padding {tuple(padding)}")
-    ins, ks = list(x.shape[2:]), list(weight.shape[2:])
+    return dw_geometry(tuple(x.shape), tuple(weight.shape), tuple(stride), tuple(padding))
+
+
+@functools.lru_cache(maxsize=512)
+def dw_geometry(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride: tuple[int, ...],
+                padding: tuple[int, ...]) -> tuple[tuple[int, ...], Any]:
+    """(output shape, the C kernels' geometry array: read-only, shared) for a depthwise conv of an input of
+    `x_shape` (N, C, *spatial) with a weight of `weight_shape` (C, 1, *kernel), `stride` and symmetric `padding`;
+    cached per shape (a training step meets the same few shapes every step, and building the array cost more than
+    a small layer's kernel). A one-line ValueError for shapes that do not match."""
+    dims = len(x_shape) - 2
+    c = x_shape[1]
+    if tuple(weight_shape[:2]) != (c, 1) or len(weight_shape) != len(x_shape) or len(stride) != dims \
+            or len(padding) != dims:
+        raise ValueError(f"invalid depthwise geometry: input {x_shape}, weight {weight_shape}, "
+                         f"stride {stride}, padding {padding}")
+    ins, ks = list(x_shape[2:]), list(weight_shape[2:])
     if min(stride) < 1 or min(padding) < 0 or min(ins) < 1 or \
             min((i + 2 * p - k) // s + 1 for i, k, s, p in zip(ins, ks, stride, padding)) < 1:
-        raise ValueError(f"invalid depthwise geometry: input {tuple(x.shape)}, kernel {tuple(ks)}, stride "
-                         f"{tuple(stride)}, padding {tuple(padding)} give an empty output")
+        raise ValueError(f"invalid depthwise geometry: input {x_shape}, kernel {tuple(ks)}, stride "
+                         f"{stride}, padding {padding} give an empty output")
     outs = [(i + 2 * p - k) // s + 1 for i, k, s, p in zip(ins, ks, stride, padding)]
     ones, zeros = [1] * (3 - dims), [0] * (3 - dims)  # unused leading axes: size 1, stride 1, no padding
-    values = [x.shape[0], c, *ones, *ins, *ones, *outs, *ones, *ks, *ones, *stride, *zeros, *padding]
-    return (x.shape[0], c, *outs), (ctypes.c_long * len(values))(*values)
+    values = [x_shape[0], c, *ones, *ins, *ones, *outs, *ones, *ks, *ones, *stride, *zeros, *padding]
+    return (x_shape[0], c, *outs), (ctypes.c_long * len(values))(*values)
 
 
 def _checked(x: torch.Tensor, fn: str) -> Any:
@@ -96,10 +108,10 @@ def _checked(x: torch.Tensor, fn: str) -> Any:
 
 
 def _rows_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The weight as the kernels read it: [taps][C], float32."""
+    """The weight as the kernels take it: PyTorch's (C, 1, *kernel), contiguous float32 (they transpose it)."""
     if weight.dtype != torch.float32:
         raise ValueError(f"depthwise weight must be float32, got {weight.dtype}")
-    return weight.detach().reshape(weight.shape[0], -1).t().contiguous()
+    return weight.detach().contiguous()
 
 
 def _empty_rows(shape: Sequence[int]) -> torch.Tensor:
@@ -113,8 +125,9 @@ def _rows_forward(lib: Any, xr: torch.Tensor, w: torch.Tensor, bias: torch.Tenso
                   out_shape: Sequence[int]) -> torch.Tensor:
     y = _empty_rows(out_shape)
     b = None if bias is None else bias.detach().contiguous()
-    lib.mbconv_dw_forward(geom, xr.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
-                          torch.get_num_threads())
+    if lib.mbconv_dw_forward(geom, xr.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
+                             torch.get_num_threads()):
+        raise MemoryError("dw_forward: out of memory for the transposed weight")
     return y
 
 
@@ -128,10 +141,10 @@ def _rows_input_grad(lib: Any, gyr: torch.Tensor, w: torch.Tensor, geom: Any, in
 
 def _rows_weight_grad(lib: Any, gyr: torch.Tensor, xr: torch.Tensor, geom: Any, weight: torch.Tensor
                       ) -> torch.Tensor:
-    gw = torch.empty(weight[0].numel(), weight.shape[0], dtype=torch.float32)  # [taps][C]
+    gw = torch.empty(weight.shape, dtype=torch.float32)  # [C][taps], as the kernel writes it
     if lib.mbconv_dw_backward_weight(geom, gyr.data_ptr(), xr.data_ptr(), gw.data_ptr(), torch.get_num_threads()):
         raise MemoryError(f"dw_backward_weight: out of memory for the per-thread sums of {gw.numel()} taps")
-    return gw.t().reshape(weight.shape)
+    return gw
 
 
 def dw_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
