@@ -111,7 +111,7 @@ def test_lean_model_gradients_are_as_close_to_float64_as_pytorchs() -> None:
             names = {type(n).__name__ for n in _graph_nodes(loss.grad_fn)}
             loss.backward()
         assert ("NativeBNActFnBackward" in names) == (on and x.dtype == torch.float32)
-        assert ("NativeSqueezeExciteFnBackward" in names) == (on and x.dtype == torch.float32)  # layers/native_se.py
+        assert ("BlockStepFnBackward" in names) == (on and x.dtype == torch.float32)  # layers/block_step.py
         return {k: p.grad.double() for k, p in m.named_parameters()}
 
     truth = grads(copy.deepcopy(model).double(), x.double(), False)

@@ -57,11 +57,12 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
+from .block_step import block_step, block_step_applies, bn_step_args
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .channels_last_1d import channels_last_1d_on, to_channels_last_1d
 from .conv import ConvNormAct, hooked
 from .depthwise import exporting_or_transforming, fx_proxy
-from .native import bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
+from .native import NATIVE_ACT_NAMES, bn_act_backward, bn_act_forward, bn_act_pays, native_enabled
 from .native_se import NativeSqueezeExciteFn, native_se_applies
 from .se import SqueezeExcite, SqueezeExciteFn, fused_se_applies
 
@@ -167,31 +168,14 @@ class BNActFn(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None
 
 
-def _running_stats_args(bn: nn.modules.batchnorm._BatchNorm
-                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
-    """(running mean, running var, momentum) for one training-mode call of `bn`, its batch counter advanced,
-    exactly as `nn.BatchNorm`'s forward does (None, None when it keeps no running statistics)."""
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    track = bn.training and bn.track_running_stats
-    if track:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative average, as nn.BatchNorm
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    rm, rv = (bn.running_mean, bn.running_var) if track else (None, None)
-    return rm, rv, momentum
-
-
 def bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, kind: type, x: torch.Tensor) -> torch.Tensor:
     """act(bn(x)) with batch statistics through `BNActFn`, the running statistics and batch counter updated
     exactly as `nn.BatchNorm`'s forward does."""
-    rm, rv, momentum = _running_stats_args(bn)
+    rm, rv, momentum = bn_step_args(bn)
     return BNActFn.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, kind)
 
 
-# -- BN + activation in the native kernels (layers/native.py) ---------------------------------------------------
-# activation module type -> the kernels' name for it (Identity: a BN with no activation, e.g. a project conv's)
-NATIVE_ACT_NAMES: dict[type, str] = {nn.Identity: "identity", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu",
-                                     nn.Hardswish: "hardswish"}
+# -- BN + activation in the native kernels (layers/native.py; NATIVE_ACT_NAMES, the activations they take) --------
 
 
 class NativeBNActFn(torch.autograd.Function):
@@ -230,7 +214,7 @@ def native_applies(x: torch.Tensor, bn: nn.Module, act: str) -> bool:
 def native_bn_act_apply(bn: nn.modules.batchnorm._BatchNorm, act: str, x: torch.Tensor) -> torch.Tensor:
     """act(bn(x)) with batch statistics through `NativeBNActFn`, running statistics and batch counter updated as
     `nn.BatchNorm` updates them."""
-    rm, rv, momentum = _running_stats_args(bn)
+    rm, rv, momentum = bn_step_args(bn)
     return NativeBNActFn.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, act)
 
 
@@ -275,6 +259,8 @@ class LeanSqueezeExcite(SqueezeExcite):
     passes in backward instead of five, one node instead of about ten) on inputs where a lean Function may run
     (`lean_applies`, any size: it is faster, not leaner); everything else, and a hooked SE, SqueezeExcite's
     forward. Only the class differs (`lean_layers` swaps it in place)."""
+
+    block_step_safe = True  # computes SqueezeExcite's function (layers/block_step.py may run it in a block's node)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused_forward(x) if self.fused_applies(x) else super().forward(x)
@@ -328,6 +314,7 @@ class LeanConvNormAct(ConvNormAct):
     in place)."""
 
     min_numel = LEAN_MIN_NUMEL  # no annotation: TorchScript cannot read a postponed one
+    block_step_safe = True  # computes ConvNormAct's function (layers/block_step.py may run it in a block's node)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(self.pad(x))
@@ -374,6 +361,11 @@ class LeanBlockForward:
         steps = self.steps
         if not (self.training and "se" in steps) or self.inplace or torch.jit.is_scripting():
             return super().forward(x)
+        if "depthwise" in steps and x.numel() // x.shape[1] * self.depthwise.conv.in_channels < self.min_numel \
+                and lean_applies(x, 0) and block_step_applies(self, x):
+            # maps below the size where the gated project below applies: the whole block as one node
+            y = block_step(self, x)
+            return self.drop_path(y) + x if self.has_skip else y
         shortcut, i = x, 0
         while i < len(steps):
             fused = self._gated_project(x) if steps[i] == "se" and steps[i + 1:i + 2] == ("project",) else None

@@ -35,12 +35,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .channels_last_1d import is_channels_last_1d
 
-__all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "bn_act_backward", "bn_act_forward", "bn_act_layout",
-           "bn_act_pays", "native_depthwise_on", "native_enabled", "native_library", "native_se_on", "native_status",
-           "reset_native", "use_native", "use_native_depthwise", "use_native_se"]
+__all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "NATIVE_ACT_NAMES", "bn_act_backward", "bn_act_forward",
+           "bn_act_layout", "bn_act_pays", "native_block_on", "native_depthwise_on", "native_enabled",
+           "native_library", "native_se_on", "native_status", "reset_native", "use_native", "use_native_block",
+           "use_native_depthwise", "use_native_se"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
 # se.c: squeeze-and-excitation (its Python side is layers/native_se.py)
@@ -52,13 +54,17 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fope
 # activation name -> the kernel's code (bn_act.c's enum)
 NATIVE_ACTS: dict[str, int] = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4}
 
+# activation module type -> the kernels' name for it (Identity: a BN with no activation, e.g. a project conv's)
+NATIVE_ACT_NAMES: dict[type, str] = {nn.Identity: "identity", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu",
+                                     nn.Hardswish: "hardswish"}
+
 # Where the kernels beat PyTorch's ops, per layer (benchmarks.depthwise --sections bn_act, docs/bench/depthwise.md):
 # a BN with no activation is a single ATen autograd node, and below about 2^14 elements the kernels' per-call cost
 # (a Python autograd Function) loses to it; planes shorter than 16 values leave the inner loops mostly remainder.
 MIN_IDENTITY_NUMEL = 2**14
 MIN_PLANE = 16
 
-_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "se": True,
+_state = {"enabled": os.environ.get("MBCONV_NATIVE", "1") != "0", "depthwise": True, "se": True, "block": True,
           "status": "not built yet"}
 
 
@@ -194,6 +200,18 @@ def use_native_se(enabled: bool) -> contextlib.AbstractContextManager[None]:
 def native_se_on() -> bool:
     """The `use_native_se` switch (the library may still be off: see `native_enabled`)."""
     return bool(_state["se"])
+
+
+def use_native_block(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Inside the block, inverted-residual blocks take the one-node block step (layers/block_step.py) where it
+    applies (True, the default) or never (False: their layers one by one, as before), for comparisons on the same
+    weights. `use_native(False)` turns it off with every native kernel."""
+    return _switched("block", enabled)
+
+
+def native_block_on() -> bool:
+    """The `use_native_block` switch (the library may still be off: see `native_enabled`)."""
+    return bool(_state["block"])
 
 
 def native_depthwise_on() -> bool:

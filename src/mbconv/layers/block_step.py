@@ -1,0 +1,262 @@
+"""An inverted-residual block's training step as one autograd node: [1x1 expand -> BN -> act] -> depthwise -> BN
+-> act -> [SE] -> 1x1 project -> BN [-> act], on float32 CPU maps with their channels last, in the native kernels
+(bn_act.c, dw_conv.c, se.c) and matrix products (MKL's, through `torch.mm`).
+
+Why: on the small maps of a training step the block's module path costs more in Python than in arithmetic. A
+block there is about a dozen module calls, each with its routing checks, and five autograd Functions whose
+wrappers check and convert their arguments again; measured on the tour model at batch 64, its sixteen blocks took
+44 ms forward + backward through the modules and 30 ms with the same kernels called in a straight line (scratch
+timings, docs/bench/depthwise.md, tenth session). `BlockStepFn` is that straight line, forward and backward
+written out, the layers' shapes checked once per block (`block_step_applies`) and the depthwise geometry cached.
+
+What it computes is what the lean module path computes, layer for layer: the same kernels, products and running
+statistics updates (the caller passes each BN's running statistics and momentum, its batch counter advanced, as
+`bn_step_args` gives them); outputs and gradients equal up to float rounding (the project BN always takes the
+native kernel, which the module path leaves to ATen below 2^14 elements). The residual and drop path stay with the
+caller (`Block.forward`'s), so their random draws are the module path's. Differentiable once.
+
+Where: `block_step_applies` - a training step (the caller checks autograd, tracing and the like: memory.py's
+`lean_applies`), native kernels switched on (`use_native`, `use_native_block`), a 4-D float32 input in the kernels'
+rows layout, and a block of exactly these parts: `ConvNormAct`s with plain 1x1 / depthwise convs (no bias, numeric
+padding, dilation 1, no pad module), affine training-mode BatchNorms and activations the kernels know, an SE of
+`NATIVE_SE_ACTS` after the depthwise conv, nothing hooked or parametrized. Subclasses count only when they declare
+`block_step_safe = True` (same function, another path: memory.py's lean classes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .conv import ConvNormAct, hooked
+from .native import NATIVE_ACT_NAMES, NATIVE_ACTS, bn_act_layout, native_block_on, native_enabled, native_library
+from .native_depthwise import dw_geometry
+from .native_se import NATIVE_SE_ACTS
+from .se import SqueezeExcite, fused_se_applies
+
+__all__ = ["BlockParts", "BlockStepFn", "block_step", "block_step_applies", "bn_step_args"]
+
+_BN = (nn.BatchNorm2d,)
+_STEPS = {("expand", "depthwise", "se", "project"), ("depthwise", "se", "project"), ("expand", "depthwise", "project"),
+          ("depthwise", "project")}
+
+
+def bn_step_args(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """(running mean, running var, momentum) for one training-mode call of `bn`, its batch counter advanced,
+    exactly as `nn.BatchNorm`'s forward does (None, None when it keeps no running statistics)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    track = bn.training and bn.track_running_stats
+    if track:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative average, as nn.BatchNorm
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    rm, rv = (bn.running_mean, bn.running_var) if track else (None, None)
+    return rm, rv, momentum
+
+
+def _safe(module: nn.Module, base: type) -> bool:
+    """`module` computes what `base`'s forward computes: the class itself, or a subclass that says so."""
+    return type(module) is base or (isinstance(module, base) and getattr(type(module), "block_step_safe", False))
+
+
+def _f32(*ts: torch.Tensor | None) -> bool:
+    return all(t is not None and t.dtype is torch.float32 and t.is_cpu and t.is_contiguous() for t in ts)
+
+
+def _conv_norm_act_ok(m: nn.Module, depthwise: bool) -> bool:
+    if not _safe(m, ConvNormAct) or hooked(m) or not isinstance(m.pad, nn.Identity):
+        return False
+    conv, bn, act = m.conv, m.bn, m.act
+    if not isinstance(conv, nn.Conv2d) or conv.bias is not None or hooked(conv) or isinstance(conv.padding, str) \
+            or conv.padding_mode != "zeros" or conv.dilation != (1, 1) or parametrize.is_parametrized(conv):
+        return False
+    if depthwise:
+        if not conv.groups == conv.in_channels == conv.out_channels:
+            return False
+    elif conv.groups != 1 or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0):
+        return False
+    return (type(bn) in _BN and bn.affine and bn.training and not hooked(bn) and type(act) in NATIVE_ACT_NAMES
+            and not hooked(act) and not parametrize.is_parametrized(bn)
+            and _f32(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var))
+
+
+def _se_ok(se: nn.Module) -> bool:
+    return (_safe(se, SqueezeExcite) and not hooked(se) and not se.inplace and se.dims == 2 and fused_se_applies(se)
+            and type(se.act) in NATIVE_SE_ACTS and type(se.gate) in NATIVE_SE_ACTS
+            and _f32(se.conv_reduce.weight, se.conv_reduce.bias, se.conv_expand.weight, se.conv_expand.bias))
+
+
+def block_step_applies(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `BlockStepFn` computes `block`'s layers (all but the residual) on `x` in this training step: see the
+    module docstring. The caller has checked that a lean Function may run at all (autograd on, no tracing)."""
+    if not (native_block_on() and x.dim() == 4 and x.dtype is torch.float32 and x.shape[0] > 0
+            and bn_act_layout(x) == "rows" and tuple(block.steps) in _STEPS and native_enabled()):
+        return False
+    if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False):
+        return False
+    parts = [getattr(block, name) for name in block.steps]
+    return all(_se_ok(m) if name == "se" else _conv_norm_act_ok(m, name == "depthwise")
+               for name, m in zip(block.steps, parts))
+
+
+@dataclass
+class BlockParts:
+    """What `BlockStepFn` needs besides the differentiable tensors: per BN (expand or None, depthwise, project) its
+    kernel activation code, eps and (running mean, running var, momentum) from `bn_step_args`; the depthwise
+    stride and padding; the SE's (activation, gate) codes or None."""
+
+    acts: tuple[int | None, int, int]
+    eps: tuple[float | None, float, float]
+    stats: tuple[Any, Any, Any]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    se_acts: tuple[int, int] | None
+
+
+def block_step(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`block`'s layers on `x` (everything but the residual) through `BlockStepFn`, BN running statistics and batch
+    counters updated as the modules would. `block_step_applies(block, x)` must hold."""
+    e, d, se, p = (getattr(block, n) if n in block.steps else None for n in ("expand", "depthwise", "se", "project"))
+
+    def act(m: nn.Module | None) -> int | None:
+        return None if m is None else NATIVE_ACTS[NATIVE_ACT_NAMES[type(m.act)]]
+
+    parts = BlockParts(acts=(act(e), act(d), act(p)), eps=(None if e is None else e.bn.eps, d.bn.eps, p.bn.eps),
+                       stats=(None if e is None else bn_step_args(e.bn), bn_step_args(d.bn), bn_step_args(p.bn)),
+                       stride=tuple(d.conv.stride), padding=tuple(d.conv.padding),
+                       se_acts=None if se is None else (NATIVE_SE_ACTS[type(se.act)], NATIVE_SE_ACTS[type(se.gate)]))
+    none4 = (None,) * 4
+    return BlockStepFn.apply(
+        parts, x, *((None,) * 3 if e is None else (e.conv.weight, e.bn.weight, e.bn.bias)),
+        d.conv.weight, d.bn.weight, d.bn.bias,
+        *(none4 if se is None else (se.conv_reduce.weight, se.conv_reduce.bias, se.conv_expand.weight,
+                                    se.conv_expand.bias)),
+        p.conv.weight, p.bn.weight, p.bn.bias)
+
+
+# -- the kernels, called with the checks above done once ----------------------------------------------------------
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """A (N, C, H, W) map in the rows layout as its (N * H * W, C) matrix (a view)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _as_map(m: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """An (N * H * W, C) matrix as a channels-last (N, C, H, W) map (a view)."""
+    return m.view(n, h, w, m.shape[1]).permute(0, 3, 1, 2)
+
+
+def _bn_fwd(lib: Any, act: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, stats: Any,
+            threads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rm, rv, momentum = stats
+    y, c = torch.empty_like(x), x.shape[1]
+    mean, rstd = torch.empty(c), torch.empty(c)
+    err = lib.mbconv_bn_act_forward(act, x.data_ptr(), y.data_ptr(), x.numel() // c, c, -1, w.data_ptr(),
+                                    b.data_ptr(), eps, momentum, mean.data_ptr(), rstd.data_ptr(),
+                                    None if rm is None else rm.data_ptr(), None if rv is None else rv.data_ptr(),
+                                    threads)
+    if err:
+        raise MemoryError(f"block step: out of memory for the BN sums of {c} channels")
+    return y, mean, rstd
+
+
+def _bn_bwd(lib: Any, act: int, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+            mean: torch.Tensor, rstd: torch.Tensor, threads: int) -> tuple[torch.Tensor, ...]:
+    gx, gw, gb, c = torch.empty_like(x), torch.empty_like(w), torch.empty_like(b), x.shape[1]
+    err = lib.mbconv_bn_act_backward(act, gy.data_ptr(), x.data_ptr(), gx.data_ptr(), x.numel() // c, c, -1,
+                                     w.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(),
+                                     gb.data_ptr(), threads)
+    if err:
+        raise MemoryError(f"block step: out of memory for the BN sums of {c} channels")
+    return gx, gw, gb
+
+
+def _rows_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` with `like`'s strides (a gradient from outside may come in another layout)."""
+    return t if t.stride() == like.stride() and t.dtype is torch.float32 else torch.empty_like(like).copy_(t)
+
+
+class BlockStepFn(torch.autograd.Function):
+    """The block's layers as one autograd node (see the module docstring). Inputs: `BlockParts`, x, then expand
+    (conv weight, BN weight, BN bias; None without expansion), depthwise (the same three), SE (reduce weight and
+    bias, expand weight and bias; None without SE), project (the same three)."""
+
+    @staticmethod
+    def forward(ctx: Any, parts: BlockParts, x: torch.Tensor, we: torch.Tensor | None, e_w: torch.Tensor | None,
+                e_b: torch.Tensor | None, wd: torch.Tensor, d_w: torch.Tensor, d_b: torch.Tensor,
+                r_w: torch.Tensor | None, r_b: torch.Tensor | None, x_w: torch.Tensor | None,
+                x_b: torch.Tensor | None, wp: torch.Tensor, p_w: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
+        lib, threads = native_library(), torch.get_num_threads()
+        n, _, h, w = x.shape
+        e_pre = e_mean = e_rstd = se_in = None
+        se_vals: tuple[torch.Tensor | None, ...] = (None,) * 5
+        t = x
+        if we is not None:
+            e_pre = _as_map(torch.mm(_as_rows(x), we.view(we.shape[0], -1).t()), n, h, w)
+            t, e_mean, e_rstd = _bn_fwd(lib, parts.acts[0], e_pre, e_w, e_b, parts.eps[0], parts.stats[0], threads)
+        out_shape, geom = dw_geometry(tuple(t.shape), tuple(wd.shape), parts.stride, parts.padding)
+        d_in, d_pre = t, torch.empty(out_shape, memory_format=torch.channels_last)
+        if lib.mbconv_dw_forward(geom, t.data_ptr(), wd.data_ptr(), None, d_pre.data_ptr(), threads):
+            raise MemoryError("block step: out of memory for the depthwise weight")
+        t, d_mean, d_rstd = _bn_fwd(lib, parts.acts[1], d_pre, d_w, d_b, parts.eps[1], parts.stats[1], threads)
+        if r_w is not None:
+            c, r = t.shape[1], r_w.shape[0]
+            se_in, y = t, torch.empty_like(t)
+            se_vals = (torch.empty(n, c), torch.empty(n, r), torch.empty(n, r), torch.empty(n, c), torch.empty(n, c))
+            if lib.mbconv_se_forward(*parts.se_acts, t.data_ptr(), y.data_ptr(), n, math.prod(t.shape[2:]), c, r,
+                                     r_w.data_ptr(), r_b.data_ptr(), x_w.data_ptr(), x_b.data_ptr(),
+                                     *(v.data_ptr() for v in se_vals), threads):
+                raise MemoryError(f"block step: out of memory for the SE scratch of {c} channels")
+            t = y
+        h2, w2 = t.shape[2:]
+        p_in, p_pre = t, _as_map(torch.mm(_as_rows(t), wp.view(wp.shape[0], -1).t()), n, h2, w2)
+        out, p_mean, p_rstd = _bn_fwd(lib, parts.acts[2], p_pre, p_w, p_b, parts.eps[2], parts.stats[2], threads)
+        ctx.parts = parts
+        # everything through save_for_backward (saved-tensor hooks, e.g. activation checkpointing, see them all)
+        ctx.save_for_backward(x, we, e_w, e_b, wd, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b, e_pre, e_mean, e_rstd,
+                              d_in, d_pre, d_mean, d_rstd, se_in, *se_vals, p_in, p_pre, p_mean, p_rstd)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple:
+        (x, we, e_w, e_b, wd, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b, e_pre, e_mean, e_rstd, d_in, d_pre, d_mean,
+         d_rstd, se_in, *rest) = ctx.saved_tensors
+        se_vals, (p_in, p_pre, p_mean, p_rstd) = rest[:5], rest[5:]
+        parts = ctx.parts
+        lib, threads = native_library(), torch.get_num_threads()
+        g = _rows_like(gy, p_pre)
+        g, gp_w, gp_b = _bn_bwd(lib, parts.acts[2], g, p_pre, p_w, p_b, p_mean, p_rstd, threads)
+        g2 = _as_rows(g)
+        gwp = torch.mm(g2.t(), _as_rows(p_in)).view(wp.shape)
+        n, _, h, w = p_in.shape
+        g = _as_map(torch.mm(g2, wp.view(wp.shape[0], -1)), n, h, w)
+        gr_w = gr_b = gx_w = gx_b = None
+        if r_w is not None:
+            c, r = se_in.shape[1], r_w.shape[0]
+            gt = torch.empty_like(se_in)
+            gr_w, gr_b, gx_w, gx_b = (torch.empty_like(v) for v in (r_w, r_b, x_w, x_b))
+            if lib.mbconv_se_backward(*parts.se_acts, g.data_ptr(), se_in.data_ptr(), gt.data_ptr(), n,
+                                      math.prod(se_in.shape[2:]), c, r, r_w.data_ptr(), x_w.data_ptr(),
+                                      *(v.data_ptr() for v in se_vals), gr_w.data_ptr(), gr_b.data_ptr(),
+                                      gx_w.data_ptr(), gx_b.data_ptr(), threads):
+                raise MemoryError(f"block step: out of memory for the SE scratch of {c} channels")
+            g = gt
+        g, gd_w, gd_b = _bn_bwd(lib, parts.acts[1], g, d_pre, d_w, d_b, d_mean, d_rstd, threads)
+        _, geom = dw_geometry(tuple(d_in.shape), tuple(wd.shape), parts.stride, parts.padding)
+        gt, gwd = torch.empty_like(d_in), torch.empty_like(wd)
+        if lib.mbconv_dw_backward_input(geom, g.data_ptr(), wd.data_ptr(), gt.data_ptr(), threads) or \
+                lib.mbconv_dw_backward_weight(geom, g.data_ptr(), d_in.data_ptr(), gwd.data_ptr(), threads):
+            raise MemoryError("block step: out of memory in the depthwise gradients")
+        gwe = ge_w = ge_b = None
+        if we is not None:
+            gt, ge_w, ge_b = _bn_bwd(lib, parts.acts[0], gt, e_pre, e_w, e_b, e_mean, e_rstd, threads)
+            g2 = _as_rows(gt)
+            gwe = torch.mm(g2.t(), _as_rows(x)).view(we.shape)
+            n, _, h, w = x.shape
+            gt = _as_map(torch.mm(g2, we.view(we.shape[0], -1)), n, h, w)
+        return (None, gt, gwe, ge_w, ge_b, gwd, gd_w, gd_b, gr_w, gr_b, gx_w, gx_b, gwp, gp_w, gp_b)
