@@ -31,17 +31,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .conv import ConvNormAct, hooked
+from .depthwise import DepthwiseConv2d
 from .native import NATIVE_ACT_NAMES, NATIVE_ACTS, bn_act_layout, native_block_on, native_enabled, native_library
 from .native_depthwise import dw_geometry
 from .native_se import NATIVE_SE_ACTS
-from .se import SqueezeExcite, fused_se_applies
+from .pointwise import PointwiseConv2d
+from .se import SqueezeExcite
 
 __all__ = ["BlockParts", "BlockStepFn", "block_step", "block_step_applies", "bn_step_args"]
 
-_BN = (nn.BatchNorm2d,)
+# conv classes that compute nn.Conv2d's function (the kernel choice aside); exact types: a parametrized conv
+# has a class of its own
+_CONVS = (nn.Conv2d, PointwiseConv2d, DepthwiseConv2d)
 _STEPS = {("expand", "depthwise", "se", "project"), ("depthwise", "se", "project"), ("expand", "depthwise", "project"),
           ("depthwise", "project")}
 
@@ -69,26 +72,32 @@ def _f32(*ts: torch.Tensor | None) -> bool:
 
 
 def _conv_norm_act_ok(m: nn.Module, depthwise: bool) -> bool:
-    if not _safe(m, ConvNormAct) or hooked(m) or not isinstance(m.pad, nn.Identity):
+    """A `ConvNormAct` the node computes: exact classes throughout (a parametrized module, e.g. fake-quantized, has a
+    class of its own, so these checks also exclude parametrizations), nothing hooked, float32 contiguous."""
+    if not _safe(m, ConvNormAct) or hooked(m) or type(m.pad) is not nn.Identity:
         return False
     conv, bn, act = m.conv, m.bn, m.act
-    if not isinstance(conv, nn.Conv2d) or conv.bias is not None or hooked(conv) or isinstance(conv.padding, str) \
-            or conv.padding_mode != "zeros" or conv.dilation != (1, 1) or parametrize.is_parametrized(conv):
+    if type(conv) not in _CONVS or conv.bias is not None or hooked(conv) or isinstance(conv.padding, str) \
+            or conv.padding_mode != "zeros" or conv.dilation != (1, 1):
         return False
     if depthwise:
         if not conv.groups == conv.in_channels == conv.out_channels:
             return False
     elif conv.groups != 1 or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0):
         return False
-    return (type(bn) in _BN and bn.affine and bn.training and not hooked(bn) and type(act) in NATIVE_ACT_NAMES
-            and not hooked(act) and not parametrize.is_parametrized(bn)
+    return (type(bn) is nn.BatchNorm2d and bn.affine and bn.training and not hooked(bn)
+            and type(act) in NATIVE_ACT_NAMES and not hooked(act)
             and _f32(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var))
 
 
 def _se_ok(se: nn.Module) -> bool:
-    return (_safe(se, SqueezeExcite) and not hooked(se) and not se.inplace and se.dims == 2 and fused_se_applies(se)
-            and type(se.act) in NATIVE_SE_ACTS and type(se.gate) in NATIVE_SE_ACTS
-            and _f32(se.conv_reduce.weight, se.conv_reduce.bias, se.conv_expand.weight, se.conv_expand.bias))
+    if not _safe(se, SqueezeExcite) or hooked(se) or se.inplace or se.dims != 2:
+        return False
+    r, e, act, gate = se.conv_reduce, se.conv_expand, se.act, se.gate
+    return (type(r) in _CONVS and type(e) in _CONVS and r.kernel_size == e.kernel_size == (1, 1)
+            and r.groups == e.groups == 1 and type(act) in NATIVE_SE_ACTS and type(gate) in NATIVE_SE_ACTS
+            and not (hooked(r) or hooked(e) or hooked(act) or hooked(gate))
+            and _f32(r.weight, r.bias, e.weight, e.bias))
 
 
 def block_step_applies(block: nn.Module, x: torch.Tensor) -> bool:
