@@ -20,12 +20,13 @@ Sections:
 - step: one SGD training step (zero_grad, forward, cross-entropy, backward, step) of the whole model: ours as
   the Trainer runs it (small-map 1x1 convs as matrix products, `fast_pointwise`; large-map memory-lean layers,
   `lean_layers`, with the fused native BN + activation kernels, the native depthwise kernels where they pay and
-  the SE as one autograd node, in the native SE kernels on channels-last maps of 2+ pixels), ours with ATen's
-  depthwise backward (`use_fast_backward(False)`, a deep copy with the same weights: only the depthwise kernel
-  differs), ours without the native depthwise kernels
-  (`use_native_depthwise(False)`: `DepthwiseConvFunction` everywhere), ours without the native SE kernels
-  (`use_native_se(False)`: `SqueezeExciteFn`, the SE as before the tenth session), ours with the plain SqueezeExcite
-  (no SE node), ours with oneDNN for every 1x1 conv (no `fast_pointwise`), ours without the native kernels
+  the SE as one autograd node in the native SE kernels, and on maps below the lean size each block as one node,
+  `layers/block_step.py`), ours with ATen's depthwise backward (`use_fast_backward(False)`, a deep copy with the
+  same weights: only the depthwise kernel differs), ours without the native depthwise kernels
+  (`use_native_depthwise(False)`: `DepthwiseConvFunction` everywhere), ours without the block step
+  (`use_native_block(False)`: the layers one by one), and without it and the native SE kernels
+  (`use_native_se(False)` too: `SqueezeExciteFn`, the step as the ninth session left it), ours with the plain
+  SqueezeExcite (no SE node), ours with oneDNN for every 1x1 conv (no `fast_pointwise`), ours without the native kernels
   (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or `DepthwiseConvFunction`), the same
   network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), for tour and b0 timm's
   same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal), and for 1-D models
@@ -109,7 +110,7 @@ from mbconv.layers.depthwise import (
     weight_grad_method,
 )
 from mbconv.layers.memory import lean_layers
-from mbconv.layers.native import native_depthwise_on, use_native, use_native_se
+from mbconv.layers.native import native_depthwise_on, use_native, use_native_block, use_native_se
 from mbconv.layers.native_depthwise import NativeDepthwiseFn, native_dw_pays, use_native_depthwise
 from mbconv.layers.pointwise import (
     MAX_MATMUL_LENGTH,
@@ -478,6 +479,11 @@ def with_native_se_off(step: Callable[[], None]) -> None:
         step()
 
 
+def with_block_step_off(step: Callable[[], None]) -> None:
+    with use_native_block(False):
+        step()
+
+
 def with_linear_pixels(pixels: int, step: Callable[[], None]) -> None:
     """`step` with `linear_applies` taking eager 1x1 products only up to `pixels` pixels (an earlier rule)."""
     before = pointwise.MAX_LINEAR_PIXELS
@@ -553,8 +559,10 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     pytorch_ops = copy.deepcopy(plain_se)
     v = {"ours": train_step_fn(ours, x, y, True), "ours, ATen depthwise": train_step_fn(aten, x, y, False),
          "ours, no native depthwise": functools.partial(with_native_depthwise_off, no_dw),
-         "ours, SE without native kernels": functools.partial(with_native_se_off,
-                                                             train_step_fn(copy.deepcopy(ours), x, y, True)),
+         "ours, no block step": functools.partial(with_block_step_off, train_step_fn(copy.deepcopy(ours), x, y, True)),
+         "ours, no block step, SE without native kernels": functools.partial(
+             with_native_se_off, functools.partial(with_block_step_off,
+                                                   train_step_fn(copy.deepcopy(ours), x, y, True))),
          "ours, no SE node": train_step_fn(plain_se, x, y, True),
          "ours, oneDNN for every 1x1 conv": train_step_fn(plain_pointwise, x, y, True),
          "ours, no native kernels": train_step_fn(copy.deepcopy(ours), x, y, True, native=False),

@@ -16,6 +16,7 @@ from mbconv.layers import native
 from mbconv.layers.block_step import BlockStepFn, block_step, block_step_applies
 from mbconv.layers.blocks import DepthwiseSeparable, MBConv
 from mbconv.layers.conv import LayerOpts
+from mbconv.layers.depthwise import use_fast_backward
 from mbconv.layers.memory import checkpoint_stages, lean_layers
 from mbconv.layers.pointwise import fast_pointwise
 
@@ -133,6 +134,9 @@ def test_where_the_layers_run_one_by_one() -> None:
         assert "BlockStepFnBackward" not in nodes(block(x))
     with native.use_native(False):
         assert "BlockStepFnBackward" not in nodes(block(x))
+    for switch in (native.use_native_depthwise(False), native.use_native_se(False), use_fast_backward(False)):
+        with switch:  # a part taken off its native kernel takes the block off the node
+            assert "BlockStepFnBackward" not in nodes(block(x))
     with torch.no_grad():
         assert block(x).grad_fn is None
     h = block.depthwise.bn.register_forward_hook(lambda *a: None)

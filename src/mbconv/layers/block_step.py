@@ -16,7 +16,8 @@ native kernel, which the module path leaves to ATen below 2^14 elements). The re
 caller (`Block.forward`'s), so their random draws are the module path's. Differentiable once.
 
 Where: `block_step_applies` - a training step (the caller checks autograd, tracing and the like: memory.py's
-`lean_applies`), native kernels switched on (`use_native`, `use_native_block`), a 4-D float32 input in the kernels'
+`lean_applies`), native kernels switched on (`use_native`, `use_native_block`, and the switches of the parts it
+runs: `use_native_depthwise`, `use_native_se`, `use_fast_backward`), a 4-D float32 input in the kernels'
 rows layout, and a block of exactly these parts: `ConvNormAct`s with plain 1x1 / depthwise convs (no bias, numeric
 padding, dilation 1, no pad module), affine training-mode BatchNorms and activations the kernels know, an SE of
 `NATIVE_SE_ACTS` after the depthwise conv, nothing hooked or parametrized. Subclasses count only when they declare
@@ -33,8 +34,17 @@ import torch
 from torch import nn
 
 from .conv import ConvNormAct, hooked
-from .depthwise import DepthwiseConv2d
-from .native import NATIVE_ACT_NAMES, NATIVE_ACTS, bn_act_layout, native_block_on, native_enabled, native_library
+from .depthwise import DepthwiseConv2d, fast_backward_enabled
+from .native import (
+    NATIVE_ACT_NAMES,
+    NATIVE_ACTS,
+    bn_act_layout,
+    native_block_on,
+    native_depthwise_on,
+    native_enabled,
+    native_library,
+    native_se_on,
+)
 from .native_depthwise import dw_geometry
 from .native_se import NATIVE_SE_ACTS
 from .pointwise import PointwiseConv2d
@@ -103,9 +113,10 @@ def _se_ok(se: nn.Module) -> bool:
 def block_step_applies(block: nn.Module, x: torch.Tensor) -> bool:
     """Whether `BlockStepFn` computes `block`'s layers (all but the residual) on `x` in this training step: see the
     module docstring. The caller has checked that a lean Function may run at all (autograd on, no tracing)."""
-    if not (native_block_on() and x.dim() == 4 and x.dtype is torch.float32 and x.shape[0] > 0
-            and bn_act_layout(x) == "rows" and tuple(block.steps) in _STEPS and native_enabled()):
-        return False
+    if not (native_block_on() and native_depthwise_on() and fast_backward_enabled() and x.dim() == 4
+            and x.dtype is torch.float32 and x.shape[0] > 0 and bn_act_layout(x) == "rows"
+            and tuple(block.steps) in _STEPS and native_enabled()) or ("se" in block.steps and not native_se_on()):
+        return False  # a switch that takes a part off its native kernel takes the block off the node too
     if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False):
         return False
     parts = [getattr(block, name) for name in block.steps]
