@@ -653,7 +653,11 @@ def section_overhead(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     for batch in (*OVERHEAD_BATCHES, c["batch"]):
         x = model_input(key, batch)
         y = torch.randint(0, c["classes"], (batch,))
-        t = interleaved({"ours": train_step_fn(ours, x, y, True), "timm": train_step_fn(theirs, x, y, None)},
+        # fresh copies per batch: SGD steps at batch 2 drive the weights up to thousands within a few dozen steps
+        # (BN over two values per channel on 1-pixel maps), and a later batch on those weights meets float32
+        # denormals and runs several times slower, in both networks (seen in the tenth session's first run)
+        mine, timms = copy.deepcopy(ours), copy.deepcopy(theirs)
+        t = interleaved({"ours": train_step_fn(mine, x, y, True), "timm": train_step_fn(timms, x, y, None)},
                         rounds, inner=1, warmup=2)
         med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
         out[str(batch)] = dict(times=t, median_ms=med, ratio_timm_over_ours=ratio_stats(t["timm"], t["ours"]))
