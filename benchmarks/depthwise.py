@@ -43,7 +43,8 @@ Sections:
   contiguous 1-D variants of the step section); each compiled variant's compile time (first two steps, a fresh
   inductor cache);
 - overhead (not in the default list; tour and b0): the SGD step of ours (as the trainer runs it) and timm's at
-  batches 2 and 8 beside the benchmark batch: the fixed cost per step, what no kernel change removes;
+  batches 2 and 8 beside the benchmark batch, fresh copies per batch, learning rate 0 (the weights stay as
+  initialised; the update's operations all run): the fixed cost per step;
 - bn_act (not in the default list): per BN + activation layer of the model, forward + backward of PyTorch's BN
   and activation modules against the fused native kernels (`mbconv.layers.native`, as the trainer runs them), and
   the network's sum;
@@ -454,10 +455,11 @@ def section_methods(key: str, rounds: int, log: Callable[[str], None]) -> list[d
 
 
 def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool | None,
-                  native: bool = True) -> Callable[[], None]:
+                  native: bool = True, lr: float = 1e-3) -> Callable[[], None]:
     """One SGD step of `model`; `fast` sets our depthwise backward on/off for the step (None: leave it), `native`
-    every native kernel (the lean layers' fused BN + activation, the native depthwise)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    every native kernel (the lean layers' fused BN + activation, the native depthwise); `lr` 0 keeps the weights
+    (every operation of the update still runs)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -653,12 +655,12 @@ def section_overhead(key: str, rounds: int, log: Callable[[str], None]) -> dict[
     for batch in (*OVERHEAD_BATCHES, c["batch"]):
         x = model_input(key, batch)
         y = torch.randint(0, c["classes"], (batch,))
-        # fresh copies per batch: SGD steps at batch 2 drive the weights up to thousands within a few dozen steps
-        # (BN over two values per channel on 1-pixel maps), and a later batch on those weights meets float32
-        # denormals and runs several times slower, in both networks (seen in the tenth session's first run)
+        # fresh copies and learning rate 0: SGD steps at batch 2 drive the weights up to thousands within a few
+        # dozen steps (BN over two values per channel on 1-pixel maps), and steps on those weights meet float32
+        # denormals and run several times slower, in both networks (the tenth session's first run)
         mine, timms = copy.deepcopy(ours), copy.deepcopy(theirs)
-        t = interleaved({"ours": train_step_fn(mine, x, y, True), "timm": train_step_fn(timms, x, y, None)},
-                        rounds, inner=1, warmup=2)
+        t = interleaved({"ours": train_step_fn(mine, x, y, True, lr=0.0),
+                         "timm": train_step_fn(timms, x, y, None, lr=0.0)}, rounds, inner=1, warmup=2)
         med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
         out[str(batch)] = dict(times=t, median_ms=med, ratio_timm_over_ours=ratio_stats(t["timm"], t["ours"]))
         log(f"batch {batch}: ours {med['ours']:.1f} ms, timm {med['timm']:.1f} ms, timm / ours per round "
