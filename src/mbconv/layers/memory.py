@@ -83,8 +83,8 @@ LEAN_MIN_NUMEL = 2**20
 LEAN_MODES: dict[str, int | None] = {"auto": LEAN_MIN_NUMEL, "on": 0, "off": None}
 
 # What `lean_layers` can make lean: BN + activation (`LeanConvNormAct`), SE gate + project conv (the lean blocks),
-# the SE as one autograd node (`LeanSqueezeExcite`)
-LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate", "se")
+# the SE as one autograd node (`LeanSqueezeExcite`), MBConv-type blocks without SE (lean blocks for the block step)
+LEAN_KINDS: tuple[str, ...] = ("bn_act", "se_gate", "se", "block")
 
 
 def lean_applies(x: torch.Tensor, min_numel: int) -> bool:
@@ -351,21 +351,24 @@ def _fusable_project(proj: nn.Module) -> nn.Module | None:
 
 
 class LeanBlockForward:
-    """Mixin for the block classes: in a training step, an SE that feeds the project conv directly, on an input of
-    at least `min_numel` elements, is fused into it (`GatedConvFn`: the SE product x * g is recomputed in
+    """Mixin for the block classes: in a training step, on maps whose expanded size is below `min_numel` elements,
+    the whole block as one autograd node where `block_step_applies` (layers/block_step.py); on larger maps an SE
+    that feeds the project conv directly is fused into it (`GatedConvFn`: the SE product x * g is recomputed in
     backward, not stored); otherwise, and always for a replaced or hooked SE / project, `Block.forward`."""
 
     min_numel = LEAN_MIN_NUMEL  # no annotation: TorchScript cannot read a postponed one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps = self.steps
-        if not (self.training and "se" in steps) or self.inplace or torch.jit.is_scripting():
+        if not self.training or self.inplace or torch.jit.is_scripting():
             return super().forward(x)
         if "depthwise" in steps and x.numel() // x.shape[1] * self.depthwise.conv.in_channels < self.min_numel \
                 and lean_applies(x, 0) and block_step_applies(self, x):
             # maps below the size where the gated project below applies: the whole block as one node
             y = block_step(self, x)
             return self.drop_path(y) + x if self.has_skip else y
+        if "se" not in steps:
+            return super().forward(x)
         shortcut, i = x, 0
         while i < len(steps):
             fused = self._gated_project(x) if steps[i] == "se" and steps[i + 1:i + 2] == ("project",) else None
@@ -391,11 +394,13 @@ class LeanBlockForward:
 
 
 class LeanMBConv(LeanBlockForward, MBConv):
-    """`MBConv` with the SE product fused into the project conv on large maps (see `LeanBlockForward`)."""
+    """`MBConv` as one autograd node on small maps, its SE product fused into the project conv on large ones (see
+    `LeanBlockForward`)."""
 
 
 class LeanDepthwiseSeparable(LeanBlockForward, DepthwiseSeparable):
-    """`DepthwiseSeparable` with the SE product fused into the project conv on large maps."""
+    """`DepthwiseSeparable` as one autograd node on small maps, its SE product fused into the project conv on large
+    ones."""
 
 
 class LeanFusedMBConv(LeanBlockForward, FusedMBConv):
@@ -415,8 +420,10 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
     / Hardswish (or no activation: those take only the native kernels) becomes a `LeanConvNormAct` (kind
     "bn_act"), every MBConv / DepthwiseSeparable / FusedMBConv block
     whose SE feeds its project conv a `LeanBlockForward` class (kind "se_gate"); each takes its Function on inputs
-    of at least `min_numel` elements (0: always). Every `SqueezeExcite` becomes a `LeanSqueezeExcite` (kind "se",
-    one autograd node on any size: a block's SE fused into its project conv on large maps takes that path).
+    of at least `min_numel` elements (0: always), and below that size the block step (layers/block_step.py), as
+    does every MBConv / DepthwiseSeparable block without SE (kind "block"). Every `SqueezeExcite` becomes a
+    `LeanSqueezeExcite` (kind "se", one autograd node on any size: a block's SE fused into its project conv on
+    large maps takes that path).
     `kinds` chooses which plain classes are swapped. Submodules, parameters (the same objects), buffers, names and
     hooks are unchanged. Again on a lean model it sets the new threshold; `min_numel=None` turns the classes back
     into the plain ones.
@@ -427,7 +434,7 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
         check_min_numel(min_numel)
     if isinstance(kinds, str) or not set(kinds) <= set(LEAN_KINDS):
         raise ValueError(f"invalid kinds={kinds!r}: must be a sequence drawn from {LEAN_KINDS}")
-    bn_act, se_gate, se_node = "bn_act" in kinds, "se_gate" in kinds, "se" in kinds
+    bn_act, se_gate, se_node, block = "bn_act" in kinds, "se_gate" in kinds, "se" in kinds, "block" in kinds
     n = 0
     for mod in model.modules():
         cls = type(mod)
@@ -441,6 +448,8 @@ def lean_layers(model: nn.Module, min_numel: int | None = LEAN_MIN_NUMEL,
             mod.__class__ = LeanConvNormAct
         elif se_gate and cls in LEAN_BLOCK and "se" in mod.steps and \
                 tuple(mod.steps[mod.steps.index("se") + 1:][:1]) == ("project",):
+            mod.__class__ = LEAN_BLOCK[cls]
+        elif block and cls in (MBConv, DepthwiseSeparable) and "se" not in mod.steps:
             mod.__class__ = LEAN_BLOCK[cls]
         elif se_node and cls is SqueezeExcite:
             mod.__class__ = LeanSqueezeExcite
