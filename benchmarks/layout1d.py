@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import os
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,13 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.depthwise import fmt_ratio, inner_for, interleaved, train_step_fn, with_contiguous_1d
-from benchmarks.run import parse_threads, ratio_stats, tee_log, write_bench_result
+from benchmarks.run import bench_start, parse_threads, ratio_stats, write_bench_result
 from mbconv.layers.channels_last_1d import to_channels_last_1d
 from mbconv.layers.depthwise import DepthwiseConvFunction
 from mbconv.layers.memory import lean_layers
 from mbconv.layers.native_depthwise import NativeDepthwiseFn
 from mbconv.layers.pointwise import fast_pointwise, pointwise_matmul
-from mbconv.provenance import RunRecord
 
 # (N, C, L, kernel, stride)
 DW_LAYERS = [(64, 128, 40, 5, 1), (64, 192, 20, 5, 2), (32, 128, 400, 5, 1), (32, 128, 400, 5, 2),
@@ -179,14 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown section(s) {bad}: expected some of dw, pw, step")
     threads = parse_threads(ap, args.threads)
-    lines, log = tee_log()
-    t_start = time.perf_counter()
-    record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
-    load = os.getloadavg()
-    log(f"# 1-D layout benchmark: torch {torch.__version__}, threads {threads}, quick={args.quick}, load average "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    result: dict[str, Any] = {"torch": torch.__version__, "quick": args.quick, "threads": threads,
-                              "load_average_start": list(load), "runs": {}}
+    lines, log, t_start, record, result = bench_start("1-D layout benchmark", threads, args.quick, argv)
     for th in threads:
         torch.set_num_threads(th)
         log(f"\n## {th} thread(s), wall clock")

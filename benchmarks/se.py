@@ -13,20 +13,16 @@ the network's sum (each layer times its count) with those picks. The measurement
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from benchmarks.depthwise import MODELS, build_ours, describe, fmt_ratio, inner_for, interleaved, model_input
-from benchmarks.run import parse_threads, ratio_stats, tee_log, write_bench_result
+from benchmarks.run import bench_start, parse_threads, ratio_stats, write_bench_result
 from mbconv.layers.native_se import NativeSqueezeExciteFn, native_se_applies
 from mbconv.layers.se import SqueezeExcite, SqueezeExciteFn
-from mbconv.provenance import RunRecord
 
 
 def se_layers(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
@@ -103,14 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(m not in MODELS for m in models):
         ap.error(f"unknown model(s) {[m for m in models if m not in MODELS]}: expected some of {sorted(MODELS)}")
     threads = parse_threads(ap, args.threads)
-    lines, log = tee_log()
-    t_start = time.perf_counter()
-    record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
-    load = os.getloadavg()
-    log(f"# SE benchmark: torch {torch.__version__}, threads {threads}, quick={args.quick}, load average "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    result: dict[str, Any] = {"torch": torch.__version__, "quick": args.quick, "threads": threads,
-                              "load_average_start": list(load), "runs": {}}
+    lines, log, t_start, record, result = bench_start("SE benchmark", threads, args.quick, argv)
     for th in threads:
         torch.set_num_threads(th)
         for key in models:

@@ -5,6 +5,7 @@ statistics; where it applies and where the layers run as before."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -23,18 +24,6 @@ from mbconv.layers.pointwise import fast_pointwise
 pytestmark = pytest.mark.skipif(not native.native_enabled(), reason="native kernels unavailable (no C compiler)")
 
 
-def nodes(t: torch.Tensor) -> set[str]:
-    seen, names, stack = set(), set(), [t.grad_fn]
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        names.add(type(f).__name__)
-        stack.extend(n for n, _ in f.next_functions)
-    return names
-
-
 def lean(block: nn.Module) -> nn.Module:
     """The block as the Trainer runs it (products for small 1x1 convs, lean classes), channels-last, training."""
     block = block.train().to(memory_format=torch.channels_last)
@@ -48,12 +37,12 @@ def lean(block: nn.Module) -> nn.Module:
     return block
 
 
-def step(block: nn.Module, x: torch.Tensor, gy: torch.Tensor, on: bool) -> tuple:
+def step(block: nn.Module, x: torch.Tensor, gy: torch.Tensor, on: bool, graph_nodes: Callable) -> tuple:
     x = x.detach().clone().requires_grad_(True)
     with native.use_native_block(on):
         torch.manual_seed(7)  # the same drop-path draws
         y = block(x)
-        names = nodes(y)
+        names = graph_nodes(y)
         y.backward(gy)
     grads = {k: p.grad.clone() for k, p in block.named_parameters()}
     return y.detach(), x.grad, grads, {k: b.clone() for k, b in block.named_buffers()}, names
@@ -80,7 +69,7 @@ BLOCKS = {
 
 @pytest.mark.parametrize("name", list(BLOCKS))
 @pytest.mark.parametrize("size", [9, 1])
-def test_equals_the_layers_one_by_one(name: str, size: int) -> None:
+def test_equals_the_layers_one_by_one(name: str, size: int, graph_nodes: Callable) -> None:
     torch.manual_seed(0)
     block = lean(BLOCKS[name]())
     other = copy.deepcopy(block)
@@ -88,13 +77,13 @@ def test_equals_the_layers_one_by_one(name: str, size: int) -> None:
                     size, size).contiguous(memory_format=torch.channels_last)
     assert block_step_applies(block, x)
     gy = torch.randn_like(copy.deepcopy(block)(x)).contiguous(memory_format=torch.channels_last)
-    on, off = step(block, x, gy, True), step(other, x, gy, False)
+    on, off = step(block, x, gy, True, graph_nodes), step(other, x, gy, False, graph_nodes)
     assert "BlockStepFnBackward" in on[4] and "BlockStepFnBackward" not in off[4]
     assert_same(on, off)
     assert on[0].is_contiguous(memory_format=torch.channels_last)
 
 
-def test_a_whole_model_and_checkpointed_stages() -> None:
+def test_a_whole_model_and_checkpointed_stages(graph_nodes: Callable) -> None:
     """A small EfficientNet as the Trainer runs it: loss, gradients and running statistics equal with the block
     step on and off, and with per-stage activation checkpointing (every saved tensor goes through
     save_for_backward, so the checkpoint's saved-tensor hooks see them all)."""
@@ -107,7 +96,7 @@ def test_a_whole_model_and_checkpointed_stages() -> None:
         with native.use_native_block(on):
             torch.manual_seed(3)
             loss = nn.functional.cross_entropy(m(x), target)
-            names = nodes(loss)
+            names = graph_nodes(loss)
             loss.backward()
         return loss.detach(), None, {k: p.grad for k, p in m.named_parameters()}, None, names
 
@@ -124,34 +113,34 @@ def test_a_whole_model_and_checkpointed_stages() -> None:
             assert (got[2][k] - off[2][k]).abs().max() <= 1e-3 * off[2][k].abs().max() + 1e-4 * scale, k
 
 
-def test_where_the_layers_run_one_by_one() -> None:
+def test_where_the_layers_run_one_by_one(graph_nodes: Callable) -> None:
     torch.manual_seed(0)
     block = lean(BLOCKS["mbconv k3 s1 residual, drop path"]())
     x = torch.randn(2, 24, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    assert "BlockStepFnBackward" in nodes(block(x))
-    assert "BlockStepFnBackward" not in nodes(block(x.detach().contiguous().requires_grad_(True)))  # NCHW
+    assert "BlockStepFnBackward" in graph_nodes(block(x))
+    assert "BlockStepFnBackward" not in graph_nodes(block(x.detach().contiguous().requires_grad_(True)))  # NCHW
     with native.use_native_block(False):
-        assert "BlockStepFnBackward" not in nodes(block(x))
+        assert "BlockStepFnBackward" not in graph_nodes(block(x))
     with native.use_native(False):
-        assert "BlockStepFnBackward" not in nodes(block(x))
+        assert "BlockStepFnBackward" not in graph_nodes(block(x))
     for switch in (native.use_native_depthwise(False), native.use_native_se(False), use_fast_backward(False)):
         with switch:  # a part taken off its native kernel takes the block off the node
-            assert "BlockStepFnBackward" not in nodes(block(x))
+            assert "BlockStepFnBackward" not in graph_nodes(block(x))
     with torch.no_grad():
         assert block(x).grad_fn is None
     h = block.depthwise.bn.register_forward_hook(lambda *a: None)
-    assert not block_step_applies(block, x) and "BlockStepFnBackward" not in nodes(block(x))
+    assert not block_step_applies(block, x) and "BlockStepFnBackward" not in graph_nodes(block(x))
     h.remove()
     parametrize.register_parametrization(block.expand.conv, "weight", nn.Identity())
     assert not block_step_applies(block, x)
     parametrize.remove_parametrizations(block.expand.conv, "weight")
     assert block_step_applies(block, x)
     block.eval()
-    assert "BlockStepFnBackward" not in nodes(block(x))
+    assert "BlockStepFnBackward" not in graph_nodes(block(x))
     block.train()
     big = lean(BLOCKS["mbconv k3 s1 residual, drop path"]())
     lean_layers(big, 24 * 6 * 6 * 6)  # the expanded map reaches the lean size: the gated project instead
-    names = nodes(big(x))
+    names = graph_nodes(big(x))
     assert "BlockStepFnBackward" not in names and "GatedConvFnBackward" in names
     assert not block_step_applies(block, x.double())
 
@@ -175,7 +164,7 @@ def test_direct_call_without_se_and_once_differentiable() -> None:
     assert BlockStepFn.__name__ == "BlockStepFn"
 
 
-def test_blocks_without_se_are_lean_for_the_block_step() -> None:
+def test_blocks_without_se_are_lean_for_the_block_step(graph_nodes: Callable) -> None:
     """Lean kind "block": an MBConv without SE (MobileNetV2's, EfficientNet-Lite's) becomes a lean block and takes
     the node on small maps, equal to its layers; without the kind it stays the plain class."""
     torch.manual_seed(0)
@@ -188,6 +177,6 @@ def test_blocks_without_se_are_lean_for_the_block_step() -> None:
     x = torch.randn(4, 16, 7, 7).contiguous(memory_format=torch.channels_last)
     gy = torch.randn_like(copy.deepcopy(block)(x)).contiguous(memory_format=torch.channels_last)
     other = copy.deepcopy(block)
-    on, off = step(block, x, gy, True), step(other, x, gy, False)
+    on, off = step(block, x, gy, True, graph_nodes), step(other, x, gy, False, graph_nodes)
     assert "BlockStepFnBackward" in on[4] and "BlockStepFnBackward" not in off[4]
     assert_same(on, off)

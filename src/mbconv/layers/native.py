@@ -41,8 +41,8 @@ from .channels_last_1d import is_channels_last_1d
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "NATIVE_ACT_NAMES", "bn_act_backward", "bn_act_forward",
            "bn_act_layout", "bn_act_pays", "native_block_on", "native_depthwise_on", "native_enabled",
-           "native_library", "native_se_on", "native_status", "reset_native", "use_native", "use_native_block",
-           "use_native_depthwise", "use_native_se"]
+           "native_library", "native_se_on", "native_status", "require_native_library", "reset_native", "use_native",
+           "use_native_block", "use_native_depthwise", "use_native_se"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
 # se.c: squeeze-and-excitation (its Python side is layers/native_se.py)
@@ -146,6 +146,15 @@ def native_library() -> ctypes.CDLL | None:
     if not _state["enabled"]:
         return None
     return _load()
+
+
+def require_native_library(fn: str) -> ctypes.CDLL:
+    """The built library for the entry point `fn`, or a one-line RuntimeError naming it and why the kernels are
+    off."""
+    lib = native_library()
+    if lib is None:
+        raise RuntimeError(f"{fn}: native kernels unavailable ({native_status()})")
+    return lib
 
 
 def reset_native() -> None:

@@ -25,7 +25,7 @@ import torch
 from torch.autograd import forward_ad
 
 from .channels_last_1d import is_channels_last_1d
-from .native import native_depthwise_on, native_enabled, native_library, use_native_depthwise
+from .native import native_depthwise_on, native_enabled, native_library, require_native_library, use_native_depthwise
 
 __all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_3D", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn",
            "dw_backward_input", "dw_backward_weight", "dw_forward", "dw_geometry", "native_dw_applies",
@@ -101,10 +101,7 @@ def _checked(x: torch.Tensor, fn: str) -> Any:
     if x.dtype != torch.float32 or x.device.type != "cpu" or not 3 <= x.dim() <= 5:
         raise ValueError(f"{fn}: input must be a float32 CPU tensor (N, C, *spatial) with 1-3 spatial axes, got "
                          f"{x.dtype} {tuple(x.shape)} on {x.device}")
-    lib = native_library()
-    if lib is None:
-        raise RuntimeError(f"{fn}: native kernels unavailable")
-    return lib
+    return require_native_library(fn)
 
 
 def _rows_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .native import bn_act_layout, native_enabled, native_library, native_se_on, use_native_se
+from .native import bn_act_layout, native_enabled, native_se_on, require_native_library, use_native_se
 
 __all__ = ["NATIVE_SE_ACTS", "NativeSqueezeExciteFn", "native_se_applies", "se_backward", "se_forward",
            "use_native_se"]
@@ -54,10 +54,7 @@ def _lib(x: torch.Tensor, fn: str) -> Any:
     if x.dtype != torch.float32 or bn_act_layout(x) != "rows":
         raise ValueError(f"{fn}: input must be a float32 CPU map with its channels last (channels_last, the "
                          f"channels-last 1-D layout or one pixel), got {x.dtype} {tuple(x.shape)} on {x.device}")
-    lib = native_library()
-    if lib is None:
-        raise RuntimeError(f"{fn}: native kernels unavailable")
-    return lib
+    return require_native_library(fn)
 
 
 def _checked_weights(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
