@@ -16,6 +16,10 @@ full-size tensors per layer. An MBConv block with SE also keeps the SE product x
   (N, C, 1, ...) gate g, and recomputes x * g in backward. The SE product is never stored.
 - `LeanSqueezeExcite`: a SqueezeExcite whose training step is `SqueezeExciteFn` (layers/se.py), one autograd node
   with a written-out backward (faster per layer, not leaner: it saves what autograd saves), on any size.
+- The block step (`layers/block_step.py`): on maps below `min_numel` a lean block runs all its layers as one
+  autograd node (`BlockStepFn`, the native kernels and matrix products in a straight line): not leaner, faster,
+  because on small maps the layers' Python cost more than their arithmetic. Blocks without SE become lean blocks
+  for it (kind "block").
 - `SiLUFn` / `MemoryEfficientSiLU`: SiLU that keeps only its input and recomputes the sigmoid in backward (native
   `F.silu` already does; this matters for composed x * sigmoid(x) swish, which stores both).
 - `lean_layers(model)`, the `Trainer`'s default, applies the first two and the SE node with the model's structure
