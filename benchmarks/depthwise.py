@@ -82,7 +82,6 @@ import functools
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -92,7 +91,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.run import build_pair, parse_threads, ratio_stats, tee_log, write_bench_result
+from benchmarks.run import bench_start, build_pair, parse_threads, ratio_stats, write_bench_result
 from mbconv.layers import compiled, pointwise
 from mbconv.layers import depthwise as depthwise_module
 from mbconv.layers.channels_last_1d import use_channels_last_1d
@@ -123,7 +122,6 @@ from mbconv.layers.pointwise import (
     matmul_applies,
     pointwise_matmul,
 )
-from mbconv.provenance import RunRecord
 
 MODELS: dict[str, dict[str, Any]] = {
     "tour": dict(label="tour model (B0 x0.5, 1 ch, 32 px, batch 64)", name="efficientnet_b0", res=32,
@@ -837,16 +835,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown model(s)/section(s) {bad}: models {sorted(MODELS)}, sections layers, methods, step, "
                  "compiled, overhead, infer, bn_act, native_dw, pointwise1d, pointwise2d")
     threads = parse_threads(ap, args.threads)
-    lines, log = tee_log()
-
-    t_start = time.perf_counter()
     # models are seeded with torch.manual_seed(0); no training, so no epochs or init to state
-    record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
-    load_start = os.getloadavg()
-    log(f"# depthwise benchmark: torch {torch.__version__}, threads {threads}, clock {args.clock}, "
-        f"quick={args.quick}, load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
-    result: dict[str, Any] = {"torch": torch.__version__, "quick": args.quick, "clock": args.clock,
-                              "threads": threads, "load_average_start": list(load_start), "runs": {}}
+    lines, log, t_start, record, result = bench_start("depthwise benchmark", threads, args.quick, argv, args.clock)
     for th in threads:
         torch.set_num_threads(th)
         for key in models:

@@ -60,18 +60,22 @@ def tee_log() -> tuple[list[str], Callable[[str], None]]:
     return lines, log
 
 
-def bench_start(name: str, threads: list[int], quick: bool, argv: list[str] | None
+def bench_start(name: str, threads: list[int], quick: bool, argv: list[str] | None, clock: str | None = None
                 ) -> tuple[list[str], Callable[[str], None], float, RunRecord, dict[str, Any]]:
     """The common start of a benchmark run: (log lines, log function, start time, provenance record with the
-    command, the result dict begun with torch's version, threads, quick and the load average), the header logged."""
+    command, the result dict begun with torch's version, threads, the clock if given, quick and the load average),
+    the header logged."""
     lines, log = tee_log()
     t_start = time.perf_counter()
     record = RunRecord(seeds=0, argv=None if argv is None else [sys.argv[0], *argv])
     load = os.getloadavg()
-    log(f"# {name}: torch {torch.__version__}, threads {threads}, quick={quick}, load average "
+    timing = "" if clock is None else f", clock {clock}"
+    log(f"# {name}: torch {torch.__version__}, threads {threads}{timing}, quick={quick}, load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     result: dict[str, Any] = {"torch": torch.__version__, "quick": quick, "threads": threads,
                               "load_average_start": list(load), "runs": {}}
+    if clock is not None:
+        result["clock"] = clock
     return lines, log, t_start, record, result
 
 

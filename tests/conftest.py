@@ -8,16 +8,17 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def graph_nodes():
-    """A function: the set of autograd node class names behind a tensor (which Functions a step ran)."""
+    """A function: the class names of the autograd nodes behind a tensor, one per node (which Functions a step ran,
+    and how often)."""
 
-    def names(t: torch.Tensor) -> set[str]:
-        seen, out, todo = set(), set(), [t.grad_fn]
+    def names(t: torch.Tensor) -> list[str]:
+        seen, out, todo = set(), [], [t.grad_fn]
         while todo:
             fn = todo.pop()
             if fn is None or fn in seen:
                 continue
             seen.add(fn)
-            out.add(type(fn).__name__)
+            out.append(type(fn).__name__)
             todo.extend(f for f, _ in fn.next_functions)
         return out
 

@@ -122,15 +122,15 @@ def test_memory_efficient_stores_less():
     assert b < 0.7 * a  # measured 0.62 on B0: the BN outputs and SE products are not stored
 
 
-def test_memory_efficient_kinds_and_folding():
+def test_memory_efficient_kinds_and_folding(graph_nodes):
     plain = model("efficientnet_b0")
     x = torch.randn(2, 3, 32, 32)
     bn_only = memory_efficient(copy.deepcopy(plain), se_gate=False, silu=False)
-    nodes = backward_nodes(bn_only(x))
+    nodes = graph_nodes(bn_only(x))
     assert "BNActFnBackward" in nodes and "GatedConvFnBackward" not in nodes
     assert not any(isinstance(m, (LeanBlockForward, MemoryEfficientSiLU)) for m in bn_only.modules())
     se_only = memory_efficient(copy.deepcopy(plain), bn_act=False, silu=False)
-    nodes = backward_nodes(se_only(x))
+    nodes = graph_nodes(se_only(x))
     assert "GatedConvFnBackward" in nodes and "BNActFnBackward" not in nodes
     assert not any(isinstance(m, LeanConvNormAct) for m in se_only.modules())
     # the class-only result folds like the plain model (the old module replacement broke fuse_bn)
@@ -199,19 +199,6 @@ def test_silu_module_and_bad_input():
 
 
 # -- the size rule and the structure-preserving classes the Trainer applies --------------------------------------
-def backward_nodes(y):
-    """Names of the autograd nodes behind `y`."""
-    seen, todo, names = set(), [y.grad_fn], []
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.append(type(fn).__name__)
-        todo.extend(f for f, _ in fn.next_functions)
-    return names
-
-
 def lean_inputs(m, x):
     """Element counts of the inputs the lean Functions would see: each LeanConvNormAct's BN input and each lean
     block's project input."""
@@ -226,7 +213,7 @@ def lean_inputs(m, x):
 
 @pytest.mark.parametrize("name,dims", [("efficientnet_b0", 2), ("tf_mobilenetv3_small_100", 2),
                                        ("tf_efficientnetv2_s", 2), ("efficientnet_b0", 1), ("efficientnet_b0", 3)])
-def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims):
+def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims, graph_nodes):
     plain = model(name, dims)
     x = torch.randn(4, 3, *SIZE[dims])
     if dims == 2:
@@ -250,7 +237,7 @@ def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims):
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             mod.reset_running_stats()
     y0, y1 = step(plain, x), step(lean, x)
-    nodes = backward_nodes(y1)
+    nodes = graph_nodes(y1)
     n_lean, n_plain = nodes.count("BNActFnBackward"), len([k for k in nodes if k.startswith("NativeBatchNorm")])
     assert n_lean > 0 and n_plain > 0  # both paths ran in one model
     assert torch.equal(y0, y1)
@@ -262,7 +249,7 @@ def test_lean_layers_equal_on_both_sides_of_the_threshold(name, dims):
     assert not torch.equal(w, lean.stem.conv.weight)
 
 
-def test_each_path_by_size():
+def test_each_path_by_size(graph_nodes):
     torch.manual_seed(0)
     cna = ConvNormAct(8, 16, 3, act="swish", opts=LayerOpts(dims=2)).train()
     block = MBConv(16, 16, 32, kernel=3, se_chs=4, opts=LayerOpts(dims=2)).train()
@@ -272,8 +259,8 @@ def test_each_path_by_size():
     small, large = torch.randn(1, 8, 6, 6), torch.randn(1, 8, 8, 8)
     assert type(cna(large).grad_fn).__name__ == "BNActFnBackward"
     assert type(cna(small).grad_fn).__name__ != "BNActFnBackward"
-    assert "GatedConvFnBackward" in backward_nodes(block(torch.randn(1, 16, 8, 8)))
-    assert "GatedConvFnBackward" not in backward_nodes(block(torch.randn(1, 16, 6, 6)))
+    assert "GatedConvFnBackward" in graph_nodes(block(torch.randn(1, 16, 8, 8)))
+    assert "GatedConvFnBackward" not in graph_nodes(block(torch.randn(1, 16, 6, 6)))
     with torch.no_grad():  # no autograd: always the plain ops
         assert cna(large).grad_fn is None
     cna.eval()  # eval (frozen BN): plain, running statistics untouched
@@ -291,7 +278,7 @@ def test_each_path_by_size():
     torch.testing.assert_close(scripted(large), cna(large))
 
 
-def test_se_node_path():
+def test_se_node_path(graph_nodes):
     """`lean_layers` makes every SqueezeExcite a LeanSqueezeExcite (kind "se", on any size): one autograd node in a
     training step, equal to the plain module; the plain forward in eval, no-grad, with a hook on the SE, with the
     kind left out, and inside a lean block's gated project on large maps."""
@@ -305,25 +292,25 @@ def test_se_node_path():
     y0 = plain(x)
     torch.manual_seed(1)
     y1 = block(x)
-    nodes = backward_nodes(y1)
+    nodes = graph_nodes(y1)
     assert "SqueezeExciteFnBackward" in nodes and "SigmoidBackward0" not in nodes
     torch.testing.assert_close(y1, y0)
     y0.square().sum().backward()
     y1.square().sum().backward()
     assert_same_grads(block, plain)
     se, mid = block.se, torch.randn(2, 32, 6, 6, requires_grad=True)
-    assert "SqueezeExciteFnBackward" in backward_nodes(se(mid))
+    assert "SqueezeExciteFnBackward" in graph_nodes(se(mid))
     with torch.no_grad():
         assert se(mid).grad_fn is None
     seen = []
     h = se.register_forward_hook(lambda *a: seen.append(1))
-    assert "SqueezeExciteFnBackward" not in backward_nodes(se(mid)) and seen
+    assert "SqueezeExciteFnBackward" not in graph_nodes(se(mid)) and seen
     h.remove()
     se.eval()
-    assert "SqueezeExciteFnBackward" not in backward_nodes(se(mid))
+    assert "SqueezeExciteFnBackward" not in graph_nodes(se(mid))
     se.train()
     lean_layers(block, 0)  # every kind, every size: the SE is fused into the project conv instead
-    nodes = backward_nodes(block(torch.randn(2, 16, 8, 8)))
+    nodes = graph_nodes(block(torch.randn(2, 16, 8, 8)))
     assert "GatedConvFnBackward" in nodes and "SqueezeExciteFnBackward" not in nodes
     assert lean_layers(plain, 0, kinds=("bn_act",)) > 0 and type(plain.se) is SqueezeExcite
 
@@ -349,16 +336,16 @@ def test_lean_layers_keep_the_model_ready_for_folding_and_surgery():
     assert type(lean.stages[1][0]) is MBConv
 
 
-def test_memory_efficient_min_numel():
+def test_memory_efficient_min_numel(graph_nodes):
     plain = model("efficientnet_b0")
     lean = memory_efficient(copy.deepcopy(plain), min_numel=10**9)  # nothing is that large: plain ops
     x = torch.randn(2, 3, 32, 32)
     y0, y1 = step(plain, x), step(lean, x)
-    nodes = backward_nodes(y1)
+    nodes = graph_nodes(y1)
     assert "BNActFnBackward" not in nodes and "GatedConvFnBackward" not in nodes
     assert torch.equal(y0, y1)
     assert_same_grads(lean, plain)
-    assert "BNActFnBackward" in backward_nodes(memory_efficient(copy.deepcopy(plain))(x))  # default 0: always
+    assert "BNActFnBackward" in graph_nodes(memory_efficient(copy.deepcopy(plain))(x))  # default 0: always
 
 
 def test_bad_min_numel_and_mode():
