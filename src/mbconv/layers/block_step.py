@@ -26,7 +26,6 @@ padding, dilation 1, no pad module), affine training-mode BatchNorms and activat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,8 @@ from .depthwise import DepthwiseConv2d, fast_backward_enabled
 from .native import (
     NATIVE_ACT_NAMES,
     NATIVE_ACTS,
+    bn_act_kernel_backward,
+    bn_act_kernel_forward,
     bn_act_layout,
     native_block_on,
     native_depthwise_on,
@@ -45,8 +46,8 @@ from .native import (
     native_library,
     native_se_on,
 )
-from .native_depthwise import dw_geometry
-from .native_se import NATIVE_SE_ACTS
+from .native_depthwise import dw_geometry, dw_kernel_forward, dw_kernel_input_grad, dw_kernel_weight_grad
+from .native_se import NATIVE_SE_ACTS, se_kernel_backward, se_kernel_forward
 from .pointwise import PointwiseConv2d
 from .se import SqueezeExcite
 
@@ -173,26 +174,12 @@ def _as_map(m: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
 def _bn_fwd(lib: Any, act: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, stats: Any,
             threads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rm, rv, momentum = stats
-    y, c = torch.empty_like(x), x.shape[1]
-    mean, rstd = torch.empty(c), torch.empty(c)
-    err = lib.mbconv_bn_act_forward(act, x.data_ptr(), y.data_ptr(), x.numel() // c, c, -1, w.data_ptr(),
-                                    b.data_ptr(), eps, momentum, mean.data_ptr(), rstd.data_ptr(),
-                                    None if rm is None else rm.data_ptr(), None if rv is None else rv.data_ptr(),
-                                    threads)
-    if err:
-        raise MemoryError(f"block step: out of memory for the BN sums of {c} channels")
-    return y, mean, rstd
+    return bn_act_kernel_forward(lib, "rows", act, x, w, b, rm, rv, momentum, eps, threads)
 
 
 def _bn_bwd(lib: Any, act: int, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
             mean: torch.Tensor, rstd: torch.Tensor, threads: int) -> tuple[torch.Tensor, ...]:
-    gx, gw, gb, c = torch.empty_like(x), torch.empty_like(w), torch.empty_like(b), x.shape[1]
-    err = lib.mbconv_bn_act_backward(act, gy.data_ptr(), x.data_ptr(), gx.data_ptr(), x.numel() // c, c, -1,
-                                     w.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(),
-                                     gb.data_ptr(), threads)
-    if err:
-        raise MemoryError(f"block step: out of memory for the BN sums of {c} channels")
-    return gx, gw, gb
+    return bn_act_kernel_backward(lib, "rows", act, gy, x, w, b, mean, rstd, True, threads)
 
 
 def _rows_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -219,19 +206,11 @@ class BlockStepFn(torch.autograd.Function):
             e_pre = _as_map(torch.mm(_as_rows(x), we.view(we.shape[0], -1).t()), n, h, w)
             t, e_mean, e_rstd = _bn_fwd(lib, parts.acts[0], e_pre, e_w, e_b, parts.eps[0], parts.stats[0], threads)
         out_shape, geom = dw_geometry(tuple(t.shape), tuple(wd.shape), parts.stride, parts.padding)
-        d_in, d_pre = t, torch.empty(out_shape, memory_format=torch.channels_last)
-        if lib.mbconv_dw_forward(geom, t.data_ptr(), wd.data_ptr(), None, d_pre.data_ptr(), threads):
-            raise MemoryError("block step: out of memory for the depthwise weight")
+        d_in, d_pre = t, dw_kernel_forward(lib, t, wd, None, geom, out_shape)
         t, d_mean, d_rstd = _bn_fwd(lib, parts.acts[1], d_pre, d_w, d_b, parts.eps[1], parts.stats[1], threads)
         if r_w is not None:
-            c, r = t.shape[1], r_w.shape[0]
-            se_in, y = t, torch.empty_like(t)
-            se_vals = (torch.empty(n, c), torch.empty(n, r), torch.empty(n, r), torch.empty(n, c), torch.empty(n, c))
-            if lib.mbconv_se_forward(*parts.se_acts, t.data_ptr(), y.data_ptr(), n, math.prod(t.shape[2:]), c, r,
-                                     r_w.data_ptr(), r_b.data_ptr(), x_w.data_ptr(), x_b.data_ptr(),
-                                     *(v.data_ptr() for v in se_vals), threads):
-                raise MemoryError(f"block step: out of memory for the SE scratch of {c} channels")
-            t = y
+            se_in = t
+            t, se_vals = se_kernel_forward(lib, *parts.se_acts, t, r_w, r_b, x_w, x_b, r_w.shape[0], threads)
         h2, w2 = t.shape[2:]
         p_in, p_pre = t, _as_map(torch.mm(_as_rows(t), wp.view(wp.shape[0], -1).t()), n, h2, w2)
         out, p_mean, p_rstd = _bn_fwd(lib, parts.acts[2], p_pre, p_w, p_b, parts.eps[2], parts.stats[2], threads)
@@ -257,21 +236,11 @@ class BlockStepFn(torch.autograd.Function):
         g = _as_map(torch.mm(g2, wp.view(wp.shape[0], -1)), n, h, w)
         gr_w = gr_b = gx_w = gx_b = None
         if r_w is not None:
-            c, r = se_in.shape[1], r_w.shape[0]
-            gt = torch.empty_like(se_in)
-            gr_w, gr_b, gx_w, gx_b = (torch.empty_like(v) for v in (r_w, r_b, x_w, x_b))
-            if lib.mbconv_se_backward(*parts.se_acts, g.data_ptr(), se_in.data_ptr(), gt.data_ptr(), n,
-                                      math.prod(se_in.shape[2:]), c, r, r_w.data_ptr(), x_w.data_ptr(),
-                                      *(v.data_ptr() for v in se_vals), gr_w.data_ptr(), gr_b.data_ptr(),
-                                      gx_w.data_ptr(), gx_b.data_ptr(), threads):
-                raise MemoryError(f"block step: out of memory for the SE scratch of {c} channels")
-            g = gt
+            g, gr_w, gr_b, gx_w, gx_b = se_kernel_backward(lib, *parts.se_acts, g, se_in, r_w, r_b, x_w, x_b,
+                                                           r_w.shape[0], tuple(se_vals), (True,) * 5, threads)
         g, gd_w, gd_b = _bn_bwd(lib, parts.acts[1], g, d_pre, d_w, d_b, d_mean, d_rstd, threads)
         _, geom = dw_geometry(tuple(d_in.shape), tuple(wd.shape), parts.stride, parts.padding)
-        gt, gwd = torch.empty_like(d_in), torch.empty_like(wd)
-        if lib.mbconv_dw_backward_input(geom, g.data_ptr(), wd.data_ptr(), gt.data_ptr(), threads) or \
-                lib.mbconv_dw_backward_weight(geom, g.data_ptr(), d_in.data_ptr(), gwd.data_ptr(), threads):
-            raise MemoryError("block step: out of memory in the depthwise gradients")
+        gt, gwd = dw_kernel_input_grad(lib, g, wd, geom, d_in.shape), dw_kernel_weight_grad(lib, g, d_in, geom, wd)
         gwe = ge_w = ge_b = None
         if we is not None:
             gt, ge_w, ge_b = _bn_bwd(lib, parts.acts[0], gt, e_pre, e_w, e_b, e_mean, e_rstd, threads)
