@@ -151,6 +151,7 @@ def test_bad_arguments_are_named_in_one_line() -> None:
         (lambda: se_forward(x, ws[0][:, :4].contiguous(), *ws[1:], acts), "w1 must be"),
         (lambda: se_forward(x, ws[0], ws[1], ws[2][:4], ws[3], acts), "w2 must be"),
         (lambda: se_forward(x, *ws[:3], ws[3].double(), acts), "b2 must be"),
+        (lambda: se_forward(x, ws[0], None, *ws[2:], acts), "b1 must be .* got None"),
         (lambda: se_forward(x, *ws, (nn.GELU, nn.Sigmoid)), "unknown activation GELU"),
         (lambda: se_backward(torch.randn(2, 8, 4, 5), x, *ws, acts, se_forward(x, *ws, acts)[1]),
          "gradient of shape"),

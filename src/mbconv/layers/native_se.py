@@ -60,11 +60,13 @@ def _lib(x: torch.Tensor, fn: str) -> Any:
 def _checked_weights(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                      fn: str) -> int:
     """The squeeze width R, after checking that the weights fit `x`'s C channels (one line naming the argument)."""
-    c, r = x.shape[1], w1.shape[0] if w1.dim() else 0
+    c = x.shape[1]
+    r = w1.shape[0] if isinstance(w1, torch.Tensor) and w1.dim() else 0
     for name, t, numel in (("w1", w1, r * c), ("b1", b1, r), ("w2", w2, r * c), ("b2", b2, c)):
-        if not _param_ok(t, numel) or r < 1:
+        if not isinstance(t, torch.Tensor) or not _param_ok(t, numel) or r < 1:
+            got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else repr(t)
             raise ValueError(f"{fn}: {name} must be a contiguous float32 CPU tensor of {numel} values for {c} "
-                             f"channels squeezed to {r}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+                             f"channels squeezed to {r}, got {got}")
     if w2.shape[0] != c:
         raise ValueError(f"{fn}: w2 must have {c} rows (one per channel), got {tuple(w2.shape)}")
     return r
