@@ -453,11 +453,13 @@ def section_methods(key: str, rounds: int, log: Callable[[str], None]) -> list[d
 
 
 def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool | None,
-                  native: bool = True, lr: float = 1e-3) -> Callable[[], None]:
+                  native: bool = True, lr: float = 1e-3, fused: bool = False) -> Callable[[], None]:
     """One SGD step of `model`; `fast` sets our depthwise backward on/off for the step (None: leave it), `native`
     every native kernel (the lean layers' fused BN + activation, the native depthwise); `lr` 0 keeps the weights
-    (every operation of the update still runs)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    (every operation of the update still runs); `fused` takes torch's fused SGD step (one kernel for all
+    parameters, what the Trainer's `make_optimizer` builds on CPU) instead of torch's default on CPU, a Python loop
+    over the parameters."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=fused or None)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -542,6 +544,9 @@ def trainer_models(key: str) -> tuple[nn.Module, nn.Module | None]:
     return ours, theirs
 
 
+FUSED_OURS, FUSED_TIMM = "ours, fused SGD", "timm, fused SGD"
+
+
 def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     c = MODELS[key]
     ours, theirs = trainer_models(key)
@@ -570,6 +575,9 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
                                                                                      native=False)}
     if theirs is not None:
         v["timm"] = train_step_fn(theirs, x, y, None)
+        # both networks under the Trainer's optimizer (torch's fused SGD): the same update, less fixed cost per step
+        v[FUSED_OURS] = train_step_fn(copy.deepcopy(ours), x, y, True, fused=True)
+        v[FUSED_TIMM] = train_step_fn(copy.deepcopy(theirs), x, y, None, fused=True)
     if c["dims"] == 1:
         v.update(contiguous_1d_variants(ours, x, y))
     else:
@@ -582,6 +590,9 @@ def section_step(key: str, rounds: int, log: Callable[[str], None]) -> dict[str,
     ratios = {other: ratio_stats(t[other], t["ours"]) for other in t if other != "ours"}
     for other, r in ratios.items():
         log(f"{other} / ours per round: {fmt_ratio(r)}")
+    if FUSED_TIMM in t:
+        ratios[f"{FUSED_TIMM} / {FUSED_OURS}"] = r = ratio_stats(t[FUSED_TIMM], t[FUSED_OURS])
+        log(f"{FUSED_TIMM} / {FUSED_OURS} per round: {fmt_ratio(r)}")
     return dict(times=t, ratios=ratios)
 
 

@@ -68,7 +68,7 @@ BLOCKS = {
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))
-@pytest.mark.parametrize("size", [9, 1])
+@pytest.mark.parametrize("size", [9, 2, 1])  # 2 and 1: kernels cropped to their live taps (5x5 -> 3x3, 1x1)
 def test_equals_the_layers_one_by_one(name: str, size: int, graph_nodes: Callable) -> None:
     torch.manual_seed(0)
     block = lean(BLOCKS[name]())
@@ -180,3 +180,33 @@ def test_blocks_without_se_are_lean_for_the_block_step(graph_nodes: Callable) ->
     on, off = step(block, x, gy, True, graph_nodes), step(other, x, gy, False, graph_nodes)
     assert "BlockStepFnBackward" in on[4] and "BlockStepFnBackward" not in off[4]
     assert_same(on, off)
+
+
+def test_under_ddp_gradients_in_the_parameters_layout(tmp_path, graph_nodes: Callable) -> None:  # noqa: ANN001
+    """DistributedDataParallel (gloo, one process) over a small EfficientNet as the Trainer runs it: the block step
+    runs inside DDP and its gradients equal the model's without DDP; the node's weight gradients come back in their
+    parameters' layout (channels-last weights), as DDP's buckets expect (it warns about any other strides)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = lean(create_model("efficientnet_b0", num_classes=3, width_mult=0.25, in_chans=1))
+        ref = copy.deepcopy(model)
+        x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(3)
+        out = ddp(x)
+        assert "BlockStepFnBackward" in graph_nodes(out)
+        out.square().mean().backward()
+        torch.manual_seed(3)
+        ref(x).square().mean().backward()
+        for (k, p), q in zip(model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=k)
+        for block in model.blocks():
+            for k, p in block.named_parameters():
+                assert p.grad.stride() == p.stride(), k
+    finally:
+        dist.destroy_process_group()

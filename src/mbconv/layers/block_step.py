@@ -33,13 +33,14 @@ import torch
 from torch import nn
 
 from .conv import ConvNormAct, hooked
-from .depthwise import DepthwiseConv2d, fast_backward_enabled
+from .depthwise import DepthwiseConv2d, cached_plan, fast_backward_enabled
 from .native import (
     NATIVE_ACT_NAMES,
     NATIVE_ACTS,
     bn_act_kernel_backward,
     bn_act_kernel_forward,
     bn_act_layout,
+    in_param_layout,
     native_block_on,
     native_depthwise_on,
     native_enabled,
@@ -205,8 +206,13 @@ class BlockStepFn(torch.autograd.Function):
         if we is not None:
             e_pre = _as_map(torch.mm(_as_rows(x), we.view(we.shape[0], -1).t()), n, h, w)
             t, e_mean, e_rstd = _bn_fwd(lib, parts.acts[0], e_pre, e_w, e_b, parts.eps[0], parts.stats[0], threads)
-        out_shape, geom = dw_geometry(tuple(t.shape), tuple(wd.shape), parts.stride, parts.padding)
-        d_in, d_pre = t, dw_kernel_forward(lib, t, wd, None, geom, out_shape)
+        # the kernel cropped to its live taps where the map is smaller than it reaches (a 5x5 kernel on a 1x1 map
+        # has one): the kernels then loop over and sum only those; the dead taps' gradient is zero
+        plan = cached_plan(tuple(t.shape[2:]), tuple(wd.shape[2:]), parts.stride, parts.padding)
+        crop = plan.tap_slices() if plan.cropped and plan.symmetric else None
+        wk, pad = (wd, parts.padding) if crop is None else (wd[crop].contiguous(), plan.conv_padding)
+        out_shape, geom = dw_geometry(tuple(t.shape), tuple(wk.shape), parts.stride, pad)
+        d_in, d_pre = t, dw_kernel_forward(lib, t, wk, None, geom, out_shape)
         t, d_mean, d_rstd = _bn_fwd(lib, parts.acts[1], d_pre, d_w, d_b, parts.eps[1], parts.stats[1], threads)
         if r_w is not None:
             se_in = t
@@ -214,9 +220,9 @@ class BlockStepFn(torch.autograd.Function):
         h2, w2 = t.shape[2:]
         p_in, p_pre = t, _as_map(torch.mm(_as_rows(t), wp.view(wp.shape[0], -1).t()), n, h2, w2)
         out, p_mean, p_rstd = _bn_fwd(lib, parts.acts[2], p_pre, p_w, p_b, parts.eps[2], parts.stats[2], threads)
-        ctx.parts = parts
+        ctx.parts, ctx.dw = parts, (crop, geom, wd.shape, wd.stride())
         # everything through save_for_backward (saved-tensor hooks, e.g. activation checkpointing, see them all)
-        ctx.save_for_backward(x, we, e_w, e_b, wd, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b, e_pre, e_mean, e_rstd,
+        ctx.save_for_backward(x, we, e_w, e_b, wk, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b, e_pre, e_mean, e_rstd,
                               d_in, d_pre, d_mean, d_rstd, se_in, *se_vals, p_in, p_pre, p_mean, p_rstd)
         return out
 
@@ -231,7 +237,7 @@ class BlockStepFn(torch.autograd.Function):
         g = _rows_like(gy, p_pre)
         g, gp_w, gp_b = _bn_bwd(lib, parts.acts[2], g, p_pre, p_w, p_b, p_mean, p_rstd, threads)
         g2 = _as_rows(g)
-        gwp = torch.mm(g2.t(), _as_rows(p_in)).view(wp.shape)
+        gwp = in_param_layout(torch.mm(g2.t(), _as_rows(p_in)).view(wp.shape), wp)
         n, _, h, w = p_in.shape
         g = _as_map(torch.mm(g2, wp.view(wp.shape[0], -1)), n, h, w)
         gr_w = gr_b = gx_w = gx_b = None
@@ -239,13 +245,17 @@ class BlockStepFn(torch.autograd.Function):
             g, gr_w, gr_b, gx_w, gx_b = se_kernel_backward(lib, *parts.se_acts, g, se_in, r_w, r_b, x_w, x_b,
                                                            r_w.shape[0], tuple(se_vals), (True,) * 5, threads)
         g, gd_w, gd_b = _bn_bwd(lib, parts.acts[1], g, d_pre, d_w, d_b, d_mean, d_rstd, threads)
-        _, geom = dw_geometry(tuple(d_in.shape), tuple(wd.shape), parts.stride, parts.padding)
+        crop, geom, full_shape, full_stride = ctx.dw  # wd: the kernel the forward ran, cropped where `crop` says
         gt, gwd = dw_kernel_input_grad(lib, g, wd, geom, d_in.shape), dw_kernel_weight_grad(lib, g, d_in, geom, wd)
+        if crop is not None:
+            full = torch.empty_strided(full_shape, full_stride).zero_()
+            full[crop] = gwd
+            gwd = full
         gwe = ge_w = ge_b = None
         if we is not None:
             gt, ge_w, ge_b = _bn_bwd(lib, parts.acts[0], gt, e_pre, e_w, e_b, e_mean, e_rstd, threads)
             g2 = _as_rows(gt)
-            gwe = torch.mm(g2.t(), _as_rows(x)).view(we.shape)
+            gwe = in_param_layout(torch.mm(g2.t(), _as_rows(x)).view(we.shape), we)
             n, _, h, w = x.shape
             gt = _as_map(torch.mm(g2, we.view(we.shape[0], -1)), n, h, w)
         return (None, gt, gwe, ge_w, ge_b, gwd, gd_w, gd_b, gr_w, gr_b, gx_w, gx_b, gwp, gp_w, gp_b)

@@ -40,10 +40,10 @@ from torch import nn
 from .channels_last_1d import is_channels_last_1d
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "NATIVE_ACT_NAMES", "bn_act_backward", "bn_act_forward",
-           "bn_act_kernel_backward", "bn_act_kernel_forward", "bn_act_layout", "bn_act_pays", "native_block_on",
-           "native_depthwise_on", "native_enabled", "native_library", "native_se_on", "native_status",
-           "require_native_library", "reset_native", "use_native", "use_native_block", "use_native_depthwise",
-           "use_native_se"]
+           "bn_act_kernel_backward", "bn_act_kernel_forward", "bn_act_layout", "bn_act_pays", "in_param_layout",
+           "native_block_on", "native_depthwise_on", "native_enabled", "native_library", "native_se_on",
+           "native_status", "require_native_library", "reset_native", "use_native", "use_native_block",
+           "use_native_depthwise", "use_native_se"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
 # se.c: squeeze-and-excitation (its Python side is layers/native_se.py)
@@ -243,6 +243,17 @@ def bn_act_layout(x: torch.Tensor) -> str | None:
     if is_channels_last_1d(x):  # (N, L, C) storage: N * L rows of C, as a channels-last 2-D map
         return "rows"
     return None
+
+
+def in_param_layout(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`grad` (contiguous, `param`'s shape) with `param`'s strides: a view where the two lay the values out alike
+    (strides differing only on size-1 axes: a channels-last (C, 1, k, k) or (O, I, 1, 1) weight), else a copy.
+    DDP copies a gradient whose strides differ from its parameter's bucket view, and warns each step."""
+    if grad.stride() == param.stride():
+        return grad
+    if all(a == b for a, b, n in zip(grad.stride(), param.stride(), param.shape) if n != 1):
+        return grad.as_strided(param.shape, param.stride())
+    return torch.empty_like(param).copy_(grad)
 
 
 def bn_act_pays(x: torch.Tensor, act: str) -> bool:

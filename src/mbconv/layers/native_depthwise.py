@@ -25,7 +25,14 @@ import torch
 from torch.autograd import forward_ad
 
 from .channels_last_1d import is_channels_last_1d
-from .native import native_depthwise_on, native_enabled, native_library, require_native_library, use_native_depthwise
+from .native import (
+    in_param_layout,
+    native_depthwise_on,
+    native_enabled,
+    native_library,
+    require_native_library,
+    use_native_depthwise,
+)
 
 __all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_3D", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn",
            "dw_backward_input", "dw_backward_weight", "dw_forward", "dw_geometry", "dw_kernel_forward",
@@ -146,7 +153,7 @@ def dw_kernel_weight_grad(lib: Any, gyr: torch.Tensor, xr: torch.Tensor, geom: A
     gw = torch.empty(weight.shape, dtype=torch.float32)  # [C][taps], as the kernel writes it
     if lib.mbconv_dw_backward_weight(geom, gyr.data_ptr(), xr.data_ptr(), gw.data_ptr(), torch.get_num_threads()):
         raise MemoryError(f"dw_backward_weight: out of memory for the per-thread sums of {gw.numel()} taps")
-    return gw
+    return in_param_layout(gw, weight)
 
 
 def dw_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
