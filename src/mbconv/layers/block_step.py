@@ -52,7 +52,7 @@ from .native_se import NATIVE_SE_ACTS, se_kernel_backward, se_kernel_forward
 from .pointwise import PointwiseConv2d
 from .se import SqueezeExcite
 
-__all__ = ["BlockParts", "BlockStepFn", "block_step", "block_step_applies", "bn_step_args"]
+__all__ = ["BlockParts", "BlockStepFn", "block_step", "block_step_applies", "block_step_parts", "bn_step_args"]
 
 # conv classes that compute nn.Conv2d's function (the kernel choice aside); exact types: a parametrized conv
 # has a class of its own
@@ -83,47 +83,67 @@ def _f32(*ts: torch.Tensor | None) -> bool:
     return all(t is not None and t.dtype is torch.float32 and t.is_cpu and t.is_contiguous() for t in ts)
 
 
-def _conv_norm_act_ok(m: nn.Module, depthwise: bool) -> bool:
-    """A `ConvNormAct` the node computes: exact classes throughout (a parametrized module, e.g. fake-quantized, has a
-    class of its own, so these checks also exclude parametrizations), nothing hooked, float32 contiguous."""
+def _conv_norm_act_parts(m: nn.Module, depthwise: bool) -> tuple | None:
+    """(conv, conv weight, BN, BN weight, BN bias, kernel activation code) of a `ConvNormAct` the node computes, else
+    None: exact classes throughout (a parametrized module, e.g. fake-quantized, has a class of its own, so these
+    checks also exclude parametrizations), nothing hooked, float32 contiguous. Each part is read once: the caller
+    passes these on (a module attribute costs a dictionary walk, and a block has a few dozen)."""
     if not _safe(m, ConvNormAct) or hooked(m) or type(m.pad) is not nn.Identity:
-        return False
+        return None
     conv, bn, act = m.conv, m.bn, m.act
     if type(conv) not in _CONVS or conv.bias is not None or hooked(conv) or isinstance(conv.padding, str) \
             or conv.padding_mode != "zeros" or conv.dilation != (1, 1):
-        return False
+        return None
     if depthwise:
         if not conv.groups == conv.in_channels == conv.out_channels:
-            return False
+            return None
     elif conv.groups != 1 or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0):
-        return False
-    return (type(bn) is nn.BatchNorm2d and bn.affine and bn.training and not hooked(bn)
-            and type(act) in NATIVE_ACT_NAMES and not hooked(act)
-            and _f32(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var))
+        return None
+    if type(bn) is not nn.BatchNorm2d or not bn.affine or not bn.training or hooked(bn) \
+            or type(act) not in NATIVE_ACT_NAMES or hooked(act):
+        return None
+    w, bw, bb = conv.weight, bn.weight, bn.bias
+    if not _f32(w, bw, bb, bn.running_mean, bn.running_var):
+        return None
+    return conv, w, bn, bw, bb, NATIVE_ACTS[NATIVE_ACT_NAMES[type(act)]]
 
 
-def _se_ok(se: nn.Module) -> bool:
+def _se_parts(se: nn.Module) -> tuple | None:
+    """(reduce weight, reduce bias, expand weight, expand bias, activation code, gate code) of an SE the node
+    computes, else None (as `_conv_norm_act_parts`)."""
     if not _safe(se, SqueezeExcite) or hooked(se) or se.inplace or se.dims != 2:
-        return False
+        return None
     r, e, act, gate = se.conv_reduce, se.conv_expand, se.act, se.gate
-    return (type(r) in _CONVS and type(e) in _CONVS and r.kernel_size == e.kernel_size == (1, 1)
+    if not (type(r) in _CONVS and type(e) in _CONVS and r.kernel_size == e.kernel_size == (1, 1)
             and r.groups == e.groups == 1 and type(act) in NATIVE_SE_ACTS and type(gate) in NATIVE_SE_ACTS
-            and not (hooked(r) or hooked(e) or hooked(act) or hooked(gate))
-            and _f32(r.weight, r.bias, e.weight, e.bias))
+            and not (hooked(r) or hooked(e) or hooked(act) or hooked(gate))):
+        return None
+    ws = (r.weight, r.bias, e.weight, e.bias)
+    return (*ws, NATIVE_SE_ACTS[type(act)], NATIVE_SE_ACTS[type(gate)]) if _f32(*ws) else None
+
+
+def block_step_parts(block: nn.Module, x: torch.Tensor) -> tuple | None:
+    """What `block_step` needs of `block` when `BlockStepFn` computes its layers (all but the residual) on `x` in
+    this training step (see the module docstring), else None: per step expand / depthwise / SE / project its parts
+    (None for a step the block does not have). The caller has checked that a lean Function may run at all
+    (autograd on, no tracing)."""
+    steps = block.steps
+    if not (native_block_on() and native_depthwise_on() and fast_backward_enabled() and x.dim() == 4
+            and x.dtype is torch.float32 and x.shape[0] > 0 and bn_act_layout(x) == "rows"
+            and tuple(steps) in _STEPS and native_enabled()) or ("se" in steps and not native_se_on()):
+        return None  # a switch that takes a part off its native kernel takes the block off the node too
+    if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False):
+        return None
+    parts = {name: _se_parts(getattr(block, name)) if name == "se"
+             else _conv_norm_act_parts(getattr(block, name), name == "depthwise") for name in steps}
+    if any(v is None for v in parts.values()):
+        return None
+    return tuple(parts.get(name) for name in ("expand", "depthwise", "se", "project"))
 
 
 def block_step_applies(block: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `BlockStepFn` computes `block`'s layers (all but the residual) on `x` in this training step: see the
-    module docstring. The caller has checked that a lean Function may run at all (autograd on, no tracing)."""
-    if not (native_block_on() and native_depthwise_on() and fast_backward_enabled() and x.dim() == 4
-            and x.dtype is torch.float32 and x.shape[0] > 0 and bn_act_layout(x) == "rows"
-            and tuple(block.steps) in _STEPS and native_enabled()) or ("se" in block.steps and not native_se_on()):
-        return False  # a switch that takes a part off its native kernel takes the block off the node too
-    if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False):
-        return False
-    parts = [getattr(block, name) for name in block.steps]
-    return all(_se_ok(m) if name == "se" else _conv_norm_act_ok(m, name == "depthwise")
-               for name, m in zip(block.steps, parts))
+    """Whether `BlockStepFn` computes `block`'s layers on `x` in this training step (`block_step_parts`)."""
+    return block_step_parts(block, x) is not None
 
 
 @dataclass
@@ -140,25 +160,18 @@ class BlockParts:
     se_acts: tuple[int, int] | None
 
 
-def block_step(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def block_step(block: nn.Module, x: torch.Tensor, parts: tuple | None = None) -> torch.Tensor:
     """`block`'s layers on `x` (everything but the residual) through `BlockStepFn`, BN running statistics and batch
-    counters updated as the modules would. `block_step_applies(block, x)` must hold."""
-    e, d, se, p = (getattr(block, n) if n in block.steps else None for n in ("expand", "depthwise", "se", "project"))
-
-    def act(m: nn.Module | None) -> int | None:
-        return None if m is None else NATIVE_ACTS[NATIVE_ACT_NAMES[type(m.act)]]
-
-    parts = BlockParts(acts=(act(e), act(d), act(p)), eps=(None if e is None else e.bn.eps, d.bn.eps, p.bn.eps),
-                       stats=(None if e is None else bn_step_args(e.bn), bn_step_args(d.bn), bn_step_args(p.bn)),
-                       stride=tuple(d.conv.stride), padding=tuple(d.conv.padding),
-                       se_acts=None if se is None else (NATIVE_SE_ACTS[type(se.act)], NATIVE_SE_ACTS[type(se.gate)]))
-    none4 = (None,) * 4
-    return BlockStepFn.apply(
-        parts, x, *((None,) * 3 if e is None else (e.conv.weight, e.bn.weight, e.bn.bias)),
-        d.conv.weight, d.bn.weight, d.bn.bias,
-        *(none4 if se is None else (se.conv_reduce.weight, se.conv_reduce.bias, se.conv_expand.weight,
-                                    se.conv_expand.bias)),
-        p.conv.weight, p.bn.weight, p.bn.bias)
+    counters updated as the modules would. `parts` is `block_step_parts(block, x)` (computed here when not given),
+    which must not be None."""
+    e, d, se, p = block_step_parts(block, x) if parts is None else parts
+    conv = d[0]
+    args = BlockParts(acts=(None if e is None else e[5], d[5], p[5]),
+                      eps=(None if e is None else e[2].eps, d[2].eps, p[2].eps),
+                      stats=(None if e is None else bn_step_args(e[2]), bn_step_args(d[2]), bn_step_args(p[2])),
+                      stride=conv.stride, padding=conv.padding, se_acts=None if se is None else se[4:])
+    return BlockStepFn.apply(args, x, *((None,) * 3 if e is None else (e[1], e[3], e[4])), d[1], d[3], d[4],
+                             *((None,) * 4 if se is None else se[:4]), p[1], p[3], p[4])
 
 
 # -- the kernels, called with the checks above done once ----------------------------------------------------------

@@ -61,7 +61,7 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
-from .block_step import block_step, block_step_applies, bn_step_args
+from .block_step import block_step, block_step_parts, bn_step_args
 from .blocks import DepthwiseSeparable, FusedMBConv, MBConv
 from .channels_last_1d import channels_last_1d_on, to_channels_last_1d
 from .conv import ConvNormAct, hooked
@@ -356,8 +356,8 @@ def _fusable_project(proj: nn.Module) -> nn.Module | None:
 
 class LeanBlockForward:
     """Mixin for the block classes: in a training step, on maps whose expanded size is below `min_numel` elements,
-    the whole block as one autograd node where `block_step_applies` (layers/block_step.py); on larger maps an SE
-    that feeds the project conv directly is fused into it (`GatedConvFn`: the SE product x * g is recomputed in
+    the whole block as one autograd node where it applies (`block_step_parts`, layers/block_step.py); on larger maps
+    an SE that feeds the project conv directly is fused into it (`GatedConvFn`: the SE product x * g is recomputed in
     backward, not stored); otherwise, and always for a replaced or hooked SE / project, `Block.forward`."""
 
     min_numel = LEAN_MIN_NUMEL  # no annotation: TorchScript cannot read a postponed one
@@ -366,10 +366,11 @@ class LeanBlockForward:
         steps = self.steps
         if not self.training or self.inplace or torch.jit.is_scripting():
             return super().forward(x)
-        if "depthwise" in steps and x.numel() // x.shape[1] * self.depthwise.conv.in_channels < self.min_numel \
-                and lean_applies(x, 0) and block_step_applies(self, x):
+        parts = block_step_parts(self, x) if "depthwise" in steps and lean_applies(x, 0) \
+            and x.numel() // x.shape[1] * self.depthwise.conv.in_channels < self.min_numel else None
+        if parts is not None:
             # maps below the size where the gated project below applies: the whole block as one node
-            y = block_step(self, x)
+            y = block_step(self, x, parts)
             return self.drop_path(y) + x if self.has_skip else y
         if "se" not in steps:
             return super().forward(x)
