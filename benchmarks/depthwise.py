@@ -29,7 +29,9 @@ Sections:
   SqueezeExcite (no SE node), ours with oneDNN for every 1x1 conv (no `fast_pointwise`), ours without the native kernels
   (`use_native(False)`: BN + activation and depthwise on PyTorch's ops or `DepthwiseConvFunction`), the same
   network on PyTorch's ops (ATen's depthwise backward, no native kernels, no SE node), for tour and b0 timm's
-  same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal), and for 1-D models
+  same network with the same weights (`benchmarks.run.build_pair`, outputs checked equal), and both again under
+  torch's fused SGD step (`fused=True`, the Trainer's optimizer on CPU; every other variant runs torch's default
+  SGD, on CPU a Python loop over the parameters), and for 1-D models
   ours and ours on ATen's depthwise with contiguous maps (`use_channels_last_1d(False)`: the ATen reference in
   the layout it ran before 1-D maps went channels-last, layers/channels_last_1d.py), and for 2-D models ours with
   the seventh session's product rule (`MAX_LINEAR_PIXELS` = 16 instead of 64);
