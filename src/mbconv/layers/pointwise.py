@@ -38,8 +38,8 @@ from .compiled import compiled_training_step
 from .depthwise import TrainingForward, exporting_or_transforming, fx_proxy
 
 __all__ = ["MAX_LINEAR_PIXELS", "MAX_MATMUL_LENGTH", "MAX_MATMUL_WEIGHT", "POINTWISE_CONV", "PointwiseConv1d",
-           "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise", "is_pointwise", "linear_applies", "matmul_applies",
-           "pointwise_matmul", "product_step_input", "training_step_input"]
+           "PointwiseConv2d", "PointwiseConv3d", "fast_pointwise", "is_pointwise", "linear_applies", "linear_weight",
+           "matmul_applies", "pointwise_matmul", "product_step_input", "training_step_input"]
 
 # Largest map (pixels per sample) run as a matrix product: every 1x1 conv of the tour model and B0 on maps up to 8x8
 # wins at one and two threads, 14x14 and 16x16 are mixed (benchmarks.depthwise --sections pointwise2d, eighth
@@ -111,6 +111,16 @@ def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return math.prod(x.shape[2:]) == 1 or (x.dim() in _LAST and x.is_contiguous(memory_format=_LAST[x.dim()]))
 
 
+def linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv weight (O, I, 1, ...) as the (O, I) matrix of `F.linear`, a view whose gradient comes back in the
+    weight's own strides: through `flatten` for a contiguous weight, through the channels-last permutation for a
+    channels-last one (`flatten`'s gradient would have contiguous strides there, which DDP copies into its buckets
+    with a warning each step)."""
+    if all(s == 1 for s in weight.stride()[2:]):
+        return weight.flatten(1)
+    return weight.permute(0, *range(2, weight.dim()), 1).reshape(weight.shape[0], -1)
+
+
 class PointwiseForward(TrainingForward):
     """Mixin for the nn.ConvNd subclasses below: small-map training steps through `F.linear` (channels as the
     last axis), everything else through nn.ConvNd's forward."""
@@ -121,7 +131,7 @@ class PointwiseForward(TrainingForward):
         if self.training and linear_applies(input, weight):
             order = (0, *range(2, input.dim()), 1)  # channels last: a view for channels_last or 1-pixel maps
             back = (0, input.dim() - 1, *range(1, input.dim() - 1))
-            return F.linear(input.permute(order), weight.flatten(1), self.bias).permute(back)
+            return F.linear(input.permute(order), linear_weight(weight), self.bias).permute(back)
         if self.training and matmul_applies(input, weight):
             return pointwise_matmul(input, weight, self.bias)
         return self._conv_forward(input, weight, self.bias)
