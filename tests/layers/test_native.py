@@ -165,6 +165,32 @@ def test_gradient_in_another_layout_and_nan_propagate() -> None:
     assert torch.isnan(y[:, 1]).all() and not torch.isnan(y[:, 0]).any()  # one channel's statistics are NaN
 
 
+def subnormals(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
+
+
+def test_far_negative_inputs_make_no_subnormal_values() -> None:
+    # sigmoid(z) for z < -87 is below float's smallest normal; kept, it and every product it enters are subnormal
+    # values, each costing a SIMD lane a microcode assist (a network whose pre-activations reached there trained
+    # 6x slower): the kernels flush it to zero, within float32 rounding of PyTorch's result. With BN outputs in
+    # -87.6 +- 0.2 and a small incoming gradient, the gradients are about 1e-40: subnormal unless flushed.
+    x = make_input((4, 8, 3, 3), True)
+    bn = nn.BatchNorm2d(8, eps=1e-5)
+    with torch.no_grad():
+        bn.weight.fill_(0.1)
+        bn.bias.fill_(-87.6)
+    gy = torch.full_like(x, 1e-5)
+    want = reference(x, bn, nn.SiLU(), gy)
+    y, mean, rstd = native.bn_act_forward(x, bn.weight, bn.bias, None, None, 0.1, 1e-5, "silu")
+    gx, gw, gb = native.bn_act_backward(gy, x, bn.weight, bn.bias, mean, rstd, "silu")
+    assert subnormals(want[1]) > 0 and subnormals(want[3]) > 0  # PyTorch's: the values the test is about
+    for got in (y, gx, gw, gb):
+        assert subnormals(got) == 0
+    torch.testing.assert_close(y, want[0], rtol=1e-5, atol=1e-5)
+    for got, ref in zip((gx, gw, gb), want[1:]):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-30)
+
+
 def test_deterministic_and_once_differentiable() -> None:
     layer = ConvNormAct(3, 8, 3, act="swish")
     lean_layers(layer, 0)

@@ -130,6 +130,24 @@ def test_threads_do_not_change_the_result() -> None:
         assert torch.equal(a, b)
 
 
+def test_a_gate_far_below_zero_makes_no_subnormal_values() -> None:
+    """A sigmoid gate whose input is about -87.6 is below float's smallest normal: the kernels flush it to zero
+    (kept, x * gate and the gradients are subnormal values, each costing a SIMD lane a microcode assist), within
+    float32 rounding of `SqueezeExciteFn`'s result."""
+    x = channels_last(torch.rand(3, 8, 4, 4))
+    ws = weights(8, 2, 2)
+    ws[2] = ws[2] * 1e-3
+    ws[3] = torch.full((8,), -87.6)
+    acts, gy = (nn.SiLU, nn.Sigmoid), torch.ones(3, 8, 4, 4)
+    want = grads(SqueezeExciteFn, x, ws, acts, gy)
+    got = grads(NativeSqueezeExciteFn, x, ws, acts, gy)
+    subnormal = [int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum()) for t in (*want, *got)]
+    assert subnormal[0] > 0  # SqueezeExciteFn's output: the values the test is about
+    assert sum(subnormal[len(want):]) == 0
+    for name, a, b in zip(("y", "gx", "gw1", "gb1", "gw2", "gb2"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-30, msg=name)
+
+
 def test_only_the_wanted_gradients_and_once_differentiable() -> None:
     x = channels_last(torch.randn(3, 8, 4, 4)).requires_grad_(True)
     ws = weights(8, 2, 2)

@@ -41,7 +41,7 @@ static inline __attribute__((always_inline)) float act_bwd(const int act, float 
     switch (act) {
     case ACT_RELU: return z > 0.0f ? g : 0.0f;
     case ACT_RELU6: return (z > 0.0f && z < 6.0f) ? g : 0.0f;
-    case ACT_SILU: { float s = 1.0f / (1.0f + exp_approx(-z)); return g * s * (1.0f + z * (1.0f - s)); }
+    case ACT_SILU: { float s = sigmoid_approx(z); return g * s * (1.0f + z * (1.0f - s)); }
     case ACT_HARDSWISH: return z < -3.0f ? 0.0f : (z <= 3.0f ? g * (z / 3.0f + 0.5f) : g);
     default: return g;
     }

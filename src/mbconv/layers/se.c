@@ -28,7 +28,7 @@ static inline __attribute__((always_inline)) float se_fwd(const int k, float v) 
     switch (k) {
     case SE_SILU: return v / (1.0f + exp_approx(-v));
     case SE_RELU: return v > 0.0f ? v : 0.0f;
-    case SE_SIGMOID: return 1.0f / (1.0f + exp_approx(-v));
+    case SE_SIGMOID: return sigmoid_approx(v);
     default: { float t = v + 3.0f; t = t < 0.0f ? 0.0f : (t > 6.0f ? 6.0f : t); return t / 6.0f; }
     }
 }
@@ -37,7 +37,7 @@ static inline __attribute__((always_inline)) float se_fwd(const int k, float v) 
  * output, sigmoid_backward, hardsigmoid_backward) */
 static inline __attribute__((always_inline)) float se_bwd(const int k, float v, float o, float g) {
     switch (k) {
-    case SE_SILU: { float s = 1.0f / (1.0f + exp_approx(-v)); return g * s * (1.0f + v * (1.0f - s)); }
+    case SE_SILU: { float s = sigmoid_approx(v); return g * s * (1.0f + v * (1.0f - s)); }
     case SE_RELU: return o <= 0.0f ? 0.0f : g;
     case SE_SIGMOID: return g * (1.0f - o) * o;
     default: return (v > -3.0f && v < 3.0f) ? g * (1.0f / 6.0f) : 0.0f;
