@@ -23,9 +23,10 @@ static inline float exp_approx(float x) {
     return p * scale.f;
 }
 
-/* 1 / (1 + exp(-x)), 0 below x = -87 (the true value there is under 1.7e-38, and under float's smallest normal,
- * 1.2e-38, from -87.34 on; an absolute error below 1.7e-38): a subnormal result, and every product it enters, costs each SIMD lane a microcode assist (twelfth session:
- * the tour model with weights blown up to pre-activations near -87 ran its native training step 5x slower) */
+/* 1 / (1 + exp(-x)), 0 below x = -87 (the true value there is under 1.7e-38, and under float's smallest
+ * normal, 1.2e-38, from -87.34 on): a subnormal result, and every product it enters, costs each SIMD lane a
+ * microcode assist (twelfth session: the tour model with weights blown up to pre-activations near -87 ran its
+ * native training step 5x slower) */
 static inline float sigmoid_approx(float x) {
     return x < -87.0f ? 0.0f : 1.0f / (1.0f + exp_approx(-x));
 }
