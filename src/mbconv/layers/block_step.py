@@ -26,6 +26,8 @@ padding, dilation 1, no pad module), affine training-mode BatchNorms and activat
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,18 +39,15 @@ from .depthwise import DepthwiseConv2d, cached_plan, fast_backward_enabled
 from .native import (
     NATIVE_ACT_NAMES,
     NATIVE_ACTS,
-    bn_act_kernel_backward,
-    bn_act_kernel_forward,
     bn_act_layout,
-    in_param_layout,
     native_block_on,
     native_depthwise_on,
-    native_enabled,
     native_library,
     native_se_on,
+    native_sgemm_found,
 )
-from .native_depthwise import dw_geometry, dw_kernel_forward, dw_kernel_input_grad, dw_kernel_weight_grad
-from .native_se import NATIVE_SE_ACTS, se_kernel_backward, se_kernel_forward
+from .native_depthwise import dw_geometry
+from .native_se import NATIVE_SE_ACTS
 from .pointwise import PointwiseConv2d
 from .se import SqueezeExcite
 
@@ -130,7 +129,7 @@ def block_step_parts(block: nn.Module, x: torch.Tensor) -> tuple | None:
     steps = block.steps
     if not (native_block_on() and native_depthwise_on() and fast_backward_enabled() and x.dim() == 4
             and x.dtype is torch.float32 and x.shape[0] > 0 and bn_act_layout(x) == "rows"
-            and tuple(steps) in _STEPS and native_enabled()) or ("se" in steps and not native_se_on()):
+            and tuple(steps) in _STEPS and native_sgemm_found()) or ("se" in steps and not native_se_on()):
         return None  # a switch that takes a part off its native kernel takes the block off the node too
     if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False):
         return None
@@ -174,101 +173,80 @@ def block_step(block: nn.Module, x: torch.Tensor, parts: tuple | None = None) ->
                              *((None,) * 4 if se is None else se[:4]), p[1], p[3], p[4])
 
 
-# -- the kernels, called with the checks above done once ----------------------------------------------------------
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """A (N, C, H, W) map in the rows layout as its (N * H * W, C) matrix (a view)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+# -- the C side (block_step.c), its sizes and pointers --------------------------------------------------------------
+@functools.lru_cache(maxsize=512)
+def _dims(dims: tuple[int, ...]) -> tuple[Any, int, int]:
+    """(block_step.c's dims array, workspace floats, backward scratch floats) for a block's sizes (see
+    block_step.c), cached: a training step meets the same few every step."""
+    arr = (ctypes.c_long * len(dims))(*dims)
+    lib = native_library()
+    return arr, lib.mbconv_block_workspace(arr), lib.mbconv_block_scratch(arr)
 
 
-def _as_map(m: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
-    """An (N * H * W, C) matrix as a channels-last (N, C, H, W) map (a view)."""
-    return m.view(n, h, w, m.shape[1]).permute(0, 3, 1, 2)
-
-
-def _bn_fwd(lib: Any, act: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, stats: Any,
-            threads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rm, rv, momentum = stats
-    return bn_act_kernel_forward(lib, "rows", act, x, w, b, rm, rv, momentum, eps, threads)
-
-
-def _bn_bwd(lib: Any, act: int, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-            mean: torch.Tensor, rstd: torch.Tensor, threads: int) -> tuple[torch.Tensor, ...]:
-    return bn_act_kernel_backward(lib, "rows", act, gy, x, w, b, mean, rstd, True, threads)
-
-
-def _rows_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`t` with `like`'s strides (a gradient from outside may come in another layout)."""
-    return t if t.stride() == like.stride() and t.dtype is torch.float32 else torch.empty_like(like).copy_(t)
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 class BlockStepFn(torch.autograd.Function):
-    """The block's layers as one autograd node (see the module docstring). Inputs: `BlockParts`, x, then expand
-    (conv weight, BN weight, BN bias; None without expansion), depthwise (the same three), SE (reduce weight and
-    bias, expand weight and bias; None without SE), project (the same three)."""
+    """The block's layers as one autograd node (see the module docstring), forward and backward each one call into
+    block_step.c. Inputs: `BlockParts`, x, then expand (conv weight, BN weight, BN bias; None without expansion),
+    depthwise (the same three), SE (reduce weight and bias, expand weight and bias; None without SE), project (the
+    same three)."""
 
     @staticmethod
     def forward(ctx: Any, parts: BlockParts, x: torch.Tensor, we: torch.Tensor | None, e_w: torch.Tensor | None,
                 e_b: torch.Tensor | None, wd: torch.Tensor, d_w: torch.Tensor, d_b: torch.Tensor,
                 r_w: torch.Tensor | None, r_b: torch.Tensor | None, x_w: torch.Tensor | None,
                 x_b: torch.Tensor | None, wp: torch.Tensor, p_w: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
-        lib, threads = native_library(), torch.get_num_threads()
-        n, _, h, w = x.shape
-        e_pre = e_mean = e_rstd = se_in = None
-        se_vals: tuple[torch.Tensor | None, ...] = (None,) * 5
-        t = x
-        if we is not None:
-            e_pre = _as_map(torch.mm(_as_rows(x), we.view(we.shape[0], -1).t()), n, h, w)
-            t, e_mean, e_rstd = _bn_fwd(lib, parts.acts[0], e_pre, e_w, e_b, parts.eps[0], parts.stats[0], threads)
+        n, c_in, h, w = x.shape
+        c_mid, c_out = wd.shape[0], wp.shape[0]
         # the kernel cropped to its live taps where the map is smaller than it reaches (a 5x5 kernel on a 1x1 map
         # has one): the kernels then loop over and sum only those; the dead taps' gradient is zero
-        plan = cached_plan(tuple(t.shape[2:]), tuple(wd.shape[2:]), parts.stride, parts.padding)
+        plan = cached_plan((h, w), tuple(wd.shape[2:]), parts.stride, parts.padding)
         crop = plan.tap_slices() if plan.cropped and plan.symmetric else None
         wk, pad = (wd, parts.padding) if crop is None else (wd[crop].contiguous(), plan.conv_padding)
-        out_shape, geom = dw_geometry(tuple(t.shape), tuple(wk.shape), parts.stride, pad)
-        d_in, d_pre = t, dw_kernel_forward(lib, t, wk, None, geom, out_shape)
-        t, d_mean, d_rstd = _bn_fwd(lib, parts.acts[1], d_pre, d_w, d_b, parts.eps[1], parts.stats[1], threads)
-        if r_w is not None:
-            se_in = t
-            t, se_vals = se_kernel_forward(lib, *parts.se_acts, t, r_w, r_b, x_w, x_b, r_w.shape[0], threads)
-        h2, w2 = t.shape[2:]
-        p_in, p_pre = t, _as_map(torch.mm(_as_rows(t), wp.view(wp.shape[0], -1).t()), n, h2, w2)
-        out, p_mean, p_rstd = _bn_fwd(lib, parts.acts[2], p_pre, p_w, p_b, parts.eps[2], parts.stats[2], threads)
-        ctx.parts, ctx.dw = parts, (crop, geom, wd.shape, wd.stride())
+        out_shape, geom = dw_geometry((n, c_mid, h, w), tuple(wk.shape), parts.stride, pad)
+        h2, w2 = out_shape[2:]
+        acts, se_acts = parts.acts, parts.se_acts or (0, 0)
+        key = (n, h, w, c_in, c_mid, int(we is not None), h2, w2, c_out, 0 if r_w is None else r_w.shape[0],
+               acts[0] or 0, acts[1], acts[2], *se_acts)
+        dims, ws_floats, _ = _dims(key)
+        ws = torch.empty(ws_floats)
+        out = torch.empty((n, c_out, h2, w2), memory_format=torch.channels_last)
+        (erm, erv, emom), (drm, drv, dmom), (prm, prv, pmom) = (s or (None, None, 0.0) for s in parts.stats)
+        ptrs = (ctypes.c_void_p * 22)(
+            x.data_ptr(), _ptr(we), _ptr(e_w), _ptr(e_b), _ptr(erm), _ptr(erv), wk.data_ptr(), d_w.data_ptr(),
+            d_b.data_ptr(), _ptr(drm), _ptr(drv), _ptr(r_w), _ptr(r_b), _ptr(x_w), _ptr(x_b), wp.data_ptr(),
+            p_w.data_ptr(), p_b.data_ptr(), _ptr(prm), _ptr(prv), ws.data_ptr(), out.data_ptr())
+        sc = (ctypes.c_float * 6)(parts.eps[0] or 0.0, parts.eps[1], parts.eps[2], emom, dmom, pmom)
+        if native_library().mbconv_block_forward(dims, geom, ptrs, sc, torch.get_num_threads()):
+            raise MemoryError(f"block step: out of memory for a kernel's scratch ({n} x {c_mid} x {h} x {w})")
+        ctx.parts, ctx.key, ctx.geom, ctx.dw = parts, key, geom, (crop, wd.shape, wd.stride())
         # everything through save_for_backward (saved-tensor hooks, e.g. activation checkpointing, see them all)
-        ctx.save_for_backward(x, we, e_w, e_b, wk, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b, e_pre, e_mean, e_rstd,
-                              d_in, d_pre, d_mean, d_rstd, se_in, *se_vals, p_in, p_pre, p_mean, p_rstd)
+        ctx.save_for_backward(x, ws, we, e_w, e_b, wk, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple:
-        (x, we, e_w, e_b, wd, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b, e_pre, e_mean, e_rstd, d_in, d_pre, d_mean,
-         d_rstd, se_in, *rest) = ctx.saved_tensors
-        se_vals, (p_in, p_pre, p_mean, p_rstd) = rest[:5], rest[5:]
-        parts = ctx.parts
-        lib, threads = native_library(), torch.get_num_threads()
-        g = _rows_like(gy, p_pre)
-        g, gp_w, gp_b = _bn_bwd(lib, parts.acts[2], g, p_pre, p_w, p_b, p_mean, p_rstd, threads)
-        g2 = _as_rows(g)
-        gwp = in_param_layout(torch.mm(g2.t(), _as_rows(p_in)).view(wp.shape), wp)
-        n, _, h, w = p_in.shape
-        g = _as_map(torch.mm(g2, wp.view(wp.shape[0], -1)), n, h, w)
-        gr_w = gr_b = gx_w = gx_b = None
-        if r_w is not None:
-            g, gr_w, gr_b, gx_w, gx_b = se_kernel_backward(lib, *parts.se_acts, g, se_in, r_w, r_b, x_w, x_b,
-                                                           r_w.shape[0], tuple(se_vals), (True,) * 5, threads)
-        g, gd_w, gd_b = _bn_bwd(lib, parts.acts[1], g, d_pre, d_w, d_b, d_mean, d_rstd, threads)
-        crop, geom, full_shape, full_stride = ctx.dw  # wd: the kernel the forward ran, cropped where `crop` says
-        gt, gwd = dw_kernel_input_grad(lib, g, wd, geom, d_in.shape), dw_kernel_weight_grad(lib, g, d_in, geom, wd)
+        saved = ctx.saved_tensors
+        x, ws, weights = saved[0], saved[1], saved[2:]
+        dims, _, scratch_floats = _dims(ctx.key)
+        if gy.dtype is not torch.float32 or not gy.is_contiguous(memory_format=torch.channels_last):
+            gy = gy.to(torch.float32).contiguous(memory_format=torch.channels_last)  # e.g. an expanded gradient
+        scratch = torch.empty(scratch_floats)
+        gx = torch.empty_like(x)
+        # each gradient in its parameter's strides (DDP copies one that differs into its bucket, and warns)
+        grads = [None if t is None else torch.empty_like(t) for t in weights]
+        ptrs = (ctypes.c_void_p * 29)(
+            gy.data_ptr(), x.data_ptr(), ws.data_ptr(), scratch.data_ptr(),
+            *(_ptr(t) for i, t in enumerate(weights) if i not in (7, 9)),  # the SE's biases: not read
+            gx.data_ptr(), *(_ptr(t) for t in grads))
+        if native_library().mbconv_block_backward(dims, ctx.geom, ptrs, torch.get_num_threads()):
+            raise MemoryError(f"block step: out of memory for a kernel's scratch ({tuple(x.shape)})")
+        crop, full_shape, full_stride = ctx.dw  # the forward ran the kernel cropped where `crop` says
         if crop is not None:
             full = torch.empty_strided(full_shape, full_stride).zero_()
-            full[crop] = gwd
-            gwd = full
-        gwe = ge_w = ge_b = None
-        if we is not None:
-            gt, ge_w, ge_b = _bn_bwd(lib, parts.acts[0], gt, e_pre, e_w, e_b, e_mean, e_rstd, threads)
-            g2 = _as_rows(gt)
-            gwe = in_param_layout(torch.mm(g2.t(), _as_rows(x)).view(we.shape), we)
-            n, _, h, w = x.shape
-            gt = _as_map(torch.mm(g2, we.view(we.shape[0], -1)), n, h, w)
-        return (None, gt, gwe, ge_w, ge_b, gwd, gd_w, gd_b, gr_w, gr_b, gx_w, gx_b, gwp, gp_w, gp_b)
+            full[crop] = grads[3]
+            grads[3] = full
+        return (None, gx, *grads)

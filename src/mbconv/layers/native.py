@@ -42,12 +42,13 @@ from .channels_last_1d import is_channels_last_1d
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "NATIVE_ACT_NAMES", "bn_act_backward", "bn_act_forward",
            "bn_act_kernel_backward", "bn_act_kernel_forward", "bn_act_layout", "bn_act_pays", "in_param_layout",
            "native_block_on", "native_depthwise_on", "native_enabled", "native_library", "native_se_on",
-           "native_status", "require_native_library", "reset_native", "use_native", "use_native_block",
-           "use_native_depthwise", "use_native_se"]
+           "native_sgemm_found", "native_status", "require_native_library", "reset_native", "use_native",
+           "use_native_block", "use_native_depthwise", "use_native_se"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
-# se.c: squeeze-and-excitation (its Python side is layers/native_se.py)
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c", "se.c"))
+# se.c: squeeze-and-excitation (its Python side is layers/native_se.py); block_step.c: a whole block's step through
+# the three (layers/block_step.py)
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act.c", "dw_conv.c", "se.c", "block_step.c"))
 # included by the sources (found next to them): part of the build cache key
 HEADERS = (Path(__file__).with_name("native_exp.h"),)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
@@ -108,6 +109,18 @@ def _build(cc: str, out: Path) -> None:
             os.unlink(tmp)
 
 
+def _blas_sgemm() -> int | None:
+    """The address of the BLAS sgemm PyTorch's torch.mm calls on float32 CPU tensors (MKL's, exported by
+    libtorch_cpu in PyTorch's x86 wheels), for block_step.c's products; None where it cannot be found."""
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for path in (*sorted(lib_dir.glob("libtorch_cpu.*")), None):
+        try:
+            return ctypes.cast(ctypes.CDLL(None if path is None else str(path)).sgemm_, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     cc = _compiler()
@@ -138,6 +151,14 @@ def _load() -> ctypes.CDLL | None:
     lib.mbconv_se_forward.argtypes = [i32, i32, p, p, i64, i64, i64, i64, p, p, p, p, p, p, p, p, p, i32]
     lib.mbconv_se_backward.argtypes = [i32, i32, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, p, p, p, p, p,
                                        i32]
+    lib.mbconv_block_workspace.argtypes = lib.mbconv_block_scratch.argtypes = [p]
+    lib.mbconv_block_workspace.restype = lib.mbconv_block_scratch.restype = i64
+    lib.mbconv_block_forward.argtypes = [p, p, p, p, i32]
+    lib.mbconv_block_backward.argtypes = [p, p, p, i32]
+    lib.mbconv_set_sgemm.argtypes = [p]
+    sgemm = _blas_sgemm()
+    lib.mbconv_set_sgemm(sgemm)
+    _state["sgemm"] = sgemm is not None
     _state["status"] = f"on: {out}"
     return lib
 
@@ -222,6 +243,12 @@ def use_native_block(enabled: bool) -> contextlib.AbstractContextManager[None]:
 def native_block_on() -> bool:
     """The `use_native_block` switch (the library may still be off: see `native_enabled`)."""
     return bool(_state["block"])
+
+
+def native_sgemm_found() -> bool:
+    """Whether the built library has the BLAS sgemm its block step multiplies with (`_blas_sgemm`); False while
+    the library is off."""
+    return native_library() is not None and bool(_state.get("sgemm"))
 
 
 def native_depthwise_on() -> bool:
