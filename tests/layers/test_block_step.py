@@ -145,6 +145,31 @@ def test_where_the_layers_run_one_by_one(graph_nodes: Callable) -> None:
     assert not block_step_applies(block, x.double())
 
 
+def test_products_are_torch_mms_and_need_the_blas_sgemm(graph_nodes: Callable, monkeypatch) -> None:  # noqa: ANN001
+    """block_step.c multiplies with the sgemm torch.mm calls: where every layer of the module path takes the
+    native kernels too (maps of at least 2^14 elements), the two forwards and the input gradients agree bit for
+    bit. Without that sgemm the block runs its layers one by one."""
+    torch.manual_seed(0)
+    block = lean(MBConv(16, 24, 64, kernel=3, opts=LayerOpts(dims=2)))
+    x = torch.randn(8, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(8, 24, 12, 12).contiguous(memory_format=torch.channels_last)
+    on, off = step(copy.deepcopy(block), x, gy, True, graph_nodes), step(copy.deepcopy(block), x, gy, False,
+                                                                           graph_nodes)
+    assert "BlockStepFnBackward" in on[4] and "NativeBNActFnBackward" in off[4]
+    assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])
+    assert native.native_sgemm_found()
+    monkeypatch.setenv("MBCONV_NATIVE_SGEMM", "0")
+    native.reset_native()
+    try:
+        assert native.native_enabled() and not native.native_sgemm_found() and not block_step_applies(block, x)
+        assert native.native_status().endswith("(no BLAS sgemm found: the block step is off)")
+        assert "BlockStepFnBackward" not in step(copy.deepcopy(block), x, gy, True, graph_nodes)[4]
+    finally:
+        monkeypatch.undo()
+        native.reset_native()
+    assert native.native_sgemm_found()
+
+
 def test_direct_call_without_se_and_once_differentiable() -> None:
     """`block_step` on a block without SE (the lean classes only take blocks with one, the node does not need it);
     a second derivative raises instead of being wrong."""

@@ -1,13 +1,16 @@
 """An inverted-residual block's training step as one autograd node: [1x1 expand -> BN -> act] -> depthwise -> BN
--> act -> [SE] -> 1x1 project -> BN [-> act], on float32 CPU maps with their channels last, in the native kernels
-(bn_act.c, dw_conv.c, se.c) and matrix products (MKL's, through `torch.mm`).
+-> act -> [SE] -> 1x1 project -> BN [-> act], on float32 CPU maps with their channels last, its forward and its
+backward each one call into the native library (block_step.c), which runs the block's kernels (bn_act.c, dw_conv.c,
+se.c) and its matrix products (the BLAS sgemm torch.mm calls: MKL's in PyTorch's x86 wheels) in a straight line.
 
 Why: on the small maps of a training step the block's module path costs more in Python than in arithmetic. A
 block there is about a dozen module calls, each with its routing checks, and five autograd Functions whose
 wrappers check and convert their arguments again; measured on the tour model at batch 64, its sixteen blocks took
-44 ms forward + backward through the modules and 30 ms with the same kernels called in a straight line (scratch
-timings, docs/bench/depthwise.md, tenth session). `BlockStepFn` is that straight line, forward and backward
-written out, the layers' shapes checked once per block (`block_step_applies`) and the depthwise geometry cached.
+44 ms forward + backward through the modules and 30 ms with the same kernels called in a straight line from Python
+(tenth session). Called one by one from Python, those kernels and products still cost about 0.5 ms per block at
+batch 2 in wrappers, allocations and ctypes calls; in C the tour step went from x2.0 to x2.3 timm's (twelfth
+session; docs/bench/depthwise.md). The layers' shapes are checked once per block (`block_step_parts`), the
+depthwise geometry and the C side's sizes cached per shape.
 
 What it computes is what the lean module path computes, layer for layer: the same kernels, products and running
 statistics updates (the caller passes each BN's running statistics and momentum, its batch counter advanced, as
@@ -17,11 +20,12 @@ caller (`Block.forward`'s), so their random draws are the module path's. Differe
 
 Where: `block_step_applies` - a training step (the caller checks autograd, tracing and the like: memory.py's
 `lean_applies`), native kernels switched on (`use_native`, `use_native_block`, and the switches of the parts it
-runs: `use_native_depthwise`, `use_native_se`, `use_fast_backward`), a 4-D float32 input in the kernels'
-rows layout, and a block of exactly these parts: `ConvNormAct`s with plain 1x1 / depthwise convs (no bias, numeric
-padding, dilation 1, no pad module), affine training-mode BatchNorms and activations the kernels know, an SE of
-`NATIVE_SE_ACTS` after the depthwise conv, nothing hooked or parametrized. Subclasses count only when they declare
-`block_step_safe = True` (same function, another path: memory.py's lean classes).
+runs: `use_native_depthwise`, `use_native_se`, `use_fast_backward`) with the BLAS sgemm found
+(`native_sgemm_found`), a 4-D float32 input in the kernels' rows layout, and a block of exactly these parts:
+`ConvNormAct`s with plain 1x1 / depthwise convs (no bias, numeric padding, dilation 1, no pad module), affine
+training-mode BatchNorms and activations the kernels know, an SE of `NATIVE_SE_ACTS` after the depthwise conv,
+nothing hooked or parametrized. Subclasses count only when they declare `block_step_safe = True` (same function,
+another path: memory.py's lean classes).
 """
 
 from __future__ import annotations
@@ -183,6 +187,14 @@ def _dims(dims: tuple[int, ...]) -> tuple[Any, int, int]:
     return arr, lib.mbconv_block_workspace(arr), lib.mbconv_block_scratch(arr)
 
 
+def _check(err: int, x: torch.Tensor) -> None:
+    """block_step.c's return code as a one-line error."""
+    if err == 1:
+        raise MemoryError(f"block step: out of memory for a kernel's scratch (input {tuple(x.shape)})")
+    if err:
+        raise RuntimeError("block step: the native library has no BLAS sgemm (native_sgemm_found)")
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -219,8 +231,7 @@ class BlockStepFn(torch.autograd.Function):
             d_b.data_ptr(), _ptr(drm), _ptr(drv), _ptr(r_w), _ptr(r_b), _ptr(x_w), _ptr(x_b), wp.data_ptr(),
             p_w.data_ptr(), p_b.data_ptr(), _ptr(prm), _ptr(prv), ws.data_ptr(), out.data_ptr())
         sc = (ctypes.c_float * 6)(parts.eps[0] or 0.0, parts.eps[1], parts.eps[2], emom, dmom, pmom)
-        if native_library().mbconv_block_forward(dims, geom, ptrs, sc, torch.get_num_threads()):
-            raise MemoryError(f"block step: out of memory for a kernel's scratch ({n} x {c_mid} x {h} x {w})")
+        _check(native_library().mbconv_block_forward(dims, geom, ptrs, sc, torch.get_num_threads()), x)
         ctx.parts, ctx.key, ctx.geom, ctx.dw = parts, key, geom, (crop, wd.shape, wd.stride())
         # everything through save_for_backward (saved-tensor hooks, e.g. activation checkpointing, see them all)
         ctx.save_for_backward(x, ws, we, e_w, e_b, wk, d_w, d_b, r_w, r_b, x_w, x_b, wp, p_w, p_b)
@@ -242,8 +253,7 @@ class BlockStepFn(torch.autograd.Function):
             gy.data_ptr(), x.data_ptr(), ws.data_ptr(), scratch.data_ptr(),
             *(_ptr(t) for i, t in enumerate(weights) if i not in (7, 9)),  # the SE's biases: not read
             gx.data_ptr(), *(_ptr(t) for t in grads))
-        if native_library().mbconv_block_backward(dims, ctx.geom, ptrs, torch.get_num_threads()):
-            raise MemoryError(f"block step: out of memory for a kernel's scratch ({tuple(x.shape)})")
+        _check(native_library().mbconv_block_backward(dims, ctx.geom, ptrs, torch.get_num_threads()), x)
         crop, full_shape, full_stride = ctx.dw  # the forward ran the kernel cropped where `crop` says
         if crop is not None:
             full = torch.empty_strided(full_shape, full_stride).zero_()

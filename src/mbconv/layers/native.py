@@ -111,7 +111,10 @@ def _build(cc: str, out: Path) -> None:
 
 def _blas_sgemm() -> int | None:
     """The address of the BLAS sgemm PyTorch's torch.mm calls on float32 CPU tensors (MKL's, exported by
-    libtorch_cpu in PyTorch's x86 wheels), for block_step.c's products; None where it cannot be found."""
+    libtorch_cpu in PyTorch's x86 wheels), for block_step.c's products; None where it cannot be found or
+    `MBCONV_NATIVE_SGEMM=0` says not to look (the block step is then off, its layers run one by one)."""
+    if os.environ.get("MBCONV_NATIVE_SGEMM", "1") == "0":
+        return None
     lib_dir = Path(torch.__file__).parent / "lib"
     for path in (*sorted(lib_dir.glob("libtorch_cpu.*")), None):
         try:
@@ -159,7 +162,7 @@ def _load() -> ctypes.CDLL | None:
     sgemm = _blas_sgemm()
     lib.mbconv_set_sgemm(sgemm)
     _state["sgemm"] = sgemm is not None
-    _state["status"] = f"on: {out}"
+    _state["status"] = f"on: {out}" + ("" if sgemm else " (no BLAS sgemm found: the block step is off)")
     return lib
 
 
