@@ -40,10 +40,10 @@ from torch import nn
 from .channels_last_1d import is_channels_last_1d
 
 __all__ = ["MIN_IDENTITY_NUMEL", "MIN_PLANE", "NATIVE_ACTS", "NATIVE_ACT_NAMES", "bn_act_backward", "bn_act_forward",
-           "bn_act_kernel_backward", "bn_act_kernel_forward", "bn_act_layout", "bn_act_pays", "in_param_layout",
-           "native_block_on", "native_depthwise_on", "native_enabled", "native_library", "native_se_on",
-           "native_sgemm_found", "native_status", "require_native_library", "reset_native", "use_native",
-           "use_native_block", "use_native_depthwise", "use_native_se"]
+           "bn_act_layout", "bn_act_pays", "in_param_layout", "native_block_on", "native_depthwise_on",
+           "native_enabled", "native_library", "native_se_on", "native_sgemm_found", "native_status",
+           "require_native_library", "reset_native", "use_native", "use_native_block", "use_native_depthwise",
+           "use_native_se"]
 
 # bn_act.c: BN + activation; dw_conv.c: depthwise convolution (its Python side is layers/native_depthwise.py);
 # se.c: squeeze-and-excitation (its Python side is layers/native_se.py); block_step.c: a whole block's step through
@@ -341,16 +341,16 @@ def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ru
     if x.numel() // x.shape[1] < 2:  # nn.BatchNorm's rule: batch statistics need two values per channel
         raise ValueError(f"bn_act_forward: expected more than 1 value per channel when training, got input size "
                          f"{tuple(x.shape)}")
-    return bn_act_kernel_forward(lib, layout, NATIVE_ACTS[act], x, weight, bias, running_mean, running_var, momentum,
+    return _bn_act_kernel_forward(lib, layout, NATIVE_ACTS[act], x, weight, bias, running_mean, running_var, momentum,
                                  eps, torch.get_num_threads())
 
 
-def bn_act_kernel_forward(lib: ctypes.CDLL, layout: str, act_code: int, x: torch.Tensor, weight: torch.Tensor,
+def _bn_act_kernel_forward(lib: ctypes.CDLL, layout: str, act_code: int, x: torch.Tensor, weight: torch.Tensor,
                           bias: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                           momentum: float, eps: float, threads: int
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`bn_act_forward`'s kernel call alone, its arguments not checked: for a caller that checked them once for a
-    whole block (layers/block_step.py). `layout` is `bn_act_layout(x)`, `act_code` a value of NATIVE_ACTS."""
+    """`bn_act_forward`'s kernel call, its arguments checked: `layout` is `bn_act_layout(x)`, `act_code` a value
+    of NATIVE_ACTS."""
     y = torch.empty_like(x)
     mean = torch.empty(x.shape[1], dtype=torch.float32)
     rstd = torch.empty_like(mean)
@@ -374,16 +374,15 @@ def bn_act_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bia
                          f"{tuple(x.shape)}")
     if bn_act_layout(gy) != layout:  # e.g. an expanded or NCHW gradient for a channels-last x
         gy = torch.empty_like(x).copy_(gy)
-    return bn_act_kernel_backward(lib, layout, NATIVE_ACTS[act], gy, x, weight, bias, mean, rstd, affine_grads,
+    return _bn_act_kernel_backward(lib, layout, NATIVE_ACTS[act], gy, x, weight, bias, mean, rstd, affine_grads,
                                   torch.get_num_threads())
 
 
-def bn_act_kernel_backward(lib: ctypes.CDLL, layout: str, act_code: int, gy: torch.Tensor, x: torch.Tensor,
+def _bn_act_kernel_backward(lib: ctypes.CDLL, layout: str, act_code: int, gy: torch.Tensor, x: torch.Tensor,
                            weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                            affine_grads: bool, threads: int
                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """`bn_act_backward`'s kernel call alone, its arguments not checked (`gy` already in x's layout): see
-    `bn_act_kernel_forward`."""
+    """`bn_act_backward`'s kernel call, its arguments checked (`gy` already in x's layout)."""
     gx = torch.empty_like(x)
     gw = torch.empty_like(weight) if affine_grads else None
     gb = torch.empty_like(bias) if affine_grads else None

@@ -35,8 +35,7 @@ from .native import (
 )
 
 __all__ = ["NATIVE_DW_MAX_MAP", "NATIVE_DW_MAX_MAP_3D", "NATIVE_DW_MAX_MAP_K5", "NativeDepthwiseFn",
-           "dw_backward_input", "dw_backward_weight", "dw_forward", "dw_geometry", "dw_kernel_forward",
-           "dw_kernel_input_grad", "dw_kernel_weight_grad", "native_dw_applies",
+           "dw_backward_input", "dw_backward_weight", "dw_forward", "dw_geometry", "native_dw_applies",
            "native_dw_pays", "use_native_depthwise"]
 
 # `native_dw_pays`: the largest map side (pixels) on which the kernels win for every kernel size, and the largest
@@ -126,10 +125,10 @@ def _empty_rows(shape: Sequence[int]) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, memory_format=_LAST[len(shape)])
 
 
-def dw_kernel_forward(lib: Any, xr: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geom: Any,
+def _dw_kernel_forward(lib: Any, xr: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geom: Any,
                       out_shape: Sequence[int]) -> torch.Tensor:
-    """The forward kernel call alone (its arguments not checked: `dw_forward` checks them, the block step once per
-    block): `xr` channels-last, `w` the contiguous float32 weight, `geom` from `dw_geometry`; the output in rows."""
+    """The forward kernel call alone (its arguments not checked: `dw_forward` and `NativeDepthwiseFn` check
+    them): `xr` channels-last, `w` the contiguous float32 weight, `geom` from `dw_geometry`; the output in rows."""
     y = _empty_rows(out_shape)
     b = None if bias is None else bias.detach().contiguous()
     if lib.mbconv_dw_forward(geom, xr.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
@@ -138,18 +137,18 @@ def dw_kernel_forward(lib: Any, xr: torch.Tensor, w: torch.Tensor, bias: torch.T
     return y
 
 
-def dw_kernel_input_grad(lib: Any, gyr: torch.Tensor, w: torch.Tensor, geom: Any, in_shape: Sequence[int]
+def _dw_kernel_input_grad(lib: Any, gyr: torch.Tensor, w: torch.Tensor, geom: Any, in_shape: Sequence[int]
                          ) -> torch.Tensor:
-    """The input-gradient kernel call alone (see `dw_kernel_forward`): `gyr` channels-last."""
+    """The input-gradient kernel call alone (see `_dw_kernel_forward`): `gyr` channels-last."""
     gx = _empty_rows(in_shape)
     if lib.mbconv_dw_backward_input(geom, gyr.data_ptr(), w.data_ptr(), gx.data_ptr(), torch.get_num_threads()):
         raise MemoryError("dw_backward_input: out of memory for the index tables")
     return gx
 
 
-def dw_kernel_weight_grad(lib: Any, gyr: torch.Tensor, xr: torch.Tensor, geom: Any, weight: torch.Tensor
+def _dw_kernel_weight_grad(lib: Any, gyr: torch.Tensor, xr: torch.Tensor, geom: Any, weight: torch.Tensor
                           ) -> torch.Tensor:
-    """The weight-gradient kernel call alone (see `dw_kernel_forward`): shaped like `weight`."""
+    """The weight-gradient kernel call alone (see `_dw_kernel_forward`): shaped like `weight`."""
     gw = torch.empty(weight.shape, dtype=torch.float32)  # [C][taps], as the kernel writes it
     if lib.mbconv_dw_backward_weight(geom, gyr.data_ptr(), xr.data_ptr(), gw.data_ptr(), torch.get_num_threads()):
         raise MemoryError(f"dw_backward_weight: out of memory for the per-thread sums of {gw.numel()} taps")
@@ -166,7 +165,7 @@ def dw_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         raise ValueError(f"dw_forward: bias must be {x.shape[1]} float32 values, got {bias.dtype} "
                          f"{tuple(bias.shape)}")
     xr, w = _to_rows(x), _rows_weight(weight)  # named: the kernel reads them
-    return _from_rows(dw_kernel_forward(lib, xr, w, bias, geom, out_shape), _is_last(x))
+    return _from_rows(_dw_kernel_forward(lib, xr, w, bias, geom, out_shape), _is_last(x))
 
 
 def _backward_args(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
@@ -184,14 +183,14 @@ def dw_backward_input(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     """d loss / d x of `dw_forward(x, weight, ...)` from the output gradient `gy`, in x's layout."""
     lib, geom, gyr = _backward_args(gy, x, weight, stride, padding, "dw_backward_input")
     w = _rows_weight(weight)  # named: the kernel reads it
-    return _from_rows(dw_kernel_input_grad(lib, gyr, w, geom, x.shape), _is_last(x))
+    return _from_rows(_dw_kernel_input_grad(lib, gyr, w, geom, x.shape), _is_last(x))
 
 
 def dw_backward_weight(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
                        padding: Sequence[int]) -> torch.Tensor:
     """d loss / d weight of `dw_forward(x, weight, ...)`, shaped like `weight`."""
     lib, geom, gyr = _backward_args(gy, x, weight, stride, padding, "dw_backward_weight")
-    return dw_kernel_weight_grad(lib, gyr, _to_rows(x), geom, weight)
+    return _dw_kernel_weight_grad(lib, gyr, _to_rows(x), geom, weight)
 
 
 def native_dw_pays(x: torch.Tensor, kernel: Sequence[int]) -> bool:
@@ -233,7 +232,7 @@ class NativeDepthwiseFn(torch.autograd.Function):
         lib = _checked(x, "NativeDepthwiseFn")
         out_shape, geom = _geometry(x, weight, stride, padding)
         xr, w = _to_rows(x), _rows_weight(weight)
-        y = dw_kernel_forward(lib, xr, w, bias, geom, out_shape)
+        y = _dw_kernel_forward(lib, xr, w, bias, geom, out_shape)
         ctx.save_for_backward(xr, weight)
         ctx.conf = (tuple(stride), tuple(padding), bias is not None, tuple(x.shape), _is_last(x))
         return _from_rows(y, _is_last(x))
@@ -257,9 +256,9 @@ class NativeDepthwiseFn(torch.autograd.Function):
         gx = gw = gb = None
         if need_x:
             w = _rows_weight(weight)
-            gx = _from_rows(dw_kernel_input_grad(lib, gyr, w, geom, x_shape), channels_last)
+            gx = _from_rows(_dw_kernel_input_grad(lib, gyr, w, geom, x_shape), channels_last)
         if need_w:
-            gw = dw_kernel_weight_grad(lib, gyr, xr, geom, weight)
+            gw = _dw_kernel_weight_grad(lib, gyr, xr, geom, weight)
         if has_bias and need_b:
             gb = gy.sum(dim=(0, *range(2, gy.dim())))
         return gx, gw, gb, None, None

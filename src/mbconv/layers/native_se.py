@@ -25,7 +25,7 @@ from torch import nn
 from .native import bn_act_layout, native_enabled, native_se_on, require_native_library, use_native_se
 
 __all__ = ["NATIVE_SE_ACTS", "NativeSqueezeExciteFn", "native_se_applies", "se_backward", "se_forward",
-           "se_kernel_backward", "se_kernel_forward", "use_native_se"]
+           "use_native_se"]
 
 # activation / gate module type -> se.c's code
 NATIVE_SE_ACTS: dict[type, int] = {nn.SiLU: 0, nn.ReLU: 1, nn.Sigmoid: 2, nn.Hardsigmoid: 3}
@@ -87,15 +87,14 @@ def se_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Te
     lib = _lib(x, "se_forward")
     r = _checked_weights(x, w1, b1, w2, b2, "se_forward")
     act, gate = _codes(acts, "se_forward")
-    return se_kernel_forward(lib, act, gate, x, w1, b1, w2, b2, r, torch.get_num_threads())
+    return _se_kernel_forward(lib, act, gate, x, w1, b1, w2, b2, r, torch.get_num_threads())
 
 
-def se_kernel_forward(lib: Any, act: int, gate: int, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+def _se_kernel_forward(lib: Any, act: int, gate: int, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                       w2: torch.Tensor, b2: torch.Tensor, reduced: int, threads: int
                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """`se_forward`'s kernel call alone, its arguments not checked: for a caller that checked them once for a
-    whole block (layers/block_step.py). `act` and `gate` are values of NATIVE_SE_ACTS, `reduced` the squeeze
-    width."""
+    """`se_forward`'s kernel call, its arguments checked: `act` and `gate` are values of NATIVE_SE_ACTS,
+    `reduced` the squeeze width."""
     n, c = x.shape[:2]
     y = torch.empty_like(x)
     s, z, g = (torch.empty(n, c) for _ in range(3))
@@ -120,15 +119,14 @@ def se_backward(gy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, b1: torch.T
         raise ValueError(f"se_backward: gradient of shape {tuple(gy.shape)} for an input of shape {tuple(x.shape)}")
     if gy.dtype != torch.float32 or gy.stride() != x.stride():  # e.g. an expanded or NCHW gradient
         gy = torch.empty_like(x).copy_(gy)
-    return se_kernel_backward(lib, act, gate, gy, x, w1, b1, w2, b2, r, saved, needs, torch.get_num_threads())
+    return _se_kernel_backward(lib, act, gate, gy, x, w1, b1, w2, b2, r, saved, needs, torch.get_num_threads())
 
 
-def se_kernel_backward(lib: Any, act: int, gate: int, gy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
+def _se_kernel_backward(lib: Any, act: int, gate: int, gy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
                        b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, reduced: int,
                        saved: tuple[torch.Tensor, ...], needs: tuple[bool, ...], threads: int
                        ) -> tuple[torch.Tensor | None, ...]:
-    """`se_backward`'s kernel call alone, its arguments not checked (`gy` already in x's layout): see
-    `se_kernel_forward`."""
+    """`se_backward`'s kernel call, its arguments checked (`gy` already in x's layout)."""
     n, c = x.shape[:2]
     gx = torch.empty_like(x)
     gw1, gb1, gw2, gb2 = (torch.empty_like(t) if need else None for t, need in zip((w1, b1, w2, b2), needs[1:]))
