@@ -135,7 +135,8 @@ def block_step_parts(block: nn.Module, x: torch.Tensor) -> tuple | None:
             and x.dtype is torch.float32 and x.shape[0] > 0 and bn_act_layout(x) == "rows"
             and tuple(steps) in _STEPS and native_sgemm_found()) or ("se" in steps and not native_se_on()):
         return None  # a switch that takes a part off its native kernel takes the block off the node too
-    if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False):
+    if getattr(block, "se_position", "after_dw") != "after_dw" or getattr(block, "inplace", False) \
+            or x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:  # sgemm's sizes are 32-bit ints
         return None
     parts = {name: _se_parts(getattr(block, name)) if name == "se"
              else _conv_norm_act_parts(getattr(block, name), name == "depthwise") for name in steps}
