@@ -1,6 +1,7 @@
 """Native CPU kernels, built on first use: training-mode batch norm fused with its activation (`bn_act.c`, its Python
-side here), the depthwise convolution (`dw_conv.c`, its Python side in native_depthwise.py) and squeeze-and-excitation
-(`se.c`, its Python side in native_se.py).
+side here), the depthwise convolution (`dw_conv.c`, its Python side in native_depthwise.py), squeeze-and-excitation
+(`se.c`, its Python side in native_se.py) and an inverted-residual block's training step through them
+(`block_step.c`, its Python side in block_step.py, its 1x1 products through the BLAS sgemm `_blas_sgemm` finds).
 
 Why native: in a training step PyTorch runs BN + activation as four kernels and two autograd nodes, about six
 passes over each tensor; the fused kernels take four and keep no BN output. Measured on this project's networks
